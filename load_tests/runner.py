@@ -1,0 +1,142 @@
+"""Drive one bounded run: `run_load(config) -> (records, RunInfo)`.
+
+Requests are sent at their planned times (arrivals.py), each in its own task, limited by
+`max_concurrency`; sending stops at `num_prompts` or when the send window (`--duration`, else the
+trace length) ends, whichever comes first. Requests still in flight `drain_timeout_s` after that
+are cancelled and recorded as `cancelled`, so every run stops by itself. Controller decisions
+are read once at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import math
+import sys
+import time
+
+import httpx
+
+from load_tests.arrivals import planned_offsets
+from load_tests.client import SLO_CLASS_HEADER, RequestSpec, Target, send_request
+from load_tests.config import LoadTestError, RunConfig
+from load_tests.progress import RunProgress, report_every
+from load_tests.prompts import Prompt, load_prompt_file, synthetic_prompts
+from load_tests.records import RequestRecord, RunInfo
+from load_tests.server_api import fetch_decisions, wait_ready
+
+
+def _log(config: RunConfig, message: str) -> None:
+    if not config.quiet:
+        print(message, file=sys.stderr, flush=True)
+
+
+def _prompts(config: RunConfig) -> list[Prompt]:
+    if config.prompt_file is not None:
+        try:
+            return load_prompt_file(config.prompt_file)
+        except ValueError as e:
+            raise LoadTestError(str(e)) from e
+    return synthetic_prompts(min(config.num_prompts or 1000, 1000), config.input_len, config.seed)
+
+
+def _target(config: RunConfig, model: str) -> Target:
+    headers = dict(config.headers)
+    if config.slo_class is not None:
+        headers[SLO_CLASS_HEADER] = config.slo_class
+    if config.api_key_or_env:
+        headers.setdefault("Authorization", f"Bearer {config.api_key_or_env}")
+    return Target(config.root_url, config.endpoint, model, headers, config.temperature, config.ignore_eos)
+
+
+async def _choose_model(client: httpx.AsyncClient, config: RunConfig) -> str:
+    models = await wait_ready(client, config.root_url, config.ready_check_timeout_s)
+    if config.model is not None:
+        return config.model
+    if not models:
+        raise LoadTestError(f"{config.root_url}/v1/models lists no model; pass --model")
+    return models[0]
+
+
+async def _send_all(client: httpx.AsyncClient, config: RunConfig, target: Target, progress: RunProgress,
+                    start_perf: float) -> list[tuple[RequestSpec, asyncio.Task[RequestRecord]]]:
+    """Create one task per request at its planned time; return them once sending has stopped."""
+    prompts = _prompts(config)
+    window = config.send_window_s
+    slots = asyncio.Semaphore(config.max_concurrency) if config.max_concurrency else None
+    sent: list[tuple[RequestSpec, asyncio.Task[RequestRecord]]] = []
+
+    async def one(spec: RequestSpec) -> RequestRecord:
+        try:
+            record = await send_request(client, target, spec, start_perf)
+        finally:
+            if slots is not None:
+                slots.release()
+        progress.on_done(record)
+        return record
+
+    offsets = planned_offsets(config.request_rate, config.burstiness, config.trace, config.seed)
+    for i, offset in enumerate(itertools.islice(offsets, config.num_prompts)):
+        if window is not None and offset >= window:
+            break
+        delay = offset - (time.perf_counter() - start_perf)
+        if delay > 0:
+            await asyncio.sleep(delay)
+        slot_wait_ms = 0.0
+        if slots is not None:
+            waited_from = time.perf_counter()
+            left = math.inf if window is None else window - (waited_from - start_perf)
+            try:
+                await asyncio.wait_for(slots.acquire(), timeout=None if math.isinf(left) else max(left, 0.0))
+            except TimeoutError:
+                break
+            slot_wait_ms = (time.perf_counter() - waited_from) * 1000.0
+        prompt = prompts[i % len(prompts)]
+        session = f"session-{i % config.num_sessions}" if config.num_sessions else None
+        spec = RequestSpec(i, offset, prompt, prompt.output_len or config.output_len, session, slot_wait_ms)
+        sent.append((spec, asyncio.create_task(one(spec))))
+        progress.on_sent()
+        await asyncio.sleep(0)  # let the new request start before planning the next one
+    return sent
+
+
+async def _record_of(spec: RequestSpec, task: asyncio.Task[RequestRecord]) -> RequestRecord:
+    """The task's record; a task cancelled before it could send still yields a `cancelled` record."""
+    try:
+        return await task
+    except asyncio.CancelledError:
+        return RequestRecord(spec.request_id, spec.planned_send_s, spec.planned_send_s, spec.slot_wait_ms,
+                             status="cancelled", error="cancelled: the run ended before it was sent",
+                             session_id=spec.session_id)
+
+
+async def run_load(config: RunConfig) -> tuple[list[RequestRecord], RunInfo]:
+    """Run the load described by `config` against its server; bounded in count and time."""
+    limits = httpx.Limits(max_connections=config.max_concurrency or 1000, max_keepalive_connections=1000)
+    timeout = httpx.Timeout(config.request_timeout_s, connect=min(config.request_timeout_s, 30.0))
+    async with httpx.AsyncClient(limits=limits, timeout=timeout, trust_env=False) as client:
+        model = await _choose_model(client, config)
+        target = _target(config, model)
+        window = config.send_window_s
+        _log(config, f"load test: {target.url} model={model} "
+                     f"num_prompts={config.num_prompts} send_window_s={window}")
+        progress = RunProgress(total=config.num_prompts, window_s=window)
+        ticker = None if config.quiet else asyncio.create_task(report_every(progress, config.progress_interval_s))
+        start_unix, start_perf = time.time(), time.perf_counter()
+        try:
+            sent = await _send_all(client, config, target, progress, start_perf)
+            if sent:
+                _, pending = await asyncio.wait([t for _, t in sent], timeout=config.drain_timeout_s)
+                for task in pending:
+                    task.cancel()
+                if pending:
+                    _log(config, f"drain timeout: cancelled {len(pending)} requests still in flight")
+            records = [await _record_of(spec, task) for spec, task in sent]
+        finally:
+            if ticker is not None:
+                ticker.cancel()
+        duration_s = time.perf_counter() - start_perf
+        decisions, note = await fetch_decisions(client, config.root_url, start_unix)
+        _log(config, f"done: {len(records)} requests in {duration_s:.1f} s; {note}")
+    info = RunInfo(start_unix, duration_s, config.public_dict(), model, decisions)
+    return records, info
