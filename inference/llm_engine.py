@@ -1,0 +1,332 @@
+"""`LLMEngine`: continuous batching over a DeepSpeed-inference model, in token ids.
+
+Contract: requests go in as token ids (or text, tokenized here at the edge) with
+`SamplingParams`; each `step()` = schedule -> forward -> sample -> postprocess and returns a
+`RequestOutput` for every request that advanced (with text deltas that never split a UTF-8
+character). Requests join and leave between steps; a finished or aborted request returns its
+KV blocks at once. Not thread-safe: `AsyncLLMEngine` drives it from one thread.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Callable
+from collections.abc import Sequence as Seq
+from dataclasses import dataclass
+
+import torch
+
+from inference.beam_search import beam_step
+from inference.block_manager import BlockManager
+from inference.config import EngineConfig
+from inference.detokenizer import IncrementalDetokenizer
+from inference.errors import RequestTooLongError
+from inference.multiproc import MultiprocPeers, PeerRanks, free_port
+from inference.outputs import CompletionOutput, RequestMetrics, RequestOutput
+from inference.sampler import SampleRow, sample
+from inference.sampling_params import SamplingParams
+from inference.scheduler import ScheduledSeq, Scheduler, SchedulerOutput
+from inference.sequence import Sequence, SequenceGroup, SequenceStatus
+from inference.step_input import build_step_input
+from inference.worker import ModelInfo, RankWorker, RendezvousInfo
+
+log = logging.getLogger(__name__)
+
+PeersFactory = Callable[[EngineConfig, RendezvousInfo], PeerRanks]
+
+
+@dataclass(slots=True)
+class EngineStats:
+    num_waiting: int
+    num_running: int
+    num_free_blocks: int
+    num_blocks: int
+    kv_used_ratio: float
+    num_preemptions: int
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig, peers_factory: PeersFactory = MultiprocPeers) -> None:
+        self.config = config
+        self.peers: PeerRanks | None = None
+        rendezvous = None
+        if config.tp_size > 1:
+            rendezvous = RendezvousInfo("127.0.0.1", config.master_port or free_port())
+            self.peers = peers_factory(config, rendezvous)
+            self.peers.start()
+        self.worker = RankWorker(config, rank=0, rendezvous=rendezvous)
+        try:
+            self.info: ModelInfo = self.worker.load()
+        except BaseException:
+            if self.peers is not None:
+                self.peers.stop()
+            raise
+        self.tokenizer = self.worker.tokenizer
+        self.max_model_len = self.info.max_model_len
+        self.block_manager = BlockManager(config.num_kv_blocks, config.block_size)
+        self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens)
+        self.groups: dict[str, SequenceGroup] = {}
+        self._seq_ids = [0]  # shared counter (beam search forks take ids from it too)
+        self._request_ids = itertools.count()
+        self._pending_copies: list[tuple[int, int]] = []
+        self.num_preemptions = 0
+
+    # ---- requests in -------------------------------------------------------------------------
+    def encode(self, prompt: str | list[int]) -> list[int]:
+        if isinstance(prompt, str):
+            return list(self.tokenizer.encode(prompt))  # type: ignore[attr-defined]
+        return list(prompt)
+
+    def add_request(
+        self,
+        prompt: str | list[int],
+        params: SamplingParams,
+        request_id: str | None = None,
+        arrival_s: float | None = None,
+    ) -> str:
+        request_id = request_id or f"req-{next(self._request_ids)}"
+        if request_id in self.groups:
+            raise ValueError(f"request id {request_id!r} is already running")
+        prompt_ids = self.encode(prompt)
+        max_tokens = self._check_fits(prompt_ids, params)
+        generator = None
+        if params.seed is not None:
+            generator = torch.Generator().manual_seed(params.seed)
+        eos = frozenset(self.info.eos_token_ids)
+        seq = self._new_seq(prompt_ids, params, index=0)
+        group = SequenceGroup(
+            request_id=request_id,
+            prompt_token_ids=prompt_ids,
+            params=params,
+            seqs=[seq],
+            metrics=RequestMetrics(arrival_s=arrival_s or time.monotonic(), num_prompt_tokens=len(prompt_ids)),
+            max_tokens=max_tokens,
+            generator=generator,
+            eos_token_ids=eos,
+        )
+        self.groups[request_id] = group
+        self.scheduler.add(group)
+        return request_id
+
+    def _check_fits(self, prompt_ids: list[int], params: SamplingParams) -> int:
+        if not prompt_ids:
+            raise RequestTooLongError("prompt is empty", param="prompt")
+        vocab = self.info.vocab_size
+        if min(prompt_ids) < 0 or max(prompt_ids) >= vocab:
+            raise RequestTooLongError(f"prompt has token ids outside [0, {vocab})", param="prompt")
+        room = self.max_model_len - len(prompt_ids)
+        if room < 1:
+            raise RequestTooLongError(
+                f"prompt has {len(prompt_ids)} tokens; the context limit is {self.max_model_len}", param="prompt"
+            )
+        if params.max_tokens is not None and params.max_tokens > room:
+            raise RequestTooLongError(
+                f"prompt ({len(prompt_ids)} tokens) + max_tokens ({params.max_tokens}) exceeds the "
+                f"context limit of {self.max_model_len} tokens",
+                param="max_tokens",
+            )
+        max_tokens = params.max_tokens or room
+        blocks = params.n * self.block_manager.blocks_needed(len(prompt_ids) + max_tokens)
+        if blocks > self.block_manager.num_blocks:
+            raise RequestTooLongError(
+                f"request needs up to {blocks} KV blocks (n={params.n}, {len(prompt_ids)} prompt + {max_tokens} "
+                f"new tokens) but the pool has {self.block_manager.num_blocks}; it can never fit",
+                param="max_tokens",
+            )
+        return max_tokens
+
+    def _new_seq(self, prompt_ids: list[int], params: SamplingParams, index: int) -> Sequence:
+        seq_id = self._seq_ids[0]
+        self._seq_ids[0] += 1
+        detok = IncrementalDetokenizer(self.tokenizer, prompt_ids, params.stop, params.include_stop_str_in_output)
+        return Sequence(
+            seq_id=seq_id,
+            index=index,
+            token_ids=list(prompt_ids),
+            num_prompt_tokens=len(prompt_ids),
+            detokenizer=detok,
+            logprobs=[] if params.logprobs is not None else None,
+        )
+
+    def abort(self, request_id: str) -> RequestOutput | None:
+        """Stop a request now and free its KV blocks; returns its last output (finish_reason 'abort')."""
+        group = self.groups.pop(request_id, None)
+        if group is None:
+            return None
+        group.aborted = True
+        self.scheduler.remove(group)
+        for seq in group.seqs:
+            if not seq.is_finished:
+                seq.status, seq.finish_reason = SequenceStatus.FINISHED, "abort"
+        group.metrics.finished_s = time.monotonic()
+        return self._output(group)
+
+    # ---- the loop ----------------------------------------------------------------------------
+    def has_unfinished(self) -> bool:
+        return bool(self.groups)
+
+    def step(self) -> list[RequestOutput]:
+        sched = self.scheduler.schedule()
+        self.num_preemptions += len(sched.preempted)
+        if sched.is_empty:
+            return []
+        copies, self._pending_copies = self._pending_copies, []
+        step = build_step_input(sched, self.config.block_size, copies)
+        logits = self.worker.execute(step)
+        return self._postprocess(sched, logits)
+
+    def _postprocess(self, sched: SchedulerOutput, logits: torch.Tensor) -> list[RequestOutput]:
+        now = time.monotonic()
+        sampling = [item for item in sched.decodes + sched.prefills if item.completes_prefill]
+        for item in sched.decodes + sched.prefills:
+            item.seq.num_computed_tokens += item.num_tokens
+            if item.group.metrics.scheduled_s is None:
+                item.group.metrics.scheduled_s = now
+        touched: dict[str, SequenceGroup] = {}
+        plain: list[tuple[int, ScheduledSeq]] = []
+        beams: dict[str, list[int]] = {}
+        for row, item in enumerate(sampling):
+            touched[item.group.request_id] = item.group
+            if item.group.params.use_beam_search:
+                beams.setdefault(item.group.request_id, []).append(row)
+            else:
+                plain.append((row, item))
+        if plain:
+            self._sample_plain(plain, logits)
+        for request_id, rows in beams.items():
+            group = touched[request_id]
+            logp = torch.log_softmax(logits[rows], dim=-1)
+            self._pending_copies += beam_step(group, logp, self.block_manager, self._seq_ids)
+        outputs = []
+        for group in touched.values():
+            if group.metrics.first_token_s is None:
+                group.metrics.first_token_s = now
+            group.metrics.num_output_tokens = max(s.num_output_tokens for s in group.seqs)
+            if group.is_finished:
+                group.metrics.finished_s = now
+                self.scheduler.remove(group)
+                self.groups.pop(group.request_id, None)
+            outputs.append(self._output(group))
+        return outputs
+
+    def _sample_plain(self, plain: list[tuple[int, ScheduledSeq]], logits: torch.Tensor) -> None:
+        rows = []
+        for _, item in plain:
+            group, seq = item.group, item.seq
+            params = group.params
+            blocked = []
+            if seq.num_output_tokens < params.min_tokens:
+                blocked = sorted(set(params.stop_token_ids) | (set() if params.ignore_eos else group.eos_token_ids))
+            fork_n = params.n if (params.n > 1 and not group.is_forked) else 1
+            rows.append(SampleRow(params, group.generator, seq.output_token_ids, blocked, fork_n))
+        results = sample(logits[[row for row, _ in plain]], rows)
+        for (_, item), result in zip(plain, results, strict=True):
+            group, seq = item.group, item.seq
+            targets = [seq]
+            if len(result.token_ids) > 1:  # n > 1: fork the prompt's sequence, sharing its KV blocks
+                group.is_forked = True
+                for index in range(1, len(result.token_ids)):
+                    child = self._new_seq(group.prompt_token_ids, group.params, index)
+                    child.num_computed_tokens = seq.num_computed_tokens
+                    child.block_table, block_copy = self.block_manager.fork(seq.block_table, seq.num_computed_tokens)
+                    if block_copy:
+                        self._pending_copies.append(block_copy)
+                    group.seqs.append(child)
+                    targets.append(child)
+            for j, (target, token) in enumerate(zip(targets, result.token_ids, strict=True)):
+                logprob = result.logprobs[j] if result.logprobs else None
+                self._append_token(group, target, token, logprob)
+
+    def _append_token(self, group: SequenceGroup, seq: Sequence, token: int, logprob) -> None:  # type: ignore[no-untyped-def]
+        params = group.params
+        seq.token_ids.append(token)
+        if logprob is not None and seq.logprobs is not None:
+            seq.logprobs.append(logprob)
+            seq.cumulative_logprob += logprob.logprob
+        stop_string = seq.detokenizer.add_token(token)
+        reason: str | None = None
+        if stop_string is not None:
+            reason, seq.stop_reason = "stop", stop_string
+        elif (token in group.eos_token_ids and not params.ignore_eos) or token in params.stop_token_ids:
+            reason, seq.stop_reason = "stop", token
+        elif seq.num_output_tokens >= group.max_tokens or seq.num_tokens >= self.max_model_len:
+            reason = "length"
+        if reason is not None:
+            seq.status, seq.finish_reason = SequenceStatus.FINISHED, reason
+            self.block_manager.free(seq.block_table)
+
+    # ---- results out -------------------------------------------------------------------------
+    def _output(self, group: SequenceGroup) -> RequestOutput:
+        finished = group.is_finished
+        completions = []
+        stream_beams = not group.params.use_beam_search
+        for seq in sorted(group.seqs, key=lambda s: s.index):
+            done = seq.is_finished
+            if stream_beams or finished:
+                text_delta = seq.detokenizer.take_delta(done) if stream_beams else ""
+                text = seq.detokenizer.text if stream_beams else self._decode(seq.output_token_ids)
+                if not stream_beams:
+                    text_delta = text
+            else:
+                text, text_delta = "", ""
+            out_ids = seq.output_token_ids
+            delta_ids = out_ids[seq.num_tokens_emitted :] if (stream_beams or finished) else []
+            seq.num_tokens_emitted = len(out_ids)
+            delta_lp = None
+            if seq.logprobs is not None:
+                delta_lp = seq.logprobs[seq.num_logprobs_emitted :]
+                seq.num_logprobs_emitted = len(seq.logprobs)
+            completions.append(
+                CompletionOutput(
+                    index=seq.index,
+                    text=text,
+                    token_ids=list(out_ids),
+                    finish_reason=seq.finish_reason,
+                    stop_reason=seq.stop_reason,
+                    cumulative_logprob=seq.cumulative_logprob,
+                    logprobs=list(seq.logprobs) if seq.logprobs is not None else None,
+                    delta_text=text_delta,
+                    delta_token_ids=list(delta_ids),
+                    delta_logprobs=delta_lp,
+                )
+            )
+        return RequestOutput(group.request_id, group.prompt_token_ids, completions, finished, group.metrics)
+
+    def _decode(self, ids: list[int]) -> str:
+        return str(self.tokenizer.decode(ids, skip_special_tokens=True))  # type: ignore[attr-defined]
+
+    # ---- conveniences ------------------------------------------------------------------------
+    def generate(self, prompts: Seq[str | list[int]], params: SamplingParams | Seq[SamplingParams]) -> list[RequestOutput]:
+        """Run prompts to completion (all admitted at once, continuously batched); outputs in order."""
+        all_params = [params] * len(prompts) if isinstance(params, SamplingParams) else list(params)
+        ids = [self.add_request(p, sp) for p, sp in zip(prompts, all_params, strict=True)]
+        final: dict[str, RequestOutput] = {}
+        while self.has_unfinished():
+            for out in self.step():
+                if out.finished:
+                    final[out.request_id] = out
+        return [final[i] for i in ids]
+
+    def stats(self) -> EngineStats:
+        bm = self.block_manager
+        return EngineStats(
+            num_waiting=len(self.scheduler.waiting),
+            num_running=len(self.scheduler.running),
+            num_free_blocks=bm.num_free_blocks,
+            num_blocks=bm.num_blocks,
+            kv_used_ratio=bm.used_ratio,
+            num_preemptions=self.num_preemptions,
+        )
+
+    def dead_ranks(self) -> list[int]:
+        return self.peers.dead_ranks() if self.peers is not None else []
+
+    def shutdown(self) -> None:
+        if self.peers is not None:
+            try:
+                self.worker.stop_peers()
+            finally:
+                self.peers.stop()
+                self.peers = None

@@ -1,0 +1,170 @@
+"""`RankWorker`: one rank of a tensor-parallel group, whoever started its process.
+
+Every rank loads the model, wraps it with `deepspeed.init_inference` (AutoTP shards it across
+the group) and builds its `ModelRunner` and KV pool. Rank 0 lives with the scheduler: for each
+step it broadcasts the `StepInput` to ranks 1..N-1 (a torch.distributed broadcast inside the
+group, cheaper than an RPC per step) and all ranks run the forward in lockstep. Ranks 1..N-1
+sit in `serve_forever`. The engine starts them as processes (`multiproc.py`); the Serve
+replica starts them as Ray actors. Neither matters here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+
+from inference.config import EngineConfig
+from inference.dtypes import resolve_dtype
+from inference.step_input import StepInput
+
+log = logging.getLogger(__name__)
+
+_STOP = 0
+
+
+@dataclass(slots=True)
+class RendezvousInfo:
+    """Where the ranks of one group meet."""
+
+    master_addr: str
+    master_port: int
+
+
+@dataclass(slots=True)
+class ModelInfo:
+    """What rank 0 learns at load time that the engine needs."""
+
+    max_model_len: int
+    vocab_size: int
+    eos_token_ids: list[int]
+    dtype: str
+    num_params: int
+    kv_cache_bytes: int
+
+
+class RankWorker:
+    def __init__(self, config: EngineConfig, rank: int, rendezvous: RendezvousInfo | None) -> None:
+        if config.tp_size > 1 and rendezvous is None:
+            raise ValueError("tp_size > 1 needs a rendezvous address")
+        self.config = config
+        self.rank = rank
+        self.rendezvous = rendezvous
+        self.runner = None
+        self.tokenizer = None
+        self.device = torch.device("cuda", rank % max(1, torch.cuda.device_count())) if config.device == "cuda" else torch.device("cpu")
+
+    def _init_distributed(self) -> None:
+        import deepspeed
+
+        assert self.rendezvous is not None
+        n = self.config.tp_size
+        # LOCAL_SIZE must be set before init: without it DeepSpeed's CPU shared-memory all-reduce
+        # is not initialised and the first all-reduce segfaults.
+        os.environ.update(
+            RANK=str(self.rank),
+            LOCAL_RANK=str(self.rank),
+            WORLD_SIZE=str(n),
+            LOCAL_SIZE=str(n),
+            MASTER_ADDR=self.rendezvous.master_addr,
+            MASTER_PORT=str(self.rendezvous.master_port),
+        )
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        backend = "nccl" if self.device.type == "cuda" else "gloo"
+        deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(seconds=120))
+
+    def load(self) -> ModelInfo:
+        import deepspeed
+
+        from inference.model_loader import load_model
+        from inference.model_runner import ModelRunner
+
+        cfg = self.config
+        if self.device.type == "cpu":
+            torch.set_num_threads(cfg.num_threads or max(1, (os.cpu_count() or 1) // cfg.tp_size))
+        if cfg.tp_size > 1:
+            self._init_distributed()
+        dtype = resolve_dtype(cfg.dtype, self.device)
+        loaded = load_model(cfg.model, dtype=dtype, device=str(self.device))
+        model = loaded.model
+        engine = deepspeed.init_inference(
+            model,
+            tensor_parallel={"tp_size": cfg.tp_size},
+            dtype=dtype,
+            replace_with_kernel_inject=cfg.kernel_inject,
+        )
+        model = engine.module
+        if cfg.quantization != "none":
+            from inference.compression import apply_load_time_quantization
+
+            model = apply_load_time_quantization(model, cfg.quantization)
+        model_limit = int(getattr(model.config, "max_position_embeddings", 2048))
+        max_model_len = min(cfg.max_model_len or model_limit, model_limit)
+        self.runner = ModelRunner(model, cfg.num_kv_blocks, cfg.block_size, max_model_len)
+        self.tokenizer = loaded.tokenizer
+        eos = _eos_token_ids(model, loaded.tokenizer)
+        return ModelInfo(
+            max_model_len=max_model_len,
+            vocab_size=int(model.config.vocab_size),
+            eos_token_ids=eos,
+            dtype=str(dtype).removeprefix("torch."),
+            num_params=sum(p.numel() for p in model.parameters()),
+            kv_cache_bytes=self.runner.kv_cache.num_bytes,
+        )
+
+    def execute(self, step: StepInput) -> torch.Tensor:
+        """Rank 0: hand the step to the other ranks, then run it here too."""
+        assert self.runner is not None, "load() first"
+        if self.config.tp_size > 1:
+            self._broadcast(pickle.dumps(step, protocol=pickle.HIGHEST_PROTOCOL))
+        return self.runner.execute(step)
+
+    def serve_forever(self) -> None:
+        """Ranks 1..N-1: run every step rank 0 broadcasts, until it says stop."""
+        assert self.rank > 0 and self.runner is not None
+        while True:
+            payload = self._receive()
+            if payload is None:
+                break
+            self.runner.execute(pickle.loads(payload))
+
+    def stop_peers(self) -> None:
+        if self.config.tp_size > 1 and self.rank == 0 and self.runner is not None:
+            self._broadcast(b"")
+
+    def _broadcast(self, payload: bytes) -> None:
+        import torch.distributed as dist
+
+        header = torch.tensor([len(payload)], dtype=torch.int64, device=self.device)
+        dist.broadcast(header, src=0)
+        if payload:
+            data = torch.frombuffer(bytearray(payload), dtype=torch.uint8).to(self.device)
+            dist.broadcast(data, src=0)
+
+    def _receive(self) -> bytes | None:
+        import torch.distributed as dist
+
+        header = torch.zeros(1, dtype=torch.int64, device=self.device)
+        dist.broadcast(header, src=0)
+        size = int(header.item())
+        if size == _STOP:
+            return None
+        data = torch.empty(size, dtype=torch.uint8, device=self.device)
+        dist.broadcast(data, src=0)
+        return data.cpu().numpy().tobytes()
+
+
+def _eos_token_ids(model: torch.nn.Module, tokenizer: object) -> list[int]:
+    ids: set[int] = set()
+    gen = getattr(model, "generation_config", None)
+    for source in (getattr(gen, "eos_token_id", None), getattr(tokenizer, "eos_token_id", None)):
+        if isinstance(source, int):
+            ids.add(source)
+        elif isinstance(source, list):
+            ids.update(int(i) for i in source)
+    return sorted(ids)
