@@ -90,7 +90,7 @@ class LLMEngine:
         if request_id in self.groups:
             raise ValueError(f"request id {request_id!r} is already running")
         prompt_ids = self.encode(prompt)
-        max_tokens = self._check_fits(prompt_ids, params)
+        max_tokens = self.check_fits(prompt_ids, params)
         generator = None
         if params.seed is not None:
             generator = torch.Generator().manual_seed(params.seed)
@@ -110,7 +110,7 @@ class LLMEngine:
         self.scheduler.add(group)
         return request_id
 
-    def _check_fits(self, prompt_ids: list[int], params: SamplingParams) -> int:
+    def check_fits(self, prompt_ids: list[int], params: SamplingParams) -> int:
         if not prompt_ids:
             raise RequestTooLongError("prompt is empty", param="prompt")
         vocab = self.info.vocab_size
@@ -330,3 +330,4 @@ class LLMEngine:
             finally:
                 self.peers.stop()
                 self.peers = None
+                self.worker.close()

@@ -132,10 +132,18 @@ class RankWorker:
             if payload is None:
                 break
             self.runner.execute(pickle.loads(payload))
+        self.close()
 
     def stop_peers(self) -> None:
         if self.config.tp_size > 1 and self.rank == 0 and self.runner is not None:
             self._broadcast(b"")
+
+    def close(self) -> None:
+        """Leave the process group, so this process can later join another (tests run several)."""
+        import torch.distributed as dist
+
+        if self.config.tp_size > 1 and dist.is_initialized():
+            dist.destroy_process_group()
 
     def _broadcast(self, payload: bytes) -> None:
         import torch.distributed as dist
