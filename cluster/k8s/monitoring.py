@@ -66,16 +66,18 @@ def _latency_panel(metric: str, title: str, slo_ms: float | None) -> dict[str, A
         (f"histogram_quantile({q}, sum by (variant, le) (rate({metric}_bucket{RATE})))", f"{{{{variant}}}} p{p}")
         for q, p in ((0.5, "50"), (0.95, "95"), (0.99, "99"))
     ]
-    return _panel(title, "s", targets, None if slo_ms is None else slo_ms / 1000.0)
+    if slo_ms is None:
+        return _panel(title, "s", targets)
+    return _panel(f"{title} (red line: SLO p95)", "s", targets, slo_ms / 1000.0)
 
 
 def build_dashboard(config: AppConfig, k8s: KubernetesConfig) -> dict[str, Any]:
     m = k8s.metrics_prefix + "sloserve_"
     slo = config.slo.classes[config.slo.default_class]
     panels = [
-        _latency_panel(f"{m}ttft_seconds", "Time to first token (SLO p95 line)", slo.ttft_p95_ms),
-        _latency_panel(f"{m}tpot_seconds", "Time per output token (SLO p95 line)", slo.tpot_p95_ms),
-        _latency_panel(f"{m}e2e_seconds", "End-to-end latency (SLO p95 line)", slo.e2e_p95_ms),
+        _latency_panel(f"{m}ttft_seconds", "Time to first token", slo.ttft_p95_ms),
+        _latency_panel(f"{m}tpot_seconds", "Time per output token", slo.tpot_p95_ms),
+        _latency_panel(f"{m}e2e_seconds", "End-to-end latency", slo.e2e_p95_ms),
         _panel("Requests by variant and status", "reqps",
                [(f"sum by (variant, status) (rate({m}requests_total{RATE}))", "{{variant}} {{status}}")]),
         _panel("Rejections by reason", "reqps", [(f"sum by (reason) (rate({m}rejected_total{RATE}))", "{{reason}}")]),

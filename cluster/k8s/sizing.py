@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 from cluster.config import AppConfig, ConfigError, KubernetesConfig, VariantConfig, WorkerGroupConfig
 
+UNBOUNDED = 10_000  # replicas per pod of a variant that reserves neither CPUs nor GPUs
+
 
 @dataclass(frozen=True, slots=True)
 class WorkerGroupPlan:
@@ -40,7 +42,7 @@ def replica_gpus(variant: VariantConfig) -> int:
 
 def _replicas_per_pod(variant: VariantConfig, group: str, num_cpus: int, num_gpus: int) -> int:
     """Whole replicas of the variant one pod holds; ConfigError naming the field when none fits."""
-    fits = [10_000]
+    fits = [UNBOUNDED]
     if replica_gpus(variant):
         fits.append(num_gpus // variant.tp_size)
         if num_gpus < variant.tp_size:

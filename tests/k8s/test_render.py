@@ -109,6 +109,17 @@ def test_head_runs_no_replicas_and_autoscaling_is_in_tree(rendered: Rendered) ->
     assert int(rendered.rayservice["metadata"]["annotations"]["ray.io/initializing-timeout"]) >= 1800
 
 
+def test_probes_tolerate_long_model_loads(rendered: Rendered) -> None:
+    cluster = rendered.rayservice["spec"]["rayClusterConfig"]
+    for pod in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
+        container = pod["template"]["spec"]["containers"][0]
+        liveness, readiness = container["livenessProbe"], container["readinessProbe"]
+        assert liveness["periodSeconds"] * liveness["failureThreshold"] >= 600, "10 min before a restart"
+        assert liveness["timeoutSeconds"] >= 10 and readiness["timeoutSeconds"] >= 10
+    worker_readiness = cluster["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["readinessProbe"]
+    assert "/-/healthz" in worker_readiness["exec"]["command"][-1], "workers take traffic once their proxy is up"
+
+
 def test_secrets_come_only_from_secret_references(rendered: Rendered) -> None:
     text = "\n".join(rendered.files.values())
     assert "kind: Secret\n" not in text
