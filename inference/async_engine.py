@@ -11,6 +11,7 @@ so the replica is replaced: an accepted request always ends with a result or an 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import threading
@@ -130,7 +131,7 @@ class AsyncLLMEngine:
                     self.last_stats = engine.stats()
                     for out in outputs:
                         self._deliver(out.request_id, out)
-        except BaseException as e:  # noqa: BLE001 - any loop failure kills the engine, loudly
+        except BaseException as e:  # any loop failure kills the engine, loudly
             log.exception("engine loop died")
             self._dead = e
             self._fail_all(EngineDeadError(f"engine loop died: {e!r}"))
@@ -146,7 +147,7 @@ class AsyncLLMEngine:
                 continue
             try:
                 self.engine.add_request(prompt_ids, params, request_id=request_id, arrival_s=arrival)
-            except Exception as e:  # noqa: BLE001 - the request's own error goes to its caller
+            except Exception as e:  # the request's own error goes to its caller
                 self._deliver(request_id, e)
         self.last_stats = self.engine.stats()
 
@@ -176,7 +177,6 @@ class AsyncLLMEngine:
 
 
 def _put(stream: _Stream, item: RequestOutput | BaseException) -> None:
-    try:
+    # RuntimeError: the caller's event loop is closed, nobody is listening any more
+    with contextlib.suppress(RuntimeError):
         stream.loop.call_soon_threadsafe(stream.queue.put_nowait, item)
-    except RuntimeError:  # the caller's event loop is closed: nobody is listening any more
-        pass

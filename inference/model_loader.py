@@ -20,6 +20,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -123,7 +124,7 @@ def _convert_gguf(gguf_path: Path, target: Path) -> None:
         # The weights are dequantized now: the saved model is a plain one, not a GGUF-quantized one.
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
-        model.hf_quantizer = None
+        model.hf_quantizer = None  # type: ignore[assignment]
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         os.replace(tmp, target)
@@ -136,8 +137,8 @@ def _convert_gguf(gguf_path: Path, target: Path) -> None:
 class LoadedModel:
     """A loaded causal LM, its tokenizer and where they came from."""
 
-    model: torch.nn.Module
-    tokenizer: object  # a transformers PreTrainedTokenizerBase
+    model: Any  # a transformers PreTrainedModel
+    tokenizer: Any  # a transformers PreTrainedTokenizerBase
     path: Path | str
 
 
@@ -157,7 +158,7 @@ def load_model(source: str, dtype: torch.dtype, device: str = "cpu") -> LoadedMo
         raise UnsupportedModelError(
             f"model {source!r} has architecture {config.model_type!r}; supported: {list(SUPPORTED_MODEL_TYPES)}"
         )
-    model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype)
+    model: Any = AutoModelForCausalLM.from_pretrained(location, dtype=dtype)
     if device != "cpu" and getattr(model, "hf_quantizer", None) is None:
         model = model.to(device)
     model.eval()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -25,12 +26,12 @@ from inference.step_input import StepInput
 Linear = Callable[[torch.Tensor], torch.Tensor]
 
 
-def _is_plain_linear(module: nn.Module) -> bool:
+def _is_plain_linear(module: Any) -> bool:
     # DeepSpeed's column-parallel LinearLayer is a plain matmul in inference (its backward differs).
     return type(module) is nn.Linear or type(module).__name__ == "LinearLayer"
 
 
-def _fuse(modules: list[nn.Module]) -> tuple[Linear, list[int]]:
+def _fuse(modules: list[Any]) -> tuple[Linear, list[int]]:
     """One callable computing the concatenated outputs of `modules`, and each output's width."""
     widths = [int(m.weight.shape[0]) if hasattr(m, "weight") and m.weight.dim() == 2 else -1 for m in modules]
     if all(_is_plain_linear(m) for m in modules):
@@ -50,7 +51,7 @@ def _fuse(modules: list[nn.Module]) -> tuple[Linear, list[int]]:
     return (lambda x: torch.cat([m(x) for m in modules], dim=-1)), widths
 
 
-def _single(module: nn.Module) -> Linear:
+def _single(module: Any) -> Linear:
     if type(module) is nn.Linear:
         weight, bias = module.weight.detach(), module.bias
         return lambda x: F.linear(x, weight, bias)
@@ -69,20 +70,21 @@ class LayerWeights:
 
 
 class ModelRunner:
-    def __init__(self, model: nn.Module, kv_cache_blocks: int, block_size: int, max_model_len: int) -> None:
+    def __init__(self, model: Any, kv_cache_blocks: int, block_size: int, max_model_len: int) -> None:
+        """`model`: a Hugging Face causal LM (Llama-like decoder), already wrapped by DeepSpeed."""
         config = model.config
         self.config = config
         self.device = next(model.parameters()).device
-        self.dtype = model.model.embed_tokens.weight.dtype
-        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        self.eps = config.rms_norm_eps
+        self.dtype: torch.dtype = model.model.embed_tokens.weight.dtype
+        self.head_dim: int = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        self.eps: float = config.rms_norm_eps
         self.embed_tokens = model.model.embed_tokens
         self.final_norm = model.model.norm.weight.detach()
         lm_head = model.lm_head
         self.lm_head: Linear = _single(lm_head) if type(lm_head) is nn.Linear else (lambda x: lm_head(x[None])[0])
         if config.hidden_act != "silu":
             raise ValueError(f"unsupported hidden_act {config.hidden_act!r}")
-        self.layers = []
+        self.layers: list[LayerWeights] = []
         for layer in model.model.layers:
             attn, mlp = layer.self_attn, layer.mlp
             qkv, widths = _fuse([attn.q_proj, attn.k_proj, attn.v_proj])
@@ -112,7 +114,7 @@ class ModelRunner:
             device=self.device,
         )
 
-    def _rope_tables(self, model: nn.Module, max_model_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _rope_tables(self, model: Any, max_model_len: int) -> tuple[torch.Tensor, torch.Tensor]:
         """cos/sin for every position, from the model's own rotary module (so RoPE scaling types hold)."""
         positions = torch.arange(max_model_len, device=self.device)[None]
         probe = torch.zeros(1, dtype=torch.float32, device=self.device)

@@ -15,12 +15,16 @@ import os
 import pickle
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from inference.config import EngineConfig
 from inference.dtypes import resolve_dtype
 from inference.step_input import StepInput
+
+if TYPE_CHECKING:
+    from inference.model_runner import ModelRunner
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +58,8 @@ class RankWorker:
         self.config = config
         self.rank = rank
         self.rendezvous = rendezvous
-        self.runner = None
-        self.tokenizer = None
+        self.runner: ModelRunner | None = None
+        self.tokenizer: Any = None
         self.device = torch.device("cuda", rank % max(1, torch.cuda.device_count())) if config.device == "cuda" else torch.device("cpu")
 
     def _init_distributed(self) -> None:
@@ -91,7 +95,7 @@ class RankWorker:
             self._init_distributed()
         dtype = resolve_dtype(cfg.dtype, self.device)
         loaded = load_model(cfg.model, dtype=dtype, device=str(self.device))
-        model = loaded.model
+        model: Any = loaded.model
         engine = deepspeed.init_inference(
             model,
             tensor_parallel={"tp_size": cfg.tp_size},
@@ -100,7 +104,7 @@ class RankWorker:
         )
         model = engine.module
         if cfg.quantization != "none":
-            from inference.compression import apply_load_time_quantization
+            from inference.compression import apply_load_time_quantization  # type: ignore[attr-defined]
 
             model = apply_load_time_quantization(model, cfg.quantization)
         model_limit = int(getattr(model.config, "max_position_embeddings", 2048))

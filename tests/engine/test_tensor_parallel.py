@@ -1,0 +1,35 @@
+"""Tensor parallelism on CPU: DeepSpeed AutoTP, gloo, two rank processes, lockstep steps from rank 0."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from inference.config import EngineConfig
+from inference.llm_engine import LLMEngine
+from inference.sampling_params import SamplingParams
+
+PROMPTS = ["The quick brown fox", "What is the capital of France?", "Serving large language models", "0123456789"]
+
+
+def _run(model_dir: Path, tp_size: int) -> tuple[list[list[int]], list[int]]:
+    engine = LLMEngine(
+        EngineConfig(model=str(model_dir), dtype="float32", tp_size=tp_size, num_threads=1,
+                     kv_cache_tokens=1024, max_num_batched_tokens=16)
+    )
+    try:
+        heads = [engine.worker.runner.num_heads, engine.worker.runner.num_kv_heads]
+        outs = engine.generate(PROMPTS, SamplingParams(max_tokens=16, temperature=0.0, ignore_eos=True))
+        engine.block_manager.check_whole()
+        return [o.outputs[0].token_ids for o in outs], heads
+    finally:
+        engine.shutdown()
+
+
+@pytest.mark.timeout(300)
+def test_tp2_on_cpu_equals_tp1_token_for_token(tiny_model_dir: Path) -> None:
+    single, heads1 = _run(tiny_model_dir, 1)
+    double, heads2 = _run(tiny_model_dir, 2)
+    assert heads1 == [4, 2] and heads2 == [2, 1]  # each rank really holds half of the heads
+    assert double == single
