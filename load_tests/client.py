@@ -52,6 +52,7 @@ class RequestSpec:
     prompt: Prompt
     max_tokens: int
     session_id: str | None = None
+    ready_s: float | None = None
     slot_wait_ms: float = 0.0
 
 
@@ -182,6 +183,7 @@ async def send_request(client: httpx.AsyncClient, target: Target, spec: RequestS
         request_id=spec.request_id,
         planned_send_s=spec.planned_send_s,
         send_s=state.start - start_perf,
+        ready_s=spec.ready_s,
         slot_wait_ms=spec.slot_wait_ms,
         session_id=spec.session_id,
     )

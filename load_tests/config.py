@@ -69,6 +69,7 @@ class RunConfig(_Strict):
     slo: SloTargets = Field(default_factory=SloTargets)
     metric_percentiles: list[float] = Field(default_factory=lambda: [50.0, 90.0, 99.0], min_length=1)
     result_dir: Path | None = Field(default=None, description="Where files go; none = print only.")
+    plots: bool = Field(default=True, description="Write the PNG plots into result_dir.")
     label: str | None = Field(default=None, max_length=200)
     metadata: dict[str, str] = Field(default_factory=dict)
     seed: int = Field(default=0, ge=0, le=2**32 - 1)
@@ -119,8 +120,10 @@ class RunConfig(_Strict):
         return self.trace.total_duration_s if self.trace is not None else None
 
     def public_dict(self) -> dict[str, object]:
-        """The config as written to summary.json: no API key, no Authorization header value."""
+        """The config as written to summary.json: no API key or auth header value, valid JSON."""
         data = self.model_dump(mode="json", exclude={"api_key"})
+        if math.isinf(self.request_rate):
+            data["request_rate"] = "inf"  # as vLLM writes it: JSON has no infinity
         data["headers"] = {
             k: ("<redacted>" if k.lower() in ("authorization", "api-key", "x-api-key") else v)
             for k, v in self.headers.items()

@@ -89,6 +89,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     results.add_argument("--goodput", nargs="+", metavar="METRIC:MS", help="SLO, e.g. ttft:500 tpot:50 e2el:5000")
     results.add_argument("--metric-percentiles", default="50,90,99")
     results.add_argument("--result-dir", default=None)
+    results.add_argument("--no-plots", action="store_true", help="skip the PNGs (report DIR draws them later)")
     results.add_argument("--label", default=None)
     results.add_argument("--metadata", nargs="+", metavar="KEY=VALUE")
     results.add_argument("--window-s", type=float, default=None, help="time-series window (default: auto)")
@@ -132,6 +133,7 @@ def config_from_args(args: argparse.Namespace, **overrides: Any) -> RunConfig:
         "slo": parse_goodput(args.goodput),
         "metric_percentiles": parse_percentiles(args.metric_percentiles),
         "result_dir": args.result_dir,
+        "plots": not args.no_plots,
         "label": args.label,
         "metadata": parse_pairs(args.metadata, "--metadata", "="),
         "seed": args.seed,

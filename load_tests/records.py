@@ -21,13 +21,15 @@ UNKNOWN_VARIANT = "unknown"
 class RequestRecord:
     """One request as the client saw it. Latencies in ms; times in s since the run start.
 
-    `itl_ms` holds the gaps between consecutive content chunks after the first one (so never the
+    `ready_s` is when it could first go out: its planned time, or when a concurrency slot freed up
+    if it had to wait for one (None: the planned time). `itl_ms` holds the gaps between consecutive content chunks after the first one (so never the
     TTFT); `chunk_tokens` the tokens in each content chunk when the server said so per chunk.
     """
 
     request_id: int
     planned_send_s: float
     send_s: float
+    ready_s: float | None = None
     slot_wait_ms: float = 0.0
     status: RequestStatus = "ok"
     http_status: int | None = None
@@ -56,22 +58,22 @@ class RequestRecord:
 
     @property
     def send_lag_ms(self) -> float:
-        """How late the client itself sent this request (concurrency waits excluded)."""
-        return max(0.0, (self.send_s - self.planned_send_s) * 1000.0 - self.slot_wait_ms)
+        """How late the client itself sent this request (waits for a concurrency slot excluded)."""
+        ready = self.planned_send_s if self.ready_s is None else self.ready_s
+        return max(0.0, (self.send_s - ready) * 1000.0)
 
     def itl_per_token_ms(self) -> list[float]:
         """Per-token inter-token latencies: each chunk gap split evenly over the chunk's tokens.
 
-        Without per-chunk token counts, the tokens after the first chunk are assumed spread evenly
-        over the later chunks (exact when the server sends one token per chunk).
+        Without per-chunk token counts, every chunk is assumed to hold the same number of tokens
+        (exact when the server sends one token, or a fixed number of tokens, per chunk).
         """
         if not self.itl_ms:
             return []
         if self.chunk_tokens is not None and len(self.chunk_tokens) == len(self.itl_ms) + 1:
             counts = [max(1, n) for n in self.chunk_tokens[1:]]
         else:
-            later = max(len(self.itl_ms), self.output_tokens - 1)
-            counts = [max(1, round(later / len(self.itl_ms)))] * len(self.itl_ms)
+            counts = [max(1, round(self.output_tokens / (len(self.itl_ms) + 1)))] * len(self.itl_ms)
         return [gap / n for gap, n in zip(self.itl_ms, counts, strict=True) for _ in range(n)]
 
     def to_json(self) -> str:

@@ -28,7 +28,7 @@ def execute(config: RunConfig) -> tuple[list[RequestRecord], Analysis]:
     records, info = asyncio.run(run_load(config))
     analysis = analyze(records, info, config.slo, config.metric_percentiles, config.window_s)
     if config.result_dir is not None:
-        written = write_results(Path(config.result_dir), records, analysis, config.slo)
+        written = write_results(Path(config.result_dir), records, analysis, config.slo, plots=config.plots)
         if not config.quiet:
             print(f"wrote {', '.join(p.name for p in written)} to {config.result_dir}", file=sys.stderr)
     return records, analysis

@@ -82,8 +82,8 @@ async def _send_all(client: httpx.AsyncClient, config: RunConfig, target: Target
         delay = offset - (time.perf_counter() - start_perf)
         if delay > 0:
             await asyncio.sleep(delay)
-        slot_wait_ms = 0.0
-        if slots is not None:
+        slot_wait_ms, ready_s = 0.0, offset
+        if slots is not None and slots.locked():  # all slots busy: it may go out once one frees up
             waited_from = time.perf_counter()
             left = math.inf if window is None else window - (waited_from - start_perf)
             try:
@@ -91,9 +91,13 @@ async def _send_all(client: httpx.AsyncClient, config: RunConfig, target: Target
             except TimeoutError:
                 break
             slot_wait_ms = (time.perf_counter() - waited_from) * 1000.0
+            ready_s = max(offset, time.perf_counter() - start_perf)
+        elif slots is not None:
+            await slots.acquire()  # free now: does not block
         prompt = prompts[i % len(prompts)]
         session = f"session-{i % config.num_sessions}" if config.num_sessions else None
-        spec = RequestSpec(i, offset, prompt, prompt.output_len or config.output_len, session, slot_wait_ms)
+        spec = RequestSpec(i, offset, prompt, prompt.output_len or config.output_len, session, ready_s,
+                           slot_wait_ms)
         sent.append((spec, asyncio.create_task(one(spec))))
         progress.on_sent()
         await asyncio.sleep(0)  # let the new request start before planning the next one
@@ -105,8 +109,8 @@ async def _record_of(spec: RequestSpec, task: asyncio.Task[RequestRecord]) -> Re
     try:
         return await task
     except asyncio.CancelledError:
-        return RequestRecord(spec.request_id, spec.planned_send_s, spec.planned_send_s, spec.slot_wait_ms,
-                             status="cancelled", error="cancelled: the run ended before it was sent",
+        return RequestRecord(spec.request_id, spec.planned_send_s, spec.planned_send_s, spec.ready_s,
+                             spec.slot_wait_ms, status="cancelled", error="cancelled: the run ended before it was sent",
                              session_id=spec.session_id)
 
 
