@@ -1,7 +1,8 @@
 """When requests are planned to be sent: Poisson/gamma arrivals at a fixed rate or along a trace.
 
 A trace (`--trace FILE.yaml`) is a list of phases, each a constant rate, a linear ramp, and/or an
-instant burst, which gives step and burst shapes. Arrivals are drawn as a unit-rate renewal process
+instant burst, which gives step and burst shapes; the controller simulator's `segments` traces
+are read too. Arrivals are drawn as a unit-rate renewal process
 (exponential gaps for Poisson, gamma gaps of shape `burstiness` otherwise) and mapped through the
 inverse of the cumulative rate, so a Poisson trace is an exact non-homogeneous Poisson process.
 `planned_offsets` yields seconds since the run start, lazily and in order.
@@ -12,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import yaml
@@ -59,29 +60,46 @@ class TraceSpec(BaseModel):
     def total_duration_s(self) -> float:
         return sum(p.duration_s for p in self.all_phases)
 
-    def rate_at(self, t: float) -> float:
-        """Planned rate (req/s, bursts excluded) at `t` seconds since the start."""
-        start = 0.0
-        for p in self.all_phases:
-            if t < start + p.duration_s:
-                return p.rate + (p.end_rate - p.rate) * (t - start) / p.duration_s
-            start += p.duration_s
-        return 0.0
+    def scaled(self, factor: float) -> TraceSpec:
+        """The same shape with every rate and burst multiplied by `factor`."""
+        phases = [p.model_copy(update={"rate": p.rate * factor,
+                                       "rate_end": None if p.rate_end is None else p.rate_end * factor,
+                                       "burst": round(p.burst * factor)}) for p in self.phases]
+        return self.model_copy(update={"phases": phases})
 
 
-def load_trace(path: str | Path) -> TraceSpec:
-    """Read a trace YAML; errors name the file and the bad field."""
+def _from_segments(raw: dict[str, Any], where: str, scale: float | None) -> dict[str, Any]:
+    """The controller simulator's shape (`segments: [{t_s, rate}]`, `duration_s`, `unit`) as phases."""
+    unit = raw.get("unit", "rps")
+    if unit == "full_replica" and scale is None:
+        raise ValueError(f"trace {where} is in units of one full replica's capacity: pass --trace-scale "
+                         "with the req/s that 1.0 means on this server")
+    try:
+        points = [(float(s["t_s"]), float(s["rate"])) for s in raw["segments"]]
+        ends = [t for t, _ in points[1:]] + [float(raw["duration_s"])]
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"trace {where}: segments need t_s and rate, and the trace a duration_s ({e!r})") from e
+    phases = [{"duration_s": end - t, "rate": rate} for (t, rate), end in zip(points, ends, strict=True)]
+    return {"name": raw.get("name", Path(where).stem), "phases": phases}
+
+
+def load_trace(path: str | Path, scale: float | None = None) -> TraceSpec:
+    """Read a trace YAML (phases, or the simulator's segments); `scale` multiplies its rates.
+    Errors name the file and the bad field."""
     try:
         raw = yaml.safe_load(Path(path).read_text())
     except OSError as e:
         raise ValueError(f"cannot read trace {path}: {e.strerror}") from e
     except yaml.YAMLError as e:
         raise ValueError(f"trace {path} is not valid YAML: {e}") from e
+    if isinstance(raw, dict) and "segments" in raw:
+        raw = _from_segments(raw, str(path), scale)
     try:
-        return TraceSpec.model_validate(raw)
+        trace = TraceSpec.model_validate(raw)
     except ValidationError as e:
         problems = "; ".join(f"{'.'.join(map(str, i['loc']))}: {i['msg']}" for i in e.errors())
         raise ValueError(f"trace {path}: {problems}") from e
+    return trace if scale is None else trace.scaled(scale)
 
 
 def _unit_gaps(kind: ArrivalKind, burstiness: float, rng: np.random.Generator) -> Iterator[float]:

@@ -81,7 +81,11 @@ class RunConfig(_Strict):
     fail_on_slo: bool = Field(default=False, description="Exit 1 when SLO attainment is below slo_target.")
     slo_target: float = Field(default=1.0, gt=0.0, le=1.0, description="Least attainment that passes.")
     request_timeout_s: float = Field(default=300.0, gt=0.0, le=86400.0)
-    drain_timeout_s: float = Field(default=30.0, ge=0.0, le=86400.0, description="Wait for stragglers.")
+    drain_timeout_s: float | None = Field(
+        default=None, ge=0.0, le=86400.0,
+        description="Wait for stragglers after sending stops; default 30 s, or the request timeout "
+        "when only --num-prompts bounds the run.",
+    )
     ready_check_timeout_s: float = Field(default=30.0, ge=0.0, le=86400.0)
     window_s: float | None = Field(default=None, gt=0.0, le=86400.0, description="Time-series window.")
     progress_interval_s: float = Field(default=5.0, gt=0.0, le=3600.0)
@@ -111,6 +115,12 @@ class RunConfig(_Strict):
     @property
     def api_key_or_env(self) -> str | None:
         return self.api_key or os.environ.get("OPENAI_API_KEY")
+
+    @property
+    def drain_s(self) -> float:
+        if self.drain_timeout_s is not None:
+            return self.drain_timeout_s
+        return self.request_timeout_s if self.send_window_s is None else 30.0
 
     @property
     def send_window_s(self) -> float | None:

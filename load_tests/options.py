@@ -75,7 +75,10 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     load.add_argument("--num-prompts", type=int, default=None)
     load.add_argument("--duration", type=float, default=None, help="seconds during which requests are sent")
     load.add_argument("--trace", default=None, metavar="FILE.yaml", help="rate over time (step/burst shapes)")
-    load.add_argument("--drain-timeout", type=float, default=30.0, help="s to wait for stragglers, then cancel")
+    load.add_argument("--trace-scale", type=float, default=None, help="multiply the trace's rates by this")
+    load.add_argument("--drain-timeout", type=float, default=None,
+                      help="s to wait for stragglers, then cancel (default 30; --request-timeout if only "
+                           "--num-prompts bounds the run)")
     load.add_argument("--request-timeout", type=float, default=300.0)
     load.add_argument("--ready-check-timeout-sec", type=float, default=30.0)
     load.add_argument("--seed", type=int, default=0)
@@ -112,7 +115,9 @@ def _describe(error: ValidationError) -> str:
 def config_from_args(args: argparse.Namespace, **overrides: Any) -> RunConfig:
     """Build and validate the RunConfig; `overrides` replace single fields (used by sweep)."""
     try:
-        trace = load_trace(args.trace) if args.trace else None
+        if args.trace_scale is not None and not args.trace_scale > 0:
+            raise ValueError(f"--trace-scale must be > 0, got {args.trace_scale}")
+        trace = load_trace(args.trace, args.trace_scale) if args.trace else None
     except ValueError as e:
         raise LoadTestError(str(e)) from e
     fields: dict[str, Any] = {

@@ -3,7 +3,8 @@
 Requests are sent at their planned times (arrivals.py), each in its own task, limited by
 `max_concurrency`; sending stops at `num_prompts` or when the send window (`--duration`, else the
 trace length) ends, whichever comes first. Requests still in flight `drain_timeout_s` after that
-are cancelled and recorded as `cancelled`, so every run stops by itself. Controller decisions
+are cancelled and recorded as `cancelled` (default 30 s; the request timeout when only
+`num_prompts` bounds the run), so every run stops by itself. Controller decisions
 are read once at the end.
 """
 
@@ -130,7 +131,7 @@ async def run_load(config: RunConfig) -> tuple[list[RequestRecord], RunInfo]:
         try:
             sent = await _send_all(client, config, target, progress, start_perf)
             if sent:
-                _, pending = await asyncio.wait([t for _, t in sent], timeout=config.drain_timeout_s)
+                _, pending = await asyncio.wait([t for _, t in sent], timeout=config.drain_s)
                 for task in pending:
                     task.cancel()
                 if pending:

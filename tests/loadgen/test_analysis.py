@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import itertools
 import math
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
-from load_tests.arrivals import TracePhase, TraceSpec, planned_offsets
+from load_tests.arrivals import TracePhase, TraceSpec, load_trace, planned_offsets
 from load_tests.config import RunConfig, SloTargets
 from load_tests.records import ControllerDecision, RequestRecord
 from load_tests.slo import attainment
@@ -93,3 +94,14 @@ def test_run_config_refuses_unbounded_runs_and_remote_targets() -> None:
     assert RunConfig(num_prompts=1, base_url="http://[::1]:8000/v1/").root_url == "http://[::1]:8000"
     with pytest.raises(ValidationError, match="--goodput"):
         RunConfig(num_prompts=1, fail_on_slo=True)
+
+
+def test_simulator_segment_traces_are_read_with_a_scale(tmp_path: Path) -> None:
+    path = tmp_path / "step.yaml"
+    path.write_text("name: step3x\nunit: full_replica\nduration_s: 30\n"
+                    "segments: [{t_s: 0, rate: 0.5}, {t_s: 10, rate: 1.5}, {t_s: 20, rate: 0.5}]\n")
+    with pytest.raises(ValueError, match="--trace-scale"):
+        load_trace(path)
+    trace = load_trace(path, scale=4.0)
+    assert trace.name == "step3x" and trace.total_duration_s == 30
+    assert [(p.duration_s, p.rate) for p in trace.phases] == [(10, 2.0), (10, 6.0), (10, 2.0)]

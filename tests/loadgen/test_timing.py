@@ -29,7 +29,7 @@ def _close(measured: float, configured: float, rel: float = 0.15, abs_ms: float 
 
 def test_ttft_and_tpot_match_the_configured_latencies(steady_mock: MockServer, tmp_path: Path) -> None:
     rc = run_tool("run", "--base-url", steady_mock.url, "--num-prompts", "12", "--request-rate", "20",
-                  "--max-concurrency", "4", "--output-len", "20", "--result-dir", str(tmp_path))
+                  "--max-concurrency", "4", "--output-len", "20", "--no-plots", "--result-dir", str(tmp_path))
     assert rc == 0
     summary = load_summary(tmp_path)
     assert summary["completed"] == 12 and summary["failed"] == 0
@@ -48,7 +48,7 @@ def test_ttft_and_tpot_match_the_configured_latencies(steady_mock: MockServer, t
 def test_per_token_itl_splits_multi_token_chunks(start_mock, tmp_path: Path) -> None:
     mock = start_mock("--variants", "chunky:ttft_ms=60,tpot_ms=10,tokens_per_chunk=4")
     rc = run_tool("run", "--base-url", mock.url, "--endpoint", "completions", "--num-prompts", "6",
-                  "--max-concurrency", "3", "--output-len", "16", "--result-dir", str(tmp_path))
+                  "--max-concurrency", "3", "--output-len", "16", "--no-plots", "--result-dir", str(tmp_path))
     assert rc == 0
     summary = load_summary(tmp_path)
     assert summary["completed"] == 6
