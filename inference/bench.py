@@ -1,0 +1,202 @@
+"""The engine benchmark: our engine vs Hugging Face `generate`, same model, same dtype, same run.
+
+    python -m inference.bench --model packaged:smollm2-135m-instruct [--json] [--quick]
+
+Scenarios (output lengths forced with ignore_eos / min_new_tokens so both do the same work):
+  single     decode tok/s of one stream, 128 new tokens (time after the first token);
+  uniform32  32 requests, 64-token prompts, 128 new tokens each: engine (all submitted at once,
+             continuous batching) vs HF `generate` with one static batch of 32;
+  mixed64    64 requests with seeded prompt lengths and output lengths 16..256: engine vs HF in
+             static batches of 32, left-padded, each batch running until its longest request ends.
+Also prints the memory-bound limit for batch 1: bytes of weights read per token / measured read
+bandwidth of this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+
+from inference.config import EngineConfig
+from inference.dtypes import resolve_dtype
+from inference.llm_engine import LLMEngine
+from inference.sampling_params import SamplingParams
+
+
+@dataclass(slots=True)
+class Workload:
+    prompts: list[list[int]]
+    output_lens: list[int]
+
+    @property
+    def num_output_tokens(self) -> int:
+        return sum(self.output_lens)
+
+
+def make_workload(vocab: int, num: int, prompt_len: tuple[int, int], output_len: tuple[int, int], seed: int) -> Workload:
+    rng = random.Random(seed)
+    prompts = [[rng.randrange(10, vocab) for _ in range(rng.randint(*prompt_len))] for _ in range(num)]
+    return Workload(prompts, [rng.randint(*output_len) for _ in range(num)])
+
+
+def measure_read_bandwidth_gbs(num_bytes: int = 1 << 30) -> float:
+    data = torch.ones(num_bytes // 4, dtype=torch.float32)
+    data.sum()
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        data.sum()
+        best = min(best, time.perf_counter() - start)
+    return num_bytes / best / 1e9
+
+
+def engine_run(engine: LLMEngine, work: Workload) -> tuple[float, list[float]]:
+    """Wall seconds for the whole workload, and per-request decode tok/s (after the first token)."""
+    start = time.perf_counter()
+    outs = engine.generate(
+        work.prompts, [SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True) for n in work.output_lens]
+    )
+    wall = time.perf_counter() - start
+    rates = []
+    for out in outs:
+        m = out.metrics
+        assert out.outputs[0].token_ids and len(out.outputs[0].token_ids) == m.num_output_tokens
+        if m.tpot_s:
+            rates.append(1.0 / m.tpot_s)
+    return wall, rates
+
+
+class _FirstTokenTimer:
+    """A `generate` streamer that records when the first new token arrives."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.first_token_s: float | None = None
+
+    def put(self, value: torch.Tensor) -> None:
+        self.calls += 1
+        if self.calls == 2:  # the first call carries the prompt
+            self.first_token_s = time.perf_counter()
+
+    def end(self) -> None:
+        pass
+
+
+def hf_run(model, work: Workload, batch_size: int, pad_id: int) -> tuple[float, float | None]:  # type: ignore[no-untyped-def]
+    """Wall seconds for the workload in static left-padded batches; decode tok/s when batch_size == 1."""
+    start = time.perf_counter()
+    decode_rate = None
+    for b in range(0, len(work.prompts), batch_size):
+        prompts = work.prompts[b : b + batch_size]
+        new = max(work.output_lens[b : b + batch_size])
+        width = max(len(p) for p in prompts)
+        ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts])
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+        timer = _FirstTokenTimer() if len(prompts) == 1 else None
+        t0 = time.perf_counter()
+        model.generate(
+            input_ids=ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new, do_sample=False,
+            pad_token_id=pad_id, streamer=timer,
+        )
+        if timer is not None and timer.first_token_s is not None and new > 1:
+            decode_rate = (new - 1) / (time.perf_counter() - timer.first_token_s)
+        del t0
+    return time.perf_counter() - start, decode_rate
+
+
+def run(model_source: str, dtype_name: str, quick: bool, log=print) -> dict:  # type: ignore[no-untyped-def]
+    from transformers import AutoModelForCausalLM
+
+    from inference.model_loader import resolve_model_dir
+
+    torch.set_num_threads(torch.get_num_threads())
+    scale = 4 if quick else 1
+    n_single, n_uniform, n_mixed = 128 // scale, 32 // scale, 64 // scale
+    log(f"loading {model_source} in the engine ...")
+    engine = LLMEngine(
+        EngineConfig(model=model_source, dtype=dtype_name, kv_cache_tokens=40960, max_num_seqs=64, max_num_batched_tokens=1024)
+    )
+    dtype = resolve_dtype(dtype_name, torch.device("cpu"))
+    log(f"loading the same model in transformers ({dtype}) ...")
+    hf = AutoModelForCausalLM.from_pretrained(resolve_model_dir(model_source), dtype=dtype).eval()
+    vocab = engine.info.vocab_size
+    pad_id = engine.info.eos_token_ids[0] if engine.info.eos_token_ids else 0
+    results: dict = {"model": model_source, "dtype": str(dtype).removeprefix("torch."), "threads": torch.get_num_threads()}
+
+    warm = make_workload(vocab, 2, (16, 16), (8, 8), seed=1)
+    engine_run(engine, warm)
+    hf_run(hf, warm, 2, pad_id)
+
+    log("single stream ...")
+    single = make_workload(vocab, 1, (64, 64), (n_single, n_single), seed=2)
+    _, engine_rates = engine_run(engine, single)
+    _, hf_rate = hf_run(hf, single, 1, pad_id)
+    results["single"] = {"engine": round(engine_rates[0], 1), "hf_generate": round(hf_rate or 0.0, 1)}
+
+    log(f"uniform: {n_uniform} requests ...")
+    uniform = make_workload(vocab, n_uniform, (64, 64), (128 // scale, 128 // scale), seed=3)
+    wall_e, _ = engine_run(engine, uniform)
+    wall_h, _ = hf_run(hf, uniform, n_uniform, pad_id)
+    results["uniform32"] = {
+        "engine": round(uniform.num_output_tokens / wall_e, 1),
+        "hf_generate": round(uniform.num_output_tokens / wall_h, 1),
+    }
+
+    log(f"mixed: {n_mixed} requests ...")
+    mixed = make_workload(vocab, n_mixed, (16, 256), (16, 256 // scale), seed=4)
+    wall_e, _ = engine_run(engine, mixed)
+    wall_h, _ = hf_run(hf, mixed, 32 // scale, pad_id)
+    results["mixed64"] = {
+        "engine": round(mixed.num_output_tokens / wall_e, 1),
+        "hf_generate": round(mixed.num_output_tokens / wall_h, 1),
+        "engine_wall_s": round(wall_e, 2),
+        "hf_generate_wall_s": round(wall_h, 2),
+    }
+
+    bandwidth = measure_read_bandwidth_gbs()
+    weight_bytes = sum(p.numel() * p.element_size() for p in hf.parameters())
+    results["read_bandwidth_gbs"] = round(bandwidth, 1)
+    results["weight_bytes"] = weight_bytes
+    results["limit_bs1_tok_s"] = round(bandwidth * 1e9 / weight_bytes, 1)
+    for key in ("single", "uniform32", "mixed64"):
+        r = results[key]
+        r["speedup"] = round(r["engine"] / r["hf_generate"], 2) if r["hf_generate"] else None
+    engine.shutdown()
+    return results
+
+
+def print_table(r: dict) -> None:  # type: ignore[type-arg]
+    print(f"model {r['model']}  dtype {r['dtype']}  threads {r['threads']}")
+    print(f"{'scenario':<12}{'engine tok/s':>14}{'HF generate':>14}{'speedup':>10}")
+    for key in ("single", "uniform32", "mixed64"):
+        row = r[key]
+        print(f"{key:<12}{row['engine']:>14}{row['hf_generate']:>14}{row['speedup']!s:>9}x")
+    print(
+        f"batch-1 memory-bound limit: {r['limit_bs1_tok_s']} tok/s "
+        f"({r['weight_bytes'] / 1e6:.0f} MB of weights / {r['read_bandwidth_gbs']} GB/s measured read bandwidth)"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m inference.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="packaged:smollm2-135m-instruct")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32", "float16"])
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--quick", action="store_true", help="a quarter of the work (a smoke run)")
+    args = parser.parse_args(argv)
+    results = run(args.model, args.dtype, args.quick, log=lambda m: print(m, file=sys.stderr, flush=True))
+    if args.json:
+        print(json.dumps(results))
+    else:
+        print_table(results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
