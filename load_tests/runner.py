@@ -59,12 +59,32 @@ async def _choose_model(client: httpx.AsyncClient, config: RunConfig) -> str:
     return models[0]
 
 
+class _Slots:
+    """The concurrency limit; it remembers since when a slot has been free, so a request that had
+    to wait for one counts as ready from then on (that wait is not the client falling behind)."""
+
+    def __init__(self, limit: int) -> None:
+        self._semaphore = asyncio.Semaphore(limit)
+        self._free = limit
+        self.free_since_s = 0.0
+
+    async def acquire(self) -> None:
+        await self._semaphore.acquire()
+        self._free -= 1
+
+    def release(self, now_s: float) -> None:
+        self._free += 1
+        if self._free == 1:
+            self.free_since_s = now_s
+        self._semaphore.release()
+
+
 async def _send_all(client: httpx.AsyncClient, config: RunConfig, target: Target, progress: RunProgress,
                     start_perf: float) -> list[tuple[RequestSpec, asyncio.Task[RequestRecord]]]:
     """Create one task per request at its planned time; return them once sending has stopped."""
     prompts = _prompts(config)
     window = config.send_window_s
-    slots = asyncio.Semaphore(config.max_concurrency) if config.max_concurrency else None
+    slots = _Slots(config.max_concurrency) if config.max_concurrency else None
     sent: list[tuple[RequestSpec, asyncio.Task[RequestRecord]]] = []
 
     async def one(spec: RequestSpec) -> RequestRecord:
@@ -72,7 +92,7 @@ async def _send_all(client: httpx.AsyncClient, config: RunConfig, target: Target
             record = await send_request(client, target, spec, start_perf)
         finally:
             if slots is not None:
-                slots.release()
+                slots.release(time.perf_counter() - start_perf)
         progress.on_done(record)
         return record
 
@@ -84,7 +104,7 @@ async def _send_all(client: httpx.AsyncClient, config: RunConfig, target: Target
         if delay > 0:
             await asyncio.sleep(delay)
         slot_wait_ms, ready_s = 0.0, offset
-        if slots is not None and slots.locked():  # all slots busy: it may go out once one frees up
+        if slots is not None:
             waited_from = time.perf_counter()
             left = math.inf if window is None else window - (waited_from - start_perf)
             try:
@@ -92,9 +112,7 @@ async def _send_all(client: httpx.AsyncClient, config: RunConfig, target: Target
             except TimeoutError:
                 break
             slot_wait_ms = (time.perf_counter() - waited_from) * 1000.0
-            ready_s = max(offset, time.perf_counter() - start_perf)
-        elif slots is not None:
-            await slots.acquire()  # free now: does not block
+            ready_s = max(offset, slots.free_since_s)
         prompt = prompts[i % len(prompts)]
         session = f"session-{i % config.num_sessions}" if config.num_sessions else None
         spec = RequestSpec(i, offset, prompt, prompt.output_len or config.output_len, session, ready_s,
