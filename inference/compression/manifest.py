@@ -43,8 +43,11 @@ class SpeedProfile(BaseModel):
     tpot_ms_at: dict[str, float] = Field(
         default_factory=dict, description="Median time per output token at N concurrent requests, ms."
     )
+    ttft_ms_at: dict[str, float] = Field(
+        default_factory=dict, description="Median time to first token at N concurrent requests, ms."
+    )
 
-    @field_validator("tok_s_at", "tpot_ms_at")
+    @field_validator("tok_s_at", "tpot_ms_at", "ttft_ms_at")
     @classmethod
     def _keys_are_concurrency(cls, value: dict[str, float]) -> dict[str, float]:
         for key, number in value.items():
@@ -67,6 +70,10 @@ class VariantEntry(BaseModel):
     bytes: int = Field(gt=0, description="Bytes of weights on disk.")
     resident_bytes: int | None = Field(default=None, gt=0, description="Resident memory of the loaded model.")
     dtype: str = Field(default="auto", description="Engine dtype the variant is served with.")
+    quantization: str = Field(
+        default="none",
+        description="Load-time quantization the engine applies to `path` (EngineConfig.quantization), e.g. 'torch-int8'.",
+    )
     quality: QualityMetrics
     speed: SpeedProfile
     options: dict[str, str | int | float | bool] = Field(

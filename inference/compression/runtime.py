@@ -1,0 +1,73 @@
+"""Load-time quantization: turn an already loaded float model into a quantized one, in place.
+
+`apply_load_time_quantization(model, method)` is what the engine calls for `EngineConfig.quantization`
+(and for a variant directory whose `sloserve_variant.json` names a `load_time_quantization`):
+  torch-int8  every nn.Linear (LM head included) -> `Int8Linear` (int8 weights, dynamic int8
+              activations, fbgemm/x86 GEMM); CPU only;
+  bnb-int8    every decoder nn.Linear -> bitsandbytes `Linear8bitLt` (LLM.int8, threshold 6.0);
+  bnb-nf4     every decoder nn.Linear -> bitsandbytes `Linear4bit` (nf4, blocks of 64, compute in
+              the model's float dtype).
+The LM head stays in float for the bitsandbytes methods, as transformers does.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from inference.compression.base import VariantRecipe
+from inference.compression.int8_linear import quantize_linears_int8
+
+LOAD_TIME_METHODS = ("torch-int8", "bnb-int8", "bnb-nf4")
+
+
+def apply_load_time_quantization(model: nn.Module, method: str) -> nn.Module:
+    """Quantize `model`'s linear layers in place with `method`; returns the model."""
+    if method == "none":
+        return model
+    if method == "torch-int8":
+        return quantize_linears_int8(model, include_lm_head=True)
+    if method in ("bnb-int8", "bnb-nf4"):
+        return _bnb_replace(model, four_bit=method == "bnb-nf4")
+    raise ValueError(f"unknown load-time quantization {method!r}; known: {list(LOAD_TIME_METHODS)}")
+
+
+def recipe_quantization(model_dir: Path | str) -> str:
+    """The load-time quantization a variant directory asks for ('none' if it asks for none)."""
+    if not Path(model_dir).is_dir():
+        return "none"
+    recipe = VariantRecipe.load(model_dir)
+    return "none" if recipe is None else recipe.load_time_quantization
+
+
+def _bnb_replace(model: nn.Module, four_bit: bool) -> nn.Module:
+    import bitsandbytes as bnb
+
+    targets: list[tuple[nn.Module, str, nn.Linear]] = []
+    for parent in model.modules():
+        for child_name, child in parent.named_children():
+            if type(child) is nn.Linear and child_name != "lm_head":
+                targets.append((parent, child_name, child))
+    for parent, child_name, child in targets:
+        device = child.weight.device
+        has_bias = child.bias is not None
+        new: nn.Module
+        if four_bit:
+            new = bnb.nn.Linear4bit(
+                child.in_features, child.out_features, bias=has_bias,
+                compute_dtype=child.weight.dtype, quant_type="nf4", device="meta",
+            )
+            new.weight = bnb.nn.Params4bit(child.weight.data.cpu(), requires_grad=False, quant_type="nf4")
+        else:
+            new = bnb.nn.Linear8bitLt(
+                child.in_features, child.out_features, bias=has_bias,
+                has_fp16_weights=False, threshold=6.0, device="meta",
+            )
+            new.weight = bnb.nn.Int8Params(child.weight.data.cpu(), requires_grad=False, has_fp16_weights=False)
+        if has_bias:
+            assert child.bias is not None
+            new.bias = nn.Parameter(child.bias.data.cpu(), requires_grad=False)
+        setattr(parent, child_name, new.to(device))  # moving a bnb param quantizes it
+    return model
+

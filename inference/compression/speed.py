@@ -1,0 +1,85 @@
+"""Speed and size of a variant, measured through the engine (`LLMEngine`) on this machine.
+
+At each concurrency N, N requests with the same seeded random prompts (`prompt_len` tokens) are
+submitted at once and each decodes exactly `max_tokens` tokens (ignore_eos), so every variant does
+the same work: aggregate tok/s = all output tokens / wall time, TTFT and TPOT are per-request
+medians. A short warm-up run comes first. Memory is the loaded weights' resident bytes.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from inference.compression.manifest import SpeedProfile
+
+
+@dataclass(slots=True)
+class SpeedResult:
+    tok_s_at: dict[int, float] = field(default_factory=dict)
+    ttft_ms_at: dict[int, float] = field(default_factory=dict)
+    tpot_ms_at: dict[int, float] = field(default_factory=dict)
+    num_params: int = 0
+
+    def profile(self) -> SpeedProfile:
+        first = min(self.tok_s_at)
+        return SpeedProfile(
+            tok_s_bs1=self.tok_s_at.get(1, self.tok_s_at[first]),
+            tok_s_at={str(n): round(v, 2) for n, v in self.tok_s_at.items()},
+            ttft_ms_p50=round(self.ttft_ms_at.get(1, self.ttft_ms_at[first]), 2),
+            tpot_ms_at={str(n): round(v, 3) for n, v in self.tpot_ms_at.items()},
+            ttft_ms_at={str(n): round(v, 2) for n, v in self.ttft_ms_at.items()},
+        )
+
+
+def make_engine(model_dir: Path, quantization: str = "none", dtype: str = "auto", num_threads: int | None = None) -> Any:
+    from inference.config import EngineConfig
+    from inference.llm_engine import LLMEngine
+
+    config = EngineConfig(
+        model=str(model_dir), dtype=dtype, quantization=quantization,  # type: ignore[arg-type]
+        kv_cache_tokens=16384, max_num_seqs=64, num_threads=num_threads,
+    )
+    return LLMEngine(config)
+
+
+def measure_speed(
+    engine: Any,
+    concurrencies: tuple[int, ...] = (1, 32),
+    prompt_len: int = 64,
+    max_tokens: int = 64,
+    seed: int = 0,
+) -> SpeedResult:
+    """Decode speed at each concurrency through a started engine."""
+    from inference.sampling_params import SamplingParams
+
+    rng = random.Random(seed)
+    vocab = int(engine.info.vocab_size)
+    params = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
+    engine.generate([[rng.randrange(10, vocab) for _ in range(prompt_len)]] * 2, SamplingParams(max_tokens=4, ignore_eos=True))
+    result = SpeedResult(num_params=int(engine.info.num_params))
+    for n in concurrencies:
+        prompts = [[rng.randrange(10, vocab) for _ in range(prompt_len)] for _ in range(n)]
+        start = time.perf_counter()
+        outs = engine.generate(prompts, params)
+        wall = time.perf_counter() - start
+        result.tok_s_at[n] = sum(o.metrics.num_output_tokens for o in outs) / wall
+        result.ttft_ms_at[n] = 1000 * statistics.median(o.metrics.ttft_s or 0.0 for o in outs)
+        result.tpot_ms_at[n] = 1000 * statistics.median(o.metrics.tpot_s or 0.0 for o in outs)
+    return result
+
+
+def measure_variant_speed(
+    model_dir: Path, quantization: str = "none", concurrencies: tuple[int, ...] = (1, 32), max_tokens: int = 64,
+    num_threads: int | None = None,
+) -> SpeedResult:
+    """Start an engine on `model_dir`, measure, shut it down."""
+    engine = make_engine(model_dir, quantization, num_threads=num_threads)
+    try:
+        return measure_speed(engine, concurrencies, max_tokens=max_tokens)
+    finally:
+        engine.shutdown()
