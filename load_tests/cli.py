@@ -25,7 +25,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m load_tests", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m load_tests",
+        description="Load tests for OpenAI-compatible servers: streaming timing, SLO attainment and goodput "
+        "per variant, controller switch events, plots. See load_tests/README.md.",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     chosen = argv[0] if argv else None  # only the chosen command's module is imported
     for name, (module_name, help_text) in COMMANDS.items():

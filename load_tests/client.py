@@ -202,7 +202,13 @@ async def send_request(client: httpx.AsyncClient, target: Target, spec: RequestS
                     data = line[5:].strip()
                     if data == "[DONE]":
                         break
-                    _on_chunk(state, json.loads(data), now)
+                    chunk = json.loads(data)
+                    if not isinstance(chunk, dict):
+                        state.error = f"not an SSE chunk object: {data[:100]!r}"
+                        break
+                    _on_chunk(state, chunk, now)
+                    if state.error is not None:
+                        break
             record.variant = variant_of(resp.headers, state.model)
     except asyncio.CancelledError:
         record.status, record.error = "cancelled", "cancelled: the run ended before the response"

@@ -56,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"sweep point {name} ({len(rows) + 1}/{len(points)})", file=sys.stderr, flush=True)
         records, analysis = execute(config)
         s = analysis.summary
-        offered = len(records) / s["duration"] if s["duration"] else 0.0
+        window = config.send_window_s or s["duration"]  # the load was offered while sending
+        offered = len(records) / window if window else 0.0
         rows.append({"point": name, field: value, "offered_rate": offered, **{k: s.get(k) for k in _ROW_KEYS}})
         exit_code = max(exit_code, verdict_exit_code(config, records, analysis))
     (root / "sweep.json").write_text(json.dumps(rows, indent=2) + "\n")

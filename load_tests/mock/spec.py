@@ -39,7 +39,8 @@ def parse_variant(text: str) -> VariantProfile:
         return VariantProfile(name=name, **fields)  # type: ignore[arg-type]
     except ValidationError as e:
         problems = "; ".join(f"{'.'.join(map(str, i['loc']))}: {i['msg']}" for i in e.errors())
-        raise ValueError(f"--variants {text!r}: {problems}") from e
+        keys = ", ".join(k for k in VariantProfile.model_fields if k != "name")
+        raise ValueError(f"--variants {text!r}: {problems} (keys: {keys})") from e
 
 
 @dataclass(frozen=True, slots=True)

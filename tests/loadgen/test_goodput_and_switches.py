@@ -13,7 +13,8 @@ SWITCH_AT_S = 1.5  # the mock's schedule counts from the first request it receiv
 
 
 def test_goodput_counts_errors_and_429s_as_misses(start_mock, tmp_path: Path) -> None:
-    mock = start_mock("--variants", "full:ttft_ms=30,tpot_ms=5,error_rate=0.3", "--max-inflight", "3")
+    mock = start_mock("--variants", "full:ttft_ms=30,tpot_ms=5,error_rate=0.3,stream_error_rate=0.5",
+                      "--max-inflight", "3")
     rc = run_tool("run", "--base-url", mock.url, "--num-prompts", "30", "--request-rate", "60",
                   "--output-len", "8", "--goodput", "ttft:1000", "tpot:100", "--no-plots",
                   "--result-dir", str(tmp_path))
@@ -21,7 +22,8 @@ def test_goodput_counts_errors_and_429s_as_misses(start_mock, tmp_path: Path) ->
     s = load_summary(tmp_path)
     records = load_records(tmp_path)
     assert s["failed"] > 0 and s["completed"] > 0
-    assert set(s["errors"]) == {"HTTP 500", "HTTP 429"}  # 3 in flight at 60 req/s of ~65 ms: both occur
+    # 3 in flight at 60 req/s of ~65 ms: rejections occur, as do errors before and during the stream
+    assert set(s["errors"]) == {"HTTP 500", "HTTP 429", "stream error"}
     assert s["num_good"] == s["completed"]  # every success met the loose SLO ...
     assert s["slo_attainment"] == pytest.approx(s["completed"] / 30)  # ... but failures are misses
     assert s["slo_attainment_ttft"] == pytest.approx(s["completed"] / 30)
@@ -30,7 +32,7 @@ def test_goodput_counts_errors_and_429s_as_misses(start_mock, tmp_path: Path) ->
     assert all(r["retry_after_s"] == 1.0 for r in rejected)
     failed_500 = [r for r in records if r["http_status"] == 500]
     assert all(r["variant"] == "full" for r in failed_500)  # the variant header comes with errors too
-    assert s["variants"]["full"]["failed"] == len(failed_500)
+    assert s["variants"]["full"]["failed"] == len(failed_500) + s["errors"]["stream error"]
 
 
 def _switch_run(mock_url: str, result_dir: Path) -> tuple[dict, list[dict]]:
