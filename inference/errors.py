@@ -25,14 +25,25 @@ class InvalidSamplingParamsError(InferenceError, ValueError):
     def __init__(self, param: str, message: str) -> None:
         super().__init__(f"{param}: {message}")
         self.param = param
+        self.detail = message
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (type(self), (self.param, self.detail))
 
 
-class RequestTooLongError(InferenceError, ValueError):
-    """A request can never fit: its prompt plus max_tokens exceed the context or the KV pool."""
+class InvalidRequestError(InferenceError, ValueError):
+    """A request the engine cannot serve as asked; `param` names the offending field."""
 
     def __init__(self, message: str, param: str = "prompt") -> None:
         super().__init__(message)
         self.param = param
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (type(self), (str(self), self.param))
+
+
+class RequestTooLongError(InvalidRequestError):
+    """A request can never fit: its prompt plus max_tokens exceed the context or the KV pool."""
 
 
 class EngineDeadError(InferenceError):

@@ -1,0 +1,85 @@
+"""The app builder: the one place the Serve graph is wired from an `AppConfig`.
+
+    serve run deployments.app:app config_path=cluster/configs/local.yaml
+    serve deploy <serve config whose import_path is deployments.app:app, args: {config: {...}}>
+
+Graph: `router` (ingress) -> `llm-<variant>` per variant. A replica of a tp_size N variant
+reserves N bundles (STRICT_PACK): rank 0 in the replica, ranks 1..N-1 as actors beside it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray.serve import Application
+from ray.serve.config import RequestRouterConfig
+
+from cluster.config import AppConfig, VariantConfig, load_config, parse_config
+from deployments.llm_server import LLMServerDeployment
+from deployments.request_router import AffinityRequestRouter
+from deployments.router import RouterDeployment
+from inference.config import EngineConfig
+
+
+def engine_config_for(config: AppConfig, variant: VariantConfig) -> EngineConfig:
+    return EngineConfig(
+        model=variant.source or config.model.source,
+        dtype=variant.dtype,
+        device=variant.device,
+        quantization=variant.quantization,
+        tp_size=variant.tp_size,
+        kernel_inject=variant.kernel_inject,
+        kv_cache_tokens=variant.engine.kv_cache_tokens,
+        block_size=variant.engine.block_size,
+        max_num_seqs=variant.engine.max_num_seqs,
+        max_num_batched_tokens=variant.engine.max_num_batched_tokens,
+        max_model_len=config.model.max_model_len,
+        num_threads=max(1, int(variant.num_cpus_per_rank)) if variant.device == "cpu" else None,
+    )
+
+
+def placement_bundles(variant: VariantConfig) -> list[dict[str, float]]:
+    bundle: dict[str, float] = {"CPU": variant.num_cpus_per_rank}
+    if variant.device == "cuda":
+        bundle["GPU"] = 1
+    return [dict(bundle) for _ in range(variant.tp_size)]
+
+
+def server_options(config: AppConfig, variant: VariantConfig) -> dict[str, Any]:
+    options: dict[str, Any] = {
+        "name": f"llm-{variant.name}",
+        "num_replicas": variant.num_replicas,
+        "max_ongoing_requests": variant.max_ongoing_requests,
+        # a bounded queue in front of the replicas: past it Serve raises BackPressureError -> 429
+        "max_queued_requests": config.router.max_in_flight,
+        "request_router_config": RequestRouterConfig(request_router_class=AffinityRequestRouter),
+        "placement_group_bundles": placement_bundles(variant),
+        "placement_group_strategy": "STRICT_PACK",
+    }
+    return options
+
+
+def build_app(config: AppConfig) -> Application:
+    servers = {
+        v.name: LLMServerDeployment.options(**server_options(config, v)).bind(
+            v.name, config.model.name, engine_config_for(config, v).model_dump_json()
+        )
+        for v in config.variants
+    }
+    bound = config.router.max_in_flight
+    return RouterDeployment.options(
+        num_replicas=config.router.num_replicas,
+        ray_actor_options={"num_cpus": 0},
+        # above the router's own bound, so the router answers 429 itself instead of Serve queueing
+        max_ongoing_requests=bound + 16,
+        max_queued_requests=bound,
+    ).bind(config.model_dump_json(), servers)
+
+
+def app(args: dict[str, Any]) -> Application:
+    """Application builder for `serve run` / `serve deploy`: args `config` (a dict) or `config_path`."""
+    if "config" in args:
+        config = parse_config(args["config"], "serve args 'config'")
+    else:
+        config = load_config(args.get("config_path"))
+    return build_app(config)

@@ -1,0 +1,173 @@
+"""`LLMServer`: the Serve deployment of one variant; a replica is one tensor-parallel engine group.
+
+A shim between the router and the engine: it builds the `AsyncLLMEngine` (rank 0 here, ranks
+1..N-1 as Ray actors in this replica's placement group), warms it up, applies the chat template,
+turns engine outputs into `GenerateResponse` / `StreamChunk`, and reports its load. Engine
+errors pass through typed; the router maps them to HTTP. Leaving a stream early (the caller
+cancelled or disconnected) aborts the request in the engine and frees its KV blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from ray import serve
+
+from deployments.protocol import (
+    Choice,
+    GenerateRequest,
+    GenerateResponse,
+    ReplicaStats,
+    RequestTiming,
+    SamplingOptions,
+    StreamChunk,
+    TokenLogprobOut,
+    Usage,
+)
+from inference.async_engine import AsyncLLMEngine
+from inference.config import EngineConfig
+from inference.errors import InvalidRequestError
+from inference.outputs import RequestOutput, TokenLogprob
+from inference.sampling_params import SamplingParams
+
+log = logging.getLogger("ray.serve")
+
+
+def to_sampling_params(options: SamplingOptions) -> SamplingParams:
+    return SamplingParams(**options.model_dump())
+
+
+class LLMServer:
+    """One replica of one variant (deployed as `llm-<variant>`)."""
+
+    async def __init__(self, variant: str, model_name: str, engine_config_json: str) -> None:
+        self.variant = variant
+        self.model_name = f"{model_name}:{variant}"
+        config = EngineConfig.model_validate_json(engine_config_json)
+        started = time.monotonic()
+        self.engine = await asyncio.to_thread(self._build_engine, config)
+        await self._warm_up()
+        log.info("variant %s ready in %.1f s (pid %d)", variant, time.monotonic() - started, os.getpid())
+
+    @staticmethod
+    def _build_engine(config: EngineConfig) -> AsyncLLMEngine:
+        if config.tp_size > 1:
+            from deployments.tp_group import RayPeers
+
+            return AsyncLLMEngine(config, peers_factory=RayPeers)
+        return AsyncLLMEngine(config)
+
+    async def _warm_up(self) -> None:
+        async for _ in self.engine.generate("Hello", SamplingParams(max_tokens=2, temperature=0.0)):
+            pass
+
+    # ---- serving -------------------------------------------------------------------------------
+    def _prompt(self, request: GenerateRequest) -> str | list[int]:
+        if request.messages is None:
+            assert request.prompt is not None
+            return request.prompt
+        tokenizer = self.engine.tokenizer
+        if not getattr(tokenizer, "chat_template", None):
+            raise InvalidRequestError(f"model {self.model_name} has no chat template; use /v1/completions", "messages")
+        messages = [m.model_dump() for m in request.messages]
+        return str(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
+
+    async def generate(self, request: GenerateRequest) -> GenerateResponse:
+        final: RequestOutput | None = None
+        async for out in self.engine.generate(self._prompt(request), to_sampling_params(request.sampling), request.request_id):
+            final = out
+        assert final is not None and final.finished
+        choices = [
+            Choice(
+                index=c.index, text=c.text, token_ids=c.token_ids, finish_reason=c.finish_reason,
+                logprobs=self._logprobs(c.logprobs),
+            )
+            for c in final.outputs
+        ]
+        return GenerateResponse(
+            request_id=final.request_id,
+            variant=self.variant,
+            model=self.model_name,
+            prompt_token_ids_len=len(final.prompt_token_ids),
+            choices=choices,
+            usage=_usage(final),
+            timing=_timing(final),
+            replica=self.stats(),
+        )
+
+    async def stream(self, request: GenerateRequest) -> AsyncIterator[StreamChunk]:
+        async for out in self.engine.generate(self._prompt(request), to_sampling_params(request.sampling), request.request_id):
+            for c in out.outputs:
+                if not c.delta_text and not c.delta_token_ids and not (out.finished and c.finish_reason):
+                    continue
+                yield StreamChunk(
+                    request_id=out.request_id, variant=self.variant, model=self.model_name, index=c.index,
+                    delta_text=c.delta_text, delta_token_ids=c.delta_token_ids, finish_reason=c.finish_reason,
+                    logprobs=self._logprobs(c.delta_logprobs),
+                )
+            if out.finished:
+                yield StreamChunk(
+                    request_id=out.request_id, variant=self.variant, model=self.model_name, index=-1,
+                    delta_text="", delta_token_ids=[], finished=True, usage=_usage(out), timing=_timing(out),
+                    replica=self.stats(),
+                )
+
+    def _logprobs(self, items: list[TokenLogprob] | None) -> list[TokenLogprobOut] | None:
+        if items is None:
+            return None
+        decode = self.engine.tokenizer.decode
+        return [
+            TokenLogprobOut(
+                token_id=t.token_id, token=decode([t.token_id]), logprob=t.logprob,
+                top={decode([i]): lp for i, lp in t.top.items()},
+            )
+            for t in items
+        ]
+
+    # ---- health and load -----------------------------------------------------------------------
+    def stats(self) -> ReplicaStats:
+        s = self.engine.stats()
+        return ReplicaStats(
+            variant=self.variant, num_waiting=s.num_waiting, num_running=s.num_running,
+            num_open_requests=self.engine.num_open_requests, kv_used_ratio=s.kv_used_ratio,
+            num_free_blocks=s.num_free_blocks, num_blocks=s.num_blocks, num_preemptions=s.num_preemptions,
+        )
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        s = self.engine.stats()
+        return {"num_waiting": float(s.num_waiting), "num_running": float(s.num_running), "kv_used_ratio": s.kv_used_ratio}
+
+    def check_health(self) -> None:
+        self.engine.check_health()  # raises EngineDeadError: Serve replaces this replica
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def rank_actor_ids(self) -> list[str]:
+        peers: Any = self.engine.engine.peers
+        return [a._actor_id.hex() for a in getattr(peers, "actors", [])]
+
+    def __del__(self) -> None:
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            engine.shutdown()
+
+
+def _usage(out: RequestOutput) -> Usage:
+    completion = sum(len(c.token_ids) for c in out.outputs)
+    return Usage(prompt_tokens=len(out.prompt_token_ids), completion_tokens=completion,
+                 total_tokens=len(out.prompt_token_ids) + completion)
+
+
+def _timing(out: RequestOutput) -> RequestTiming:
+    m = out.metrics
+    queue = None if m.scheduled_s is None else m.scheduled_s - m.arrival_s
+    return RequestTiming(queue_s=queue, ttft_s=m.ttft_s, tpot_s=m.tpot_s, e2e_s=m.e2e_s)
+
+
+LLMServerDeployment = serve.deployment(LLMServer, health_check_period_s=2, health_check_timeout_s=30, graceful_shutdown_timeout_s=5)

@@ -1,0 +1,250 @@
+"""The OpenAI-compatible wire format: request models (validated, bounded) and response builders.
+
+Requests become a `GenerateRequest`; engine results become OpenAI response objects and SSE
+chunks. Unknown request fields are ignored, as OpenAI-compatible servers do; fields we do not
+support (tools, response_format, ...) get a 400 naming them rather than being silently dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from deployments.protocol import ChatMessage, GenerateResponse, SamplingOptions, TokenLogprobOut, Usage
+
+UNSUPPORTED_FIELDS = ("tools", "tool_choice", "functions", "function_call", "response_format", "audio", "modalities")
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    include_usage: bool = False
+
+
+class _Common(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    n: int = Field(default=1, ge=1, le=16)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = Field(default=None, ge=0, lt=2**63)
+    presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    user: str | None = None
+    # extensions (as in vLLM)
+    top_k: int = Field(default=0, ge=-1)
+    min_tokens: int = Field(default=0, ge=0)
+    ignore_eos: bool = False
+    use_beam_search: bool = False
+    length_penalty: float = 1.0
+    stop_token_ids: list[int] = Field(default_factory=list)
+    include_stop_str_in_output: bool = False
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, value: str | list[str] | None) -> str | list[str] | None:
+        stops = [value] if isinstance(value, str) else (value or [])
+        if len(stops) > 16 or any(not s for s in stops):
+            raise ValueError("stop takes at most 16 non-empty strings")
+        return value
+
+    @model_validator(mode="after")
+    def _no_unsupported(self) -> _Common:
+        extra = self.model_extra or {}
+        for name in UNSUPPORTED_FIELDS:
+            if extra.get(name) not in (None, [], {}):
+                raise ValueError(f"'{name}' is not supported by this server")
+        return self
+
+    def sampling(self, logprobs: int | None, default_max_tokens: int | None) -> SamplingOptions:
+        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        return SamplingOptions(
+            max_tokens=self.max_tokens if self.max_tokens is not None else default_max_tokens,
+            min_tokens=self.min_tokens,
+            temperature=1.0 if self.temperature is None else self.temperature,
+            top_p=1.0 if self.top_p is None else self.top_p,
+            top_k=self.top_k,
+            seed=self.seed,
+            n=self.n,
+            stop=stops,
+            stop_token_ids=self.stop_token_ids,
+            ignore_eos=self.ignore_eos,
+            logprobs=logprobs,
+            presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
+            use_beam_search=self.use_beam_search,
+            length_penalty=self.length_penalty,
+            include_stop_str_in_output=self.include_stop_str_in_output,
+        )
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+class ChatCompletionRequest(_Common):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+
+    @field_validator("messages", mode="before")
+    @classmethod
+    def _flatten_content(cls, value: Any) -> Any:
+        """OpenAI allows content as a list of parts; we take the text parts."""
+        if isinstance(value, list):
+            for message in value:
+                if isinstance(message, dict) and isinstance(message.get("content"), list):
+                    parts = message["content"]
+                    if any(not isinstance(p, dict) or p.get("type") != "text" for p in parts):
+                        raise ValueError("only text content parts are supported")
+                    message["content"] = "".join(str(p.get("text", "")) for p in parts)
+                elif isinstance(message, dict) and message.get("content") is None:
+                    message["content"] = ""
+        return value
+
+    def to_sampling(self) -> SamplingOptions:
+        if self.max_completion_tokens is not None and self.max_tokens is None:
+            self.max_tokens = self.max_completion_tokens
+        return self.sampling((self.top_logprobs or 0) if self.logprobs else None, default_max_tokens=None)
+
+
+class CompletionRequest(_Common):
+    prompt: str | list[int] | list[str] | list[list[int]]
+    logprobs: int | None = Field(default=None, ge=0, le=20)
+    echo: bool = False
+
+    @field_validator("prompt")
+    @classmethod
+    def _single_prompt(cls, value: Any) -> str | list[int]:
+        if isinstance(value, list) and value and isinstance(value[0], (str, list)):
+            if len(value) != 1:
+                raise ValueError("batched prompts are not supported: send one prompt per request")
+            value = value[0]
+        if isinstance(value, str) and not value:
+            raise ValueError("prompt must not be empty")
+        if isinstance(value, list) and not value:
+            raise ValueError("prompt must not be empty")
+        return value  # type: ignore[no-any-return]
+
+    @field_validator("echo")
+    @classmethod
+    def _no_echo(cls, value: bool) -> bool:
+        if value:
+            raise ValueError("echo is not supported")
+        return value
+
+    def to_sampling(self) -> SamplingOptions:
+        return self.sampling(self.logprobs, default_max_tokens=16)  # OpenAI's completions default
+
+
+def error_body(message: str, kind: str = "invalid_request_error", param: str | None = None, code: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def _chat_logprobs(items: list[TokenLogprobOut] | None) -> dict[str, Any] | None:
+    if items is None:
+        return None
+    return {
+        "content": [
+            {
+                "token": t.token, "logprob": t.logprob, "bytes": list(t.token.encode()),
+                "top_logprobs": [{"token": k, "logprob": v, "bytes": list(k.encode())} for k, v in t.top.items()],
+            }
+            for t in items
+        ]
+    }
+
+
+def _completion_logprobs(items: list[TokenLogprobOut] | None) -> dict[str, Any] | None:
+    if items is None:
+        return None
+    return {
+        "tokens": [t.token for t in items],
+        "token_logprobs": [t.logprob for t in items],
+        "top_logprobs": [t.top for t in items],
+        "text_offset": [],
+    }
+
+
+def chat_response(resp: GenerateResponse, request_id: str) -> dict[str, Any]:
+    return {
+        "id": f"chatcmpl-{request_id}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": resp.model,
+        "choices": [
+            {
+                "index": c.index,
+                "message": {"role": "assistant", "content": c.text},
+                "finish_reason": c.finish_reason,
+                "logprobs": _chat_logprobs(c.logprobs),
+            }
+            for c in resp.choices
+        ],
+        "usage": resp.usage.model_dump(),
+    }
+
+
+def completion_response(resp: GenerateResponse, request_id: str) -> dict[str, Any]:
+    return {
+        "id": f"cmpl-{request_id}",
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": resp.model,
+        "choices": [
+            {"index": c.index, "text": c.text, "finish_reason": c.finish_reason, "logprobs": _completion_logprobs(c.logprobs)}
+            for c in resp.choices
+        ],
+        "usage": resp.usage.model_dump(),
+    }
+
+
+class SSEFormatter:
+    """Builds the `data: ...` lines of one streamed response (chat or completions)."""
+
+    def __init__(self, kind: Literal["chat", "completion"], request_id: str, model: str) -> None:
+        self.kind = kind
+        self.id = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{request_id}"
+        self.model = model
+        self.created = int(time.time())
+        self.started: set[int] = set()
+
+    def _event(self, choices: list[dict[str, Any]], usage: Usage | None = None) -> str:
+        payload = {
+            "id": self.id,
+            "object": "chat.completion.chunk" if self.kind == "chat" else "text_completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+        }
+        if usage is not None:
+            payload["usage"] = usage.model_dump()
+        return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+    def delta(self, index: int, text: str, finish_reason: str | None, logprobs: list[TokenLogprobOut] | None) -> str:
+        if self.kind == "chat":
+            delta: dict[str, Any] = {"content": text}
+            if index not in self.started:
+                delta["role"] = "assistant"
+                self.started.add(index)
+            choice = {"index": index, "delta": delta, "finish_reason": finish_reason, "logprobs": _chat_logprobs(logprobs)}
+        else:
+            choice = {"index": index, "text": text, "finish_reason": finish_reason, "logprobs": _completion_logprobs(logprobs)}
+        return self._event([choice])
+
+    def usage(self, usage: Usage) -> str:
+        return self._event([], usage)
+
+    @staticmethod
+    def error(message: str, kind: str = "server_error", code: str | None = None) -> str:
+        return f"data: {json.dumps(error_body(message, kind, None, code))}\n\n"
+
+    DONE = "data: [DONE]\n\n"

@@ -1,0 +1,146 @@
+"""The handle API: typed requests and responses between the router, the replicas and other services.
+
+Other Ray Serve applications call the router's handle with these types:
+
+    from deployments.protocol import GenerateRequest, SamplingOptions
+    handle = serve.get_app_handle("sloserve")
+    response = await handle.generate.remote(GenerateRequest(prompt="Hello", sampling=SamplingOptions(max_tokens=16)))
+    async for chunk in handle.options(stream=True).stream.remote(GenerateRequest(messages=[...])):
+        print(chunk.delta_text, end="")
+
+Pure pydantic (no Ray, no torch), so callers import it without the serving stack.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["system", "user", "assistant", "tool", "developer"]
+    content: str
+
+
+class SamplingOptions(BaseModel):
+    """Decoding options; the same bounds as the engine's SamplingParams (checked again there)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_tokens: int | None = Field(default=256, ge=1, le=1_000_000)
+    min_tokens: int = Field(default=0, ge=0)
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    top_k: int = Field(default=0, ge=-1)
+    seed: int | None = Field(default=None, ge=0, lt=2**63)
+    n: int = Field(default=1, ge=1, le=16)
+    stop: list[str] = Field(default_factory=list, max_length=16)
+    stop_token_ids: list[int] = Field(default_factory=list)
+    ignore_eos: bool = False
+    logprobs: int | None = Field(default=None, ge=0, le=20)
+    presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    use_beam_search: bool = False
+    length_penalty: float = 1.0
+    include_stop_str_in_output: bool = False
+
+
+class GenerateRequest(BaseModel):
+    """One generation: a prompt (text or token ids) or chat messages (the model's template is applied)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str | list[int] | None = None
+    messages: list[ChatMessage] | None = None
+    sampling: SamplingOptions = Field(default_factory=SamplingOptions)
+    request_id: str = Field(default_factory=lambda: f"req-{uuid.uuid4().hex}")
+    variant: str | None = Field(default=None, description="Serve from this variant (default: router's choice).")
+    slo_class: str | None = Field(default=None, description="SLO class (default: the config's default).")
+    session_id: str | None = Field(default=None, description="Requests of one session go to one replica.")
+    affinity_key: str | None = Field(default=None, description="Set by the router: replica affinity key.")
+    timeout_s: float | None = Field(default=None, gt=0.0, description="Abort after this long (504 over HTTP).")
+
+    @model_validator(mode="after")
+    def _one_input(self) -> GenerateRequest:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of prompt or messages")
+        if self.messages is not None and not self.messages:
+            raise ValueError("messages must not be empty")
+        if isinstance(self.prompt, str) and not self.prompt:
+            raise ValueError("prompt must not be empty")
+        return self
+
+
+class TokenLogprobOut(BaseModel):
+    token_id: int
+    token: str
+    logprob: float
+    top: dict[str, float] = Field(default_factory=dict)
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ReplicaStats(BaseModel):
+    """A replica's load, piggybacked on responses and returned by `LLMServer.stats`."""
+
+    variant: str
+    num_waiting: int
+    num_running: int
+    num_open_requests: int
+    kv_used_ratio: float
+    num_free_blocks: int
+    num_blocks: int
+    num_preemptions: int
+
+
+class RequestTiming(BaseModel):
+    """Engine-side timing of one request, seconds."""
+
+    queue_s: float | None = None
+    ttft_s: float | None = None
+    tpot_s: float | None = None
+    e2e_s: float | None = None
+
+
+class Choice(BaseModel):
+    index: int
+    text: str
+    token_ids: list[int]
+    finish_reason: str | None
+    logprobs: list[TokenLogprobOut] | None = None
+
+
+class GenerateResponse(BaseModel):
+    request_id: str
+    variant: str
+    model: str
+    prompt_token_ids_len: int
+    choices: list[Choice]
+    usage: Usage
+    timing: RequestTiming
+    replica: ReplicaStats | None = None
+
+
+class StreamChunk(BaseModel):
+    """One step's progress of one output; the last chunk of a request has `finished=True` and `usage`."""
+
+    request_id: str
+    variant: str
+    model: str
+    index: int
+    delta_text: str
+    delta_token_ids: list[int]
+    finish_reason: str | None = None
+    logprobs: list[TokenLogprobOut] | None = None
+    finished: bool = False
+    usage: Usage | None = None
+    timing: RequestTiming | None = None
+    replica: ReplicaStats | None = None

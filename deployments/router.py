@@ -1,0 +1,333 @@
+"""`Router`: the ingress — OpenAI HTTP API and the Python handle API over the variants' replicas.
+
+Order of decisions for each request: (1) admission: a bound on requests in flight, past it
+429 with Retry-After, never an unbounded queue; (2) variant: the one the request names
+(`model: name:variant`), else weighted random by the weights from the config or the SLO
+controller (`set_weights`); (3) replica: affinity by session or prompt prefix, else the less
+loaded of two (deployments/request_router.py). Timeouts return 504 and abort at the replica;
+a client that goes away aborts its request. Every response names its variant (`model` field
+and `x-sloserve-variant` header). Errors are mapped to HTTP once, in deployments/errors.py.
+"""
+
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from cluster.config import AppConfig
+from deployments.errors import OverloadedError, RequestTimeoutError, UnknownModelError, classify, status_label
+from deployments.metrics import RouterMetrics
+from deployments.openai_api import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    SSEFormatter,
+    chat_response,
+    completion_response,
+    error_body,
+)
+from deployments.protocol import GenerateRequest, GenerateResponse, ReplicaStats, StreamChunk
+from deployments.routing import affinity_key, choose_variant, normalize_weights
+from inference.errors import InvalidRequestError
+
+log = logging.getLogger("ray.serve")
+VARIANT_HEADER = "x-sloserve-variant"
+
+app = FastAPI(
+    title="sloserve",
+    description="OpenAI-compatible LLM serving that meets a latency SLO by choosing compressed or full variants.",
+    version="0.1.0",
+)
+
+
+@app.exception_handler(RequestValidationError)
+async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    param = ".".join(loc) or None
+    if first.get("type") == "json_invalid":
+        message, param = f"request body is not valid JSON: {first.get('ctx', {}).get('error', '')}".strip(), None
+    elif first.get("type") == "missing":
+        message = f"'{param}' is required"
+    else:
+        message = f"{param}: {first.get('msg')}" if param else str(first.get("msg"))
+    return JSONResponse(error_body(message, "invalid_request_error", param), status_code=400)
+
+
+def _failure_response(error: BaseException, retry_after_s: int) -> JSONResponse:
+    failure = classify(error, retry_after_s)
+    return JSONResponse(
+        error_body(failure.message, failure.kind, failure.param, failure.code),
+        status_code=failure.status,
+        headers=failure.headers,
+    )
+
+
+@serve.ingress(app)
+class Router:
+    def __init__(self, config_json: str, servers: dict[str, DeploymentHandle]) -> None:
+        self.config = AppConfig.model_validate_json(config_json)
+        self.servers = servers
+        self.model_name = self.config.model.name
+        self.variants = [v.name for v in self.config.variants]
+        self.weights = normalize_weights({v.name: v.weight for v in self.config.variants}, self.variants)
+        self.rng = random.Random()
+        self.in_flight = 0
+        self.metrics = RouterMetrics()
+        self.decisions: list[dict[str, Any]] = []
+        for name, weight in self.weights.items():
+            self.metrics.weight.labels(name).set(weight)
+
+    # ---- decisions ---------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _admitted(self) -> Iterator[None]:
+        bound = self.config.router.max_in_flight
+        if self.in_flight >= bound:
+            self.metrics.rejected.labels("overloaded").inc()
+            raise OverloadedError(
+                f"server is at its bound of {bound} requests in flight; retry later", self.config.router.retry_after_s
+            )
+        self.in_flight += 1
+        self.metrics.in_flight.set(self.in_flight)
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+            self.metrics.in_flight.set(self.in_flight)
+
+    def _variant_for(self, model: str | None, variant: str | None) -> str:
+        if model is not None and model != self.model_name:
+            name, _, forced = model.partition(":")
+            if name != self.model_name or forced not in self.variants:
+                served = [self.model_name] + [f"{self.model_name}:{v}" for v in self.variants]
+                raise UnknownModelError(f"model '{model}' does not exist; served models: {served}")
+            variant = forced
+        if variant is not None:
+            if variant not in self.variants:
+                raise UnknownModelError(f"variant '{variant}' does not exist; variants: {self.variants}")
+            return variant
+        return choose_variant(self.weights, self.rng)
+
+    def _route(self, request: GenerateRequest, model: str | None = None) -> tuple[GenerateRequest, DeploymentHandle]:
+        variant = self._variant_for(model, request.variant)
+        text = request.prompt if isinstance(request.prompt, str) else json.dumps(
+            [m.model_dump() for m in request.messages] if request.messages else request.prompt
+        )
+        key = affinity_key(request.session_id, text, self.config.router.affinity, self.config.router.prefix_chars)
+        routed = request.model_copy(update={"variant": variant, "affinity_key": key})
+        return routed, self.servers[variant]
+
+    def _timeout_s(self, request: GenerateRequest) -> float:
+        return request.timeout_s or self.config.router.request_timeout_s
+
+    def _record_ok(self, variant: str, e2e_s: float, ttft_s: float | None, tpot_s: float | None,
+                   tokens: int, engine_e2e_s: float | None, replica: ReplicaStats | None) -> None:
+        m = self.metrics
+        m.requests.labels(variant, "ok").inc()
+        m.e2e.labels(variant).observe(e2e_s)
+        if ttft_s is not None:
+            m.ttft.labels(variant).observe(ttft_s)
+        if tpot_s is not None:
+            m.tpot.labels(variant).observe(tpot_s)
+        m.tokens.labels(variant).inc(tokens)
+        if engine_e2e_s is not None:
+            m.router_overhead.observe(max(0.0, e2e_s - engine_e2e_s))
+        if replica is not None:
+            m.queue_depth.labels(variant).set(replica.num_waiting)
+            m.kv_used.labels(variant).set(replica.kv_used_ratio)
+
+    def _record_failure(self, variant: str, error: BaseException) -> None:
+        self.metrics.requests.labels(variant, status_label(error)).inc()
+
+    # ---- handle API ----------------------------------------------------------------------------
+    async def generate(self, request: GenerateRequest, model: str | None = None) -> GenerateResponse:
+        routed, handle = self._route(request, model)
+        variant = routed.variant or ""
+        with self._admitted():
+            start = time.monotonic()
+            try:
+                response: GenerateResponse = await asyncio.wait_for(
+                    handle.generate.remote(routed), self._timeout_s(routed)
+                )
+            except TimeoutError as e:
+                error = RequestTimeoutError(f"request {routed.request_id} ran past {self._timeout_s(routed)} s and was aborted")
+                self._record_failure(variant, error)
+                raise error from e
+            except Exception as e:
+                self._record_failure(variant, e)
+                raise
+            e2e = time.monotonic() - start
+            t = response.timing
+            self._record_ok(variant, e2e, t.ttft_s, t.tpot_s, response.usage.completion_tokens, t.e2e_s, response.replica)
+            return response
+
+    async def stream(self, request: GenerateRequest, model: str | None = None) -> AsyncIterator[StreamChunk]:
+        routed, handle = self._route(request, model)
+        variant = routed.variant or ""
+        with self._admitted():
+            start = time.monotonic()
+            first_token_s: float | None = None
+            chunks = handle.options(stream=True).stream.remote(routed)
+            finished = False
+            try:
+                async with asyncio.timeout(self._timeout_s(routed)):
+                    async for chunk in chunks:
+                        if first_token_s is None and chunk.delta_text:
+                            first_token_s = time.monotonic() - start
+                        if chunk.finished:
+                            finished = True
+                            t, usage = chunk.timing, chunk.usage
+                            tokens = usage.completion_tokens if usage else 0
+                            e2e = time.monotonic() - start
+                            tpot = (e2e - first_token_s) / (tokens - 1) if first_token_s and tokens > 1 else None
+                            self._record_ok(variant, e2e, first_token_s, tpot, tokens, t.e2e_s if t else None, chunk.replica)
+                        yield chunk
+            except TimeoutError as e:
+                error = RequestTimeoutError(f"request {routed.request_id} ran past {self._timeout_s(routed)} s and was aborted")
+                self._record_failure(variant, error)
+                raise error from e
+            except (Exception, asyncio.CancelledError) as e:
+                self._record_failure(variant, e if isinstance(e, Exception) else RequestTimeoutError("cancelled"))
+                raise
+            finally:
+                if not finished:
+                    chunks.cancel()  # the caller left or failed: abort at the replica, free its KV
+
+    def set_weights(self, weights: dict[str, float], reason: str = "manual", details: dict[str, Any] | None = None) -> dict[str, float]:
+        """Set traffic weights per variant (normalized); the controller calls this every interval."""
+        self.weights = normalize_weights(weights, self.variants)
+        for name, weight in self.weights.items():
+            self.metrics.weight.labels(name).set(weight)
+        self.metrics.decisions.labels(reason).inc()
+        entry = {"time": time.time(), "weights": dict(self.weights), "reason": reason}
+        entry.update(details or {})
+        self.decisions.append(entry)
+        del self.decisions[:-500]
+        return dict(self.weights)
+
+    def get_weights(self) -> dict[str, float]:
+        return dict(self.weights)
+
+    async def variant_stats(self) -> dict[str, ReplicaStats]:
+        """Load of one replica per variant (exact with one replica each)."""
+        names = list(self.servers)
+        results = await asyncio.gather(*(self.servers[n].stats.remote() for n in names), return_exceptions=True)
+        return {n: r for n, r in zip(names, results, strict=True) if isinstance(r, ReplicaStats)}
+
+    # ---- HTTP ----------------------------------------------------------------------------------
+    @app.post("/v1/chat/completions")
+    async def chat_completions(self, body: ChatCompletionRequest, http: Request) -> Response:
+        try:
+            request = GenerateRequest(messages=body.messages, sampling=body.to_sampling(), **self._headers(http))
+        except Exception as e:
+            return _failure_response(_as_invalid(e), self.config.router.retry_after_s)
+        return await self._serve_http(request, body.model, body.stream, body.include_usage, "chat")
+
+    @app.post("/v1/completions")
+    async def completions(self, body: CompletionRequest, http: Request) -> Response:
+        try:
+            prompt = body.prompt if isinstance(body.prompt, str) else list(body.prompt)  # type: ignore[arg-type]
+            request = GenerateRequest(prompt=prompt, sampling=body.to_sampling(), **self._headers(http))
+        except Exception as e:
+            return _failure_response(_as_invalid(e), self.config.router.retry_after_s)
+        return await self._serve_http(request, body.model, body.stream, body.include_usage, "completion")
+
+    def _headers(self, http: Request) -> dict[str, Any]:
+        slo_class = http.headers.get(self.config.slo.class_header)
+        if slo_class is not None and slo_class not in self.config.slo.classes:
+            raise InvalidRequestError(
+                f"header {self.config.slo.class_header}: unknown SLO class {slo_class!r}; "
+                f"classes: {sorted(self.config.slo.classes)}", self.config.slo.class_header,
+            )
+        return {"session_id": http.headers.get("x-session-id"), "slo_class": slo_class}
+
+    async def _serve_http(self, request: GenerateRequest, model: str, stream: bool, include_usage: bool, kind: str) -> Response:
+        retry = self.config.router.retry_after_s
+        try:
+            variant = self._variant_for(model, None)
+        except Exception as e:
+            return _failure_response(e, retry)
+        request = request.model_copy(update={"variant": variant})
+        headers = {VARIANT_HEADER: variant}
+        if not stream:
+            try:
+                response = await self.generate(request)
+            except Exception as e:
+                return _failure_response(e, retry)
+            build = chat_response if kind == "chat" else completion_response
+            return JSONResponse(build(response, request.request_id), headers=headers)
+
+        chunks = self.stream(request)
+        try:
+            first = await chunks.__anext__()  # errors before the first token still get a proper status
+        except Exception as e:
+            await chunks.aclose()
+            return _failure_response(e, retry)
+        sse = SSEFormatter("chat" if kind == "chat" else "completion", request.request_id, first.model)
+
+        async def body() -> AsyncIterator[str]:
+            try:
+                chunk: StreamChunk | None = first
+                while chunk is not None:
+                    if chunk.finished:
+                        if include_usage and chunk.usage is not None:
+                            yield sse.usage(chunk.usage)
+                    else:
+                        yield sse.delta(chunk.index, chunk.delta_text, chunk.finish_reason, chunk.logprobs)
+                    chunk = await anext(chunks, None)
+                yield SSEFormatter.DONE
+            except Exception as e:
+                failure = classify(e, retry)
+                yield SSEFormatter.error(failure.message, failure.kind, failure.code)
+            finally:
+                await chunks.aclose()
+
+        return StreamingResponse(body(), media_type="text/event-stream", headers=headers)
+
+    @app.get("/v1/models")
+    async def models(self) -> dict[str, Any]:
+        created = int(time.time())
+        names = [self.model_name] + [f"{self.model_name}:{v}" for v in self.variants]
+        return {"object": "list", "data": [{"id": n, "object": "model", "created": created, "owned_by": "sloserve"} for n in names]}
+
+    @app.get("/health")
+    async def health(self) -> dict[str, Any]:
+        return {"status": "ok", "variants": self.variants, "in_flight": self.in_flight}
+
+    @app.get("/metrics")
+    async def prometheus(self) -> Response:
+        return Response(self.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/controller/decisions")
+    async def controller_decisions(self) -> dict[str, Any]:
+        return {"weights": self.weights, "decisions": self.decisions}
+
+    @app.get("/v1/sloserve/stats")
+    async def stats(self) -> dict[str, Any]:
+        per_variant = await self.variant_stats()
+        return {"in_flight": self.in_flight, "weights": self.weights,
+                "variants": {k: v.model_dump() for k, v in per_variant.items()}}
+
+
+def _as_invalid(error: Exception) -> Exception:
+    """A pydantic error while building the GenerateRequest, as a 400 naming the field."""
+    from pydantic import ValidationError
+
+    if isinstance(error, ValidationError):
+        first = error.errors()[0]
+        param = ".".join(str(p) for p in first["loc"]) or None
+        return InvalidRequestError(f"{param}: {first['msg']}" if param else first["msg"], param or "body")
+    return error
+
+
+RouterDeployment = serve.deployment(Router, name="router")
