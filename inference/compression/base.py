@@ -113,7 +113,7 @@ def count_params(model: torch.nn.Module) -> int:
     total = 0
     seen: set[int] = set()
     for module in model.modules():
-        for name, param in module.named_parameters(recurse=False):
+        for param in module.parameters(recurse=False):
             if id(param) in seen:
                 continue
             seen.add(id(param))

@@ -10,6 +10,7 @@ directory keeps the float weights and a recipe; conversion takes a second at loa
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -26,7 +27,9 @@ class Int8Linear(nn.Module):
         self.out_features = int(weight.shape[0])
         scales = weight.abs().amax(dim=1).clamp(min=1e-8) / 127.0
         zero_points = torch.zeros(self.out_features, dtype=torch.long)
-        qweight = torch.quantize_per_channel(weight, scales.double(), zero_points, 0, torch.qint8)
+        with warnings.catch_warnings():  # quantized tensor creation is deprecated but still the fbgemm path
+            warnings.simplefilter("ignore", UserWarning)
+            qweight = torch.quantize_per_channel(weight, scales.double(), zero_points, 0, torch.qint8)
         bias = None if linear.bias is None else linear.bias.detach().float().cpu()
         self._packed: Any = torch.ops.quantized.linear_prepack(qweight, bias)
         # x86 int8 GEMMs (vpmaddubsw) can saturate with full 8-bit activations; 7 bits avoids it.

@@ -83,3 +83,27 @@ def measure_variant_speed(
         return measure_speed(engine, concurrencies, max_tokens=max_tokens)
     finally:
         engine.shutdown()
+
+
+def measure_hf_speed(model: Any, vocab: int, concurrencies: tuple[int, ...] = (1, 32), prompt_len: int = 64,
+                     max_tokens: int = 64, seed: int = 0) -> SpeedResult:
+    """Fallback for variants the engine cannot load: static-batch HF `generate`, same workload shape."""
+    import torch
+
+    rng = random.Random(seed)
+    result = SpeedResult()
+    with torch.inference_mode():
+        for n in concurrencies:
+            ids = torch.tensor([[rng.randrange(10, vocab) for _ in range(prompt_len)] for _ in range(n)])
+            kwargs = {"do_sample": False, "pad_token_id": 0}
+            model.generate(ids, max_new_tokens=2, min_new_tokens=2, **kwargs)  # warm-up
+            start = time.perf_counter()
+            model.generate(ids, max_new_tokens=1, min_new_tokens=1, **kwargs)
+            ttft = time.perf_counter() - start
+            start = time.perf_counter()
+            model.generate(ids, max_new_tokens=max_tokens, min_new_tokens=max_tokens, **kwargs)
+            wall = time.perf_counter() - start
+            result.tok_s_at[n] = n * max_tokens / wall
+            result.ttft_ms_at[n] = 1000 * ttft
+            result.tpot_ms_at[n] = 1000 * max(1e-6, wall - ttft) / (max_tokens - 1)
+    return result
