@@ -103,10 +103,12 @@ class RankWorker:
             replace_with_kernel_inject=cfg.kernel_inject,
         )
         model = engine.module
-        if cfg.quantization != "none":
-            from inference.compression import apply_load_time_quantization  # type: ignore[attr-defined]
+        from inference.compression import apply_load_time_quantization, recipe_quantization
 
-            model = apply_load_time_quantization(model, cfg.quantization)
+        # asked for in the config, or by a variant directory's recipe (sloserve_variant.json)
+        method = cfg.quantization if cfg.quantization != "none" else recipe_quantization(loaded.path)
+        if method != "none":
+            model = apply_load_time_quantization(model, method)
         model_limit = int(getattr(model.config, "max_position_embeddings", 2048))
         max_model_len = min(cfg.max_model_len or model_limit, model_limit)
         self.runner = ModelRunner(model, cfg.num_kv_blocks, cfg.block_size, max_model_len)

@@ -1,0 +1,26 @@
+"""`sloserve deploy`: deploy (or update) the app on an existing Ray cluster, then return."""
+
+from __future__ import annotations
+
+import argparse
+
+from cluster.commands.common import add_config_argument, load_or_exit
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_argument(parser)
+    parser.add_argument("--address", required=True, help="Ray address, e.g. auto or ray://head:10001")
+
+
+def run(args: argparse.Namespace) -> int:
+    config = load_or_exit(args.config)
+    import ray
+    from ray import serve
+
+    from deployments.app import build_app
+
+    ray.init(address=args.address)
+    serve.start(http_options={"host": config.cluster.http_host, "port": config.cluster.http_port})
+    serve.run(build_app(config), name=config.cluster.app_name, route_prefix=config.cluster.route_prefix)
+    print(f"deployed {config.cluster.app_name} to {args.address}: variants {[v.name for v in config.variants]}")
+    return 0

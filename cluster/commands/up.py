@@ -1,0 +1,54 @@
+"""`sloserve up`: a local Ray, the app deployed from the config, HTTP on the config's host:port."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+import time
+
+from cluster.commands.common import add_config_argument, load_or_exit, prefetch_models
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_argument(parser)
+    parser.add_argument("--port", type=int, default=None, help="HTTP port (default: cluster.http_port)")
+    parser.add_argument("--host", default=None, help="HTTP host (default: cluster.http_host, 127.0.0.1)")
+    parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
+
+
+def run(args: argparse.Namespace) -> int:
+    config = load_or_exit(args.config)
+    host = args.host or config.cluster.http_host
+    port = args.port or config.cluster.http_port
+    prefetch_models(config)
+
+    import ray
+    from ray import serve
+
+    from deployments.app import build_app
+
+    started = time.monotonic()
+    print("starting a local Ray ...", flush=True)
+    ray.init(num_cpus=args.num_cpus or config.cluster.num_cpus, include_dashboard=False, log_to_driver=True)
+    stop = threading.Event()
+    try:
+        serve.start(http_options={"host": host, "port": port})
+        names = ", ".join(f"{v.name} (tp={v.tp_size}, weight={v.weight})" for v in config.variants)
+        print(f"deploying {config.cluster.app_name}: variants {names} ...", flush=True)
+        serve.run(build_app(config), name=config.cluster.app_name, route_prefix=config.cluster.route_prefix)
+        url = f"http://{host}:{port}"
+        print(f"\nsloserve is serving {config.model.name} at {url}/v1  (ready in {time.monotonic() - started:.0f} s)")
+        print(f"  models:  {config.model.name}, " + ", ".join(f"{config.model.name}:{v.name}" for v in config.variants))
+        print(f"  try:     curl {url}/v1/chat/completions -H 'content-type: application/json' \\")
+        print(f"             -d '{{\"model\": \"{config.model.name}\", \"messages\": [{{\"role\": \"user\", \"content\": \"What is the capital of France?\"}}]}}'")
+        print("  metrics: " + f"{url}/metrics    stop: Ctrl-C\n", flush=True)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        stop.wait()
+        print("\nshutting down ...", flush=True)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    print("stopped.")
+    return 0
