@@ -104,6 +104,7 @@ class RunInfo:
     config: dict[str, Any]
     model: str | None
     decisions: list[ControllerDecision] | None = None
+    interrupted: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -117,6 +118,7 @@ class RunInfo:
             config=dict(raw.get("config") or {}),
             model=raw.get("model"),
             decisions=None if decisions is None else [ControllerDecision(**d) for d in decisions],
+            interrupted=bool(raw.get("interrupted", False)),
         )
 
 

@@ -1,7 +1,8 @@
 """`python -m load_tests run`: one bounded load test, its files, its table, its exit code.
 
 Exit codes: 0 done (and the SLO met, with --fail-on-slo); 1 SLO missed with --fail-on-slo;
-2 a usage problem (bad flag, file, unreachable or non-loopback target), printed as one message.
+2 a usage problem (bad flag, file, unreachable or non-loopback target), printed as one message;
+130 interrupted by Ctrl-C (the files still cover the run up to then).
 """
 
 from __future__ import annotations
@@ -46,4 +47,7 @@ def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     records, analysis = execute(config)
     print(format_summary(analysis.summary, config.metric_percentiles))
+    if analysis.summary["interrupted"]:
+        print("interrupted (Ctrl-C): the results cover the run up to then", file=sys.stderr)
+        return 130
     return verdict_exit_code(config, records, analysis)

@@ -4,17 +4,21 @@ Requests are sent at their planned times (arrivals.py), each in its own task, li
 `max_concurrency`; sending stops at `num_prompts` or when the send window (`--duration`, else the
 trace length) ends, whichever comes first. Requests still in flight `drain_timeout_s` after that
 are cancelled and recorded as `cancelled` (default 30 s; the request timeout when only
-`num_prompts` bounds the run), so every run stops by itself. Controller decisions
-are read once at the end.
+`num_prompts` bounds the run), so every run stops by itself. Ctrl-C stops it early the same way
+(what was measured is kept; a second Ctrl-C aborts). Controller decisions are read once at the end.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import math
+import signal
 import sys
 import time
+from collections.abc import Awaitable, Iterator
+from typing import Any
 
 import httpx
 
@@ -79,13 +83,15 @@ class _Slots:
         self._semaphore.release()
 
 
+Sent = list[tuple[RequestSpec, asyncio.Task[RequestRecord]]]
+
+
 async def _send_all(client: httpx.AsyncClient, config: RunConfig, target: Target, progress: RunProgress,
-                    start_perf: float) -> list[tuple[RequestSpec, asyncio.Task[RequestRecord]]]:
-    """Create one task per request at its planned time; return them once sending has stopped."""
+                    start_perf: float, sent: Sent) -> None:
+    """Create one task per request at its planned time, appended to `sent`, until sending stops."""
     prompts = _prompts(config)
     window = config.send_window_s
     slots = _Slots(config.max_concurrency) if config.max_concurrency else None
-    sent: list[tuple[RequestSpec, asyncio.Task[RequestRecord]]] = []
 
     async def one(spec: RequestSpec) -> RequestRecord:
         try:
@@ -120,7 +126,35 @@ async def _send_all(client: httpx.AsyncClient, config: RunConfig, target: Target
         sent.append((spec, asyncio.create_task(one(spec))))
         progress.on_sent()
         await asyncio.sleep(0)  # let the new request start before planning the next one
-    return sent
+
+
+async def _unless_stopped(work: Awaitable[Any], stop: asyncio.Event) -> bool:
+    """Await `work` unless `stop` is set first, then cancel it; True when stopped."""
+    main, stopper = asyncio.ensure_future(work), asyncio.ensure_future(stop.wait())
+    await asyncio.wait({main, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    stopper.cancel()
+    if main.done():
+        main.result()
+        return False
+    main.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await main
+    return True
+
+
+@contextlib.contextmanager
+def _ctrl_c_sets(stop: asyncio.Event) -> Iterator[None]:
+    """While inside, Ctrl-C sets `stop` (stop sending, keep what was measured) instead of raising."""
+    loop = asyncio.get_running_loop()
+    try:
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+    except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or no signals here
+        yield
+        return
+    try:
+        yield
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
 
 
 async def _record_of(spec: RequestSpec, task: asyncio.Task[RequestRecord]) -> RequestRecord:
@@ -146,14 +180,21 @@ async def run_load(config: RunConfig) -> tuple[list[RequestRecord], RunInfo]:
         progress = RunProgress(total=config.num_prompts, window_s=window)
         ticker = None if config.quiet else asyncio.create_task(report_every(progress, config.progress_interval_s))
         start_unix, start_perf = time.time(), time.perf_counter()
+        sent: Sent = []
+        stop = asyncio.Event()
         try:
-            sent = await _send_all(client, config, target, progress, start_perf)
-            if sent:
-                _, pending = await asyncio.wait([t for _, t in sent], timeout=config.drain_s)
-                for task in pending:
-                    task.cancel()
-                if pending:
-                    _log(config, f"drain timeout: cancelled {len(pending)} requests still in flight")
+            with _ctrl_c_sets(stop):
+                interrupted = await _unless_stopped(
+                    _send_all(client, config, target, progress, start_perf, sent), stop)
+                if sent and not interrupted:
+                    interrupted = await _unless_stopped(
+                        asyncio.wait([t for _, t in sent], timeout=config.drain_s), stop)
+            pending = [task for _, task in sent if not task.done()]
+            for task in pending:
+                task.cancel()
+            if pending:
+                why = "interrupted" if interrupted else "drain timeout"
+                _log(config, f"{why}: cancelled {len(pending)} requests still in flight")
             records = [await _record_of(spec, task) for spec, task in sent]
         finally:
             if ticker is not None:
@@ -161,5 +202,5 @@ async def run_load(config: RunConfig) -> tuple[list[RequestRecord], RunInfo]:
         duration_s = time.perf_counter() - start_perf
         decisions, note = await fetch_decisions(client, config.root_url, start_unix)
         _log(config, f"done: {len(records)} requests in {duration_s:.1f} s; {note}")
-    info = RunInfo(start_unix, duration_s, config.public_dict(), model, decisions)
+    info = RunInfo(start_unix, duration_s, config.public_dict(), model, decisions, interrupted)
     return records, info

@@ -55,6 +55,7 @@ def summarize(records: Sequence[RequestRecord], info: RunInfo, slo: SloTargets,
         "max_concurrency": cfg.get("max_concurrency"),
         "trace": (cfg.get("trace") or {}).get("name"),
         "duration": duration,
+        "interrupted": info.interrupted,
         "slo": {f"{m}_ms": t for m, t in slo.targets().items()},
         "metadata": cfg.get("metadata") or {},
     }

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import signal
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.loadgen.conftest import MockServer, load_records, load_summary, mock_server, run_tool
+from tests.loadgen.conftest import REPO, MockServer, load_records, load_summary, mock_server, run_tool
 
 
 @pytest.fixture(scope="module")
@@ -82,3 +85,20 @@ def test_no_server_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
     rc = run_tool("run", "--port", str(_free_port()), "--num-prompts", "1", "--ready-check-timeout-sec", "0.5")
     assert rc == 2
     assert "no OpenAI-compatible server answering" in capsys.readouterr().err
+
+
+def test_ctrl_c_stops_early_and_keeps_what_was_measured(fast_mock: MockServer, tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "load_tests", "run", "--base-url", fast_mock.url, "--duration", "60",
+         "--request-rate", "10", "--output-len", "4", "--no-plots", "--result-dir", str(tmp_path)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    assert proc.stderr is not None
+    assert proc.stderr.readline().startswith("load test:")  # printed as the load starts
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 130, err
+    summary = load_summary(tmp_path)
+    assert summary["interrupted"] is True
+    assert 0 < summary["num_requests"] < 100 and summary["duration"] < 20
