@@ -86,7 +86,8 @@ def format_summary(summary: dict[str, Any], percentiles: Sequence[float]) -> str
     """A short human table, in the spirit of vLLM's '==== Serving Benchmark Result ===='."""
     lines = ["=" * 20 + " Load Test Result " + "=" * 20]
     lines.append(f"{'Requests (ok/failed):':<34}{summary['completed']}/{summary['failed']}  {summary['errors']}")
-    lines.append(f"{'Duration (s):':<34}{summary['duration']:.2f}")
+    interrupted = "  (interrupted by Ctrl-C)" if summary.get("interrupted") else ""
+    lines.append(f"{'Duration (s):':<34}{summary['duration']:.2f}{interrupted}")
     lines.append(f"{'Request throughput (req/s):':<34}{summary['request_throughput']:.2f}")
     lines.append(f"{'Output token throughput (tok/s):':<34}{summary['output_throughput']:.1f}")
     if "slo_attainment" in summary:
