@@ -59,13 +59,19 @@ def plan_weights(
     return {n: w / rate_rps for n, w in weights.items()}
 
 
-def blend_to_floor(weights: Mapping[str, float], quality: Mapping[str, float], floor: float) -> Weights:
-    """Mix `weights` with all traffic on its best variant just enough to reach `floor`."""
+def blend_to_floor(
+    weights: Mapping[str, float], quality: Mapping[str, float], floor: float, routable: Mapping[str, float]
+) -> Weights:
+    """Mix `weights` with all traffic on the best routable variant (`routable[n] > 0`: it has
+    capacity) just enough to reach `floor`."""
     current = traffic_quality(weights, quality)
-    if current >= floor or not weights:
+    candidates = [n for n in weights if routable.get(n, 0.0) > 0]
+    if current >= floor or not candidates:
         return dict(weights)
-    best = best_first(list(weights), quality)[0]
+    best = best_first(candidates, quality)[0]
     top = {n: (1.0 if n == best else 0.0) for n in weights}
+    if quality[best] <= current:
+        return dict(weights)
     if quality[best] <= floor:
         return top
     keep = (quality[best] - floor) / (quality[best] - current)
@@ -98,11 +104,12 @@ def plan_for(
     """(traffic-weighted quality, rate beyond safe capacity) of the best split over `replicas`."""
     safe = capacity_rps(replicas, caps, utilization)
     quality = {n: c.quality for n, c in caps.items()}
-    weights = plan_weights(rate_rps, safe, capacity_rps(replicas, caps), quality)
+    raw = capacity_rps(replicas, caps)
+    weights = plan_weights(rate_rps, safe, raw, quality)
     if not weights:
         return 0.0, rate_rps
     if floor is not None:
-        weights = blend_to_floor(weights, quality, floor)
+        weights = blend_to_floor(weights, quality, floor, raw)
     over_rps = sum(max(0.0, weights[n] * rate_rps - safe[n]) for n in weights)
     return traffic_quality(weights, quality), over_rps
 

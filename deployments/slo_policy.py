@@ -109,16 +109,16 @@ def _move_traffic(
 ) -> tuple[Weights, ReasonCode | None, str, float | None]:
     """(weights, traffic reason or None, text, calm_since_s)."""
     quality, floor = sig.quality, controller.quality_floor
-    raw = capacity_rps(sig.ready, sig.caps)
+    raw = capacity_rps(sig.ready, sig.caps)  # what ready replicas take at all: routable if > 0
     if risky:
         drain_s = controller.recent_window_s
-        safe, raw = _room(sig, controller.target_utilization, drain_s), _room(sig, 1.0, drain_s)
+        safe, room = _room(sig, controller.target_utilization, drain_s), _room(sig, 1.0, drain_s)
         for n in seen:  # seen at risk although the model may say it fits: believe the latency
             believed = current[n] * sig.rate_plan_rps * RISK_BACKOFF
-            safe[n], raw[n] = min(safe[n], believed), min(raw[n], believed)
-        plan = plan_weights(sig.rate_plan_rps, safe, raw, quality)
-        if floor_applies:
-            plan = blend_to_floor(plan, quality, floor)
+            safe[n], room[n] = min(safe[n], believed), min(room[n], believed)
+        plan = plan_weights(sig.rate_plan_rps, safe, {n: max(room[n], 1e-9 * raw[n]) for n in raw}, quality)
+        if floor_applies:  # the floor outranks draining a backlog
+            plan = blend_to_floor(plan, quality, floor, raw)
         stranded = any(sig.ready[n] == 0 for n in risky)
         if plan and (total_variation(plan, current) >= MIN_MOVE or stranded):
             worse = traffic_quality(plan, quality) < traffic_quality(current, quality) - 1e-9
@@ -129,7 +129,7 @@ def _move_traffic(
     safe_restore = capacity_rps(sig.ready, sig.caps, controller.restore_utilization)
     target = plan_weights(sig.rate_calm_rps, safe_restore, raw, quality)
     if floor_applies and target:
-        target = blend_to_floor(target, quality, floor)
+        target = blend_to_floor(target, quality, floor, raw)
     busiest = max((sig.risk[n] for n, w in current.items() if w > 0), default=0.0)
     calm = (
         not risky

@@ -1,0 +1,84 @@
+"""The controller simulator end to end on the labelled example manifest: output structure, trace
+files, errors, and the issue's main targets where the example manifest meets them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from load_tests.sim_traces import TraceError, load_trace, make_requests
+from load_tests.simulate import main
+
+SHORT_TRACE = """\
+name: short-step
+unit: full_replica
+duration_s: 240
+segments:
+  - {t_s: 0, rate: 0.5}
+  - {t_s: 90, rate: 1.5}
+  - {t_s: 180, rate: 0.5}
+"""
+POLICY_KEYS = {"attainment", "violations", "goodput_rps", "quality", "quality_loss", "replica_seconds",
+               "mix_changes_per_hour", "recovery_s", "variant_share", "num_requests", "provisioned"}
+
+
+def run_json(capsys: pytest.CaptureFixture[str], *args: str) -> dict:
+    assert main([*args, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_short_trace_output_structure(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    trace = tmp_path / "short.yaml"
+    trace.write_text(SHORT_TRACE)
+    out = tmp_path / "out"
+    report = run_json(capsys, "--trace", str(trace), "--out", str(out),
+                      "--policies", "sloserve,ray-default,static-full,static-compressed,threshold")
+    [summary] = report["traces"]
+    assert summary["trace"] == "short-step" and summary["num_requests"] > 100
+    assert set(summary["policies"]) == {"sloserve", "ray-default", "static-full", "static-compressed", "threshold"}
+    for result in summary["policies"].values():
+        assert set(result) >= POLICY_KEYS and 0.0 <= result["attainment"] <= 1.0
+    assert summary["policies"]["static-full"]["provisioned"] == {"full": 2}
+    assert summary["policies"]["static-compressed"]["provisioned"] == {"distilled": 2}
+    assert summary["policies"]["sloserve"]["recovery_s"] is not None  # the trace has a step
+    assert {t["target"] for t in summary["targets"]} >= {"sloserve SLO attainment >= 99%"}
+    assert (out / "short-step.png").stat().st_size > 10_000
+    assert (out / "summary.json").is_file() and (out / "short-step-decisions.jsonl").is_file()
+    assert report["variants"] == {"full": [1, 4], "int8": [1, 4], "distilled": [0, 4]}
+
+
+def test_csv_trace_and_requests_are_reproducible(tmp_path: Path) -> None:
+    path = tmp_path / "rates.csv"
+    path.write_text("t_s,rps\n0,2\n30,4\n60,0\n")
+    trace = load_trace(str(path))
+    assert trace.unit == "rps" and trace.duration_s == 60 and trace.segments == ((0.0, 2.0), (30.0, 4.0))
+    assert trace.steps() == [(30.0, 60.0)]
+    first, again = make_requests(trace, {"interactive": 1.0}, 7), make_requests(trace, {"interactive": 1.0}, 7)
+    assert first == again and 120 < len(first) < 240
+
+
+def test_bad_traces_fail_with_a_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(TraceError, match="unknown trace"):
+        load_trace("no-such-trace")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("unit: rps\nduration_s: 10\nsegments: [{t_s: 5, rate: 1}]\n")
+    assert main(["--trace", str(bad), "--policies", "sloserve"]) == 2
+    assert "start at t_s 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("trace", ["step3x", "burst"])
+def test_main_targets_on_the_example_manifest(trace: str, capsys: pytest.CaptureFixture[str]) -> None:
+    report = run_json(capsys, "--trace", trace, "--policies", "sloserve,static-full,static-compressed", "--seed", "1")
+    [summary] = report["traces"]
+    checks = {c["target"]: c["met"] for c in summary["targets"]}
+    assert checks["sloserve SLO attainment >= 99%"]
+    assert checks["quality loss <= 1/3 of static-compressed's"]
+    assert checks[">= 30% fewer replica-seconds than static-full"]
+
+
+def test_steady_noisy_keeps_the_variant_mix(capsys: pytest.CaptureFixture[str]) -> None:
+    report = run_json(capsys, "--trace", "steady-noisy", "--policies", "sloserve")
+    [check] = report["traces"][0]["targets"]
+    assert check["target"] == "<= 4 variant-mix changes per hour" and check["met"]

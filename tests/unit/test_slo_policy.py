@@ -1,0 +1,235 @@
+"""The SLO policy with a fake clock: observations are built directly (the layer below), the
+manifest is the labelled example one, and time advances in control intervals."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cluster.config import ControllerConfig, SLOConfig, VariantConfig
+from deployments.slo_capacity import SpeedCurve
+from deployments.slo_decision import Decision, PolicyState
+from deployments.slo_observation import LatencyStats, Observation, ReplicaStats, VariantObservation
+from deployments.slo_policy import PolicyError, decide
+from inference.compression.manifest import VariantManifest
+
+MANIFEST = VariantManifest.load(Path(__file__).parents[2] / "load_tests" / "traces" / "example_manifest.json")
+SLO = SLOConfig()  # interactive: TTFT p95 1000 ms, TPOT p95 150 ms
+CTL = ControllerConfig(enabled=True, max_total_replicas=6)
+# one replica under the SLO sustains about: full 2.32 rps, int8 3.47 rps, distilled 4.18 rps
+FULL, INT8, DISTILLED = (
+    VariantConfig(name="full", num_replicas=1, min_replicas=1, max_replicas=4, weight=1.0),
+    VariantConfig(name="int8", num_replicas=1, min_replicas=1, max_replicas=4, weight=0.0),
+    VariantConfig(name="distilled", num_replicas=0, min_replicas=0, max_replicas=4, weight=0.0),
+)
+VARIANTS = [FULL, INT8, DISTILLED]
+
+
+def stats(n: int = 100, ttft_p95_s: float = 0.2, tpot_p95_s: float = 0.06, **more: float) -> LatencyStats:
+    return LatencyStats(num_requests=n, ttft_p95_s=ttft_p95_s, tpot_p95_s=tpot_p95_s, mean_output_tokens=128.0,
+                        **more)  # type: ignore[arg-type]
+
+
+def observe(now_s: float, state: PolicyState, rate_rps: float, ready: dict[str, int], *,
+            recent_rps: float | None = None, p95: dict[str, float] | None = None, queue: dict[str, int] | None = None,
+            ongoing: dict[str, int] | None = None, latency: dict[str, LatencyStats] | None = None) -> Observation:
+    """The router's view: the rate split by the current weights, p95 TTFT per variant (seconds)."""
+    recent = rate_rps if recent_rps is None else recent_rps
+    out = {}
+    for name, weight in state.weights.items():
+        lat = (latency or {}).get(name) or stats(ttft_p95_s=(p95 or {}).get(name, 0.2))
+        running = max(ready.get(name, 0), state.replica_targets.get(name, 0))
+        out[name] = VariantObservation(
+            name=name, latency=lat, by_class={"interactive": lat},
+            arrival_rate_rps=rate_rps * weight, recent_arrival_rate_rps=recent * weight,
+            completion_rate_rps=rate_rps * weight,
+            replicas=ReplicaStats(running, ready.get(name, 0), (queue or {}).get(name, 0), (ongoing or {}).get(name, 0)),
+        )
+    return Observation(now_s, CTL.window_s, CTL.recent_window_s, out)
+
+
+def step(obs: Observation, state: PolicyState, controller: ControllerConfig = CTL,
+         variants: list[VariantConfig] = VARIANTS) -> tuple[Decision, PolicyState]:
+    return decide(obs, state, SLO, MANIFEST, controller, variants)
+
+
+def test_degrades_within_one_interval_of_an_observed_violation() -> None:
+    state = PolicyState.initial(VARIANTS)
+    ready = {"full": 1, "int8": 1}
+    for now in (5.0, 10.0, 15.0):  # 1.9 rps on full is inside the model's capacity: calm
+        decision, state = step(observe(now, state, 1.9, ready), state)
+        assert decision.reason_code == "hold"
+    decision, state = step(observe(20.0, state, 1.9, ready, p95={"full": 1.5}), state)  # TTFT p95 1.5 s > 1 s
+    assert decision.reason_code == "degrade" and decision.at_risk
+    assert decision.weights["int8"] > 0 and decision.weights["full"] * 1.9 <= 0.85 * 1.9 + 1e-9
+    assert "full" in decision.reason
+
+
+def test_degrades_at_once_when_the_rate_surely_exceeds_capacity() -> None:
+    state = PolicyState.initial(VARIANTS)
+    decision, state = step(observe(5.0, state, 3.5, {"full": 1, "int8": 1}, p95={"full": 0.1}), state)
+    assert decision.reason_code == "degrade"
+    assert decision.weights["full"] * 3.5 <= CTL.target_utilization * 2.33
+    assert decision.weights["distilled"] == 0.0  # no ready replica: never routed to
+
+
+def test_restores_only_after_the_hold_and_one_step_at_a_time() -> None:
+    state = replace(PolicyState.initial(VARIANTS), weights={"full": 0.5, "int8": 0.5, "distilled": 0.0},
+                    last_degrade_s=0.0)
+    ready, history = {"full": 1, "int8": 1}, []
+    for now in np.arange(5.0, 90.0, 5.0):
+        decision, state = step(observe(float(now), state, 1.0, ready), state)
+        history.append((float(now), decision.reason_code, decision.weights["full"]))
+    restores = [(t, w) for t, code, w in history if code == "restore"]
+    assert restores and restores[0][0] >= CTL.restore_hold_s
+    assert all(code == "hold" for t, code, _ in history if t < CTL.restore_hold_s)
+    fulls = [0.5] + [w for _, _, w in history]
+    assert all(b - a <= CTL.restore_step + 1e-9 for a, b in itertools.pairwise(fulls))
+    assert fulls[-1] == pytest.approx(1.0)
+
+
+def test_no_restore_without_headroom() -> None:
+    # degraded to the best split at 2.5 rps; the load stays there: restoring would not fit
+    state = replace(PolicyState.initial(VARIANTS), weights={"full": 0.74, "int8": 0.26, "distilled": 0.0},
+                    last_degrade_s=0.0)
+    for now in np.arange(5.0, 600.0, 5.0):
+        decision, state = step(observe(float(now), state, 2.5, {"full": 1, "int8": 1}), state)
+        assert not decision.weights_changed, decision.reason
+
+
+def test_a_blip_restarts_the_restore_hold() -> None:
+    state = replace(PolicyState.initial(VARIANTS), weights={"full": 0.5, "int8": 0.5, "distilled": 0.0},
+                    last_degrade_s=-1000.0)
+    first_restore = None
+    for now in np.arange(5.0, 200.0, 5.0):
+        p95 = {"full": 0.7, "int8": 0.7} if now == 50.0 else None  # 0.7 of target: not calm, not at risk
+        decision, state = step(observe(float(now), state, 1.0, {"full": 1, "int8": 1}, p95=p95), state)
+        if decision.reason_code == "restore" and first_restore is None:
+            first_restore = float(now)
+    assert first_restore is not None and first_restore >= 55.0 + CTL.restore_hold_s
+
+
+def test_no_oscillation_under_noisy_steady_load() -> None:
+    rng = np.random.default_rng(3)
+    state = PolicyState.initial(VARIANTS)
+    changes = 0
+    for now in np.arange(5.0, 3600.0 + 1, 5.0):  # one hour at a steady 2.2 rps
+        rate = rng.poisson(2.2 * CTL.window_s) / CTL.window_s
+        recent = rng.poisson(2.2 * CTL.recent_window_s) / CTL.recent_window_s
+        p95 = {"full": float(rng.uniform(0.1, 0.4)), "int8": float(rng.uniform(0.1, 0.3))}
+        decision, state = step(observe(float(now), state, rate, {"full": 1, "int8": 1}, recent_rps=recent, p95=p95),
+                               state)
+        changes += decision.weights_changed
+        assert not decision.replicas_changed
+    assert changes <= 4
+
+
+def test_never_below_the_quality_floor_while_capacity_remains_in_budget() -> None:
+    variants = [FULL, DISTILLED.model_copy(update={"num_replicas": 1, "min_replicas": 1})]
+    controller = CTL.model_copy(update={"quality_floor": 0.9})
+    state = PolicyState.initial(variants)
+    decision, _ = step(observe(5.0, state, 7.0, {"full": 1, "distilled": 1}), state, controller, variants)
+    assert decision.at_risk and decision.expected_quality >= 0.9 - 1e-9
+    assert sum(decision.replica_targets.values()) > 2  # and capacity is on its way
+    used_up = controller.model_copy(update={"max_total_replicas": 2})  # every replica serving: the floor gives way
+    decision, _ = step(observe(5.0, state, 7.0, {"full": 1, "distilled": 1}), state, used_up, variants)
+    assert decision.expected_quality < 0.9
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_bounds_budget_floor_and_routable_weights(seed: int) -> None:
+    """Random load, readiness, latency and backlog: every decision stays inside the bounds."""
+    rng = np.random.default_rng(seed)
+    budget = int(rng.integers(2, 9))
+    controller = CTL.model_copy(update={"max_total_replicas": budget})
+    names = [v.name for v in VARIANTS]
+    state = PolicyState.initial(VARIANTS)
+    for i in range(int(rng.integers(1, 8))):
+        rate = float(rng.uniform(0.0, 20.0))
+        ready_now = {n: int(rng.integers(0, 5)) for n in names}
+        obs = observe(5.0 * (i + 1), state, rate, ready_now, recent_rps=float(rng.uniform(0.0, 20.0)),
+                      p95={n: float(rng.uniform(0.0, 3.0)) for n in names},
+                      queue={n: int(rng.integers(0, 30)) for n in names})
+        decision, state = step(obs, state, controller)
+        targets = decision.replica_targets
+        assert all(v.min_replicas <= targets[v.name] <= v.max_replicas for v in VARIANTS)
+        assert sum(targets.values()) <= budget
+        assert min(decision.weights.values()) >= 0 and sum(decision.weights.values()) == pytest.approx(1.0)
+        if decision.weights_changed:
+            assert all(decision.weights[n] == 0 for n in names if ready_now[n] == 0)
+        room = sum(targets.values()) < budget or any(targets[n] > ready_now[n] for n in names)
+        best_ready = max((MANIFEST.get(n).quality.agreement for n in names if ready_now[n]), default=0.0)
+        if room and best_ready >= controller.quality_floor:
+            assert decision.expected_quality >= controller.quality_floor - 1e-9
+
+
+def test_decisions_are_deterministic() -> None:
+    state = replace(PolicyState.initial(VARIANTS), long_rate_rps=1.0, last_degrade_s=-500.0)
+    obs = observe(100.0, state, 3.1, {"full": 1, "int8": 1}, recent_rps=4.0, p95={"full": 1.2}, queue={"full": 4})
+    first = step(obs, state)
+    assert all(step(obs, state) == first for _ in range(3))
+
+
+def test_scales_up_and_bridges_the_cold_start_with_ready_variants() -> None:
+    state = PolicyState.initial(VARIANTS)
+    decision, state = step(observe(5.0, state, 8.0, {"full": 1, "int8": 1}), state)
+    assert decision.reason_code.endswith("scale_up") and sum(decision.replica_targets.values()) > 2
+    added = {n for n in decision.replica_targets if decision.replica_targets[n] > {"full": 1, "int8": 1}.get(n, 0)}
+    assert all(decision.weights[n] == 0 for n in added if n == "distilled")  # not ready yet: no traffic
+    assert "cold start" not in decision.reason or "bridge" in decision.reason
+    for now in (10.0, 15.0, 20.0):  # still starting: no more replicas for the same deficit
+        decision, state = step(observe(now, state, 8.0, {"full": 1, "int8": 1}), state)
+        assert not decision.replicas_changed
+
+
+def test_never_scales_down_during_a_burst_but_does_after_a_calm_hold() -> None:
+    state = replace(PolicyState.initial(VARIANTS), replica_targets={"full": 3, "int8": 1, "distilled": 0},
+                    long_rate_rps=1.0)
+    ready = {"full": 3, "int8": 1}
+    decision, _ = step(observe(1000.0, state, 1.0, ready, recent_rps=4.0), state)
+    assert decision.replica_targets == {"full": 3, "int8": 1, "distilled": 0}
+    decision, state = step(observe(1000.0, state, 1.0, ready), state)
+    assert decision.reason_code == "scale_down" and decision.replica_targets["full"] == 2
+    decision, state = step(observe(1005.0, state, 1.0, {"full": 2, "int8": 1}), state)
+    assert not decision.replicas_changed  # one at a time, after another hold
+    decision, state = step(observe(1000.0 + CTL.scale_down_hold_s, state, 1.0, {"full": 2, "int8": 1}), state)
+    assert decision.reason_code == "scale_down" and decision.replica_targets["full"] == 1
+
+
+def test_spent_quality_budget_buys_capacity_of_the_best_variant() -> None:
+    variants = [FULL, DISTILLED.model_copy(update={"num_replicas": 1, "min_replicas": 1})]
+    base = replace(PolicyState.initial(variants), weights={"full": 0.62, "distilled": 0.38})
+    ready = {"full": 1, "distilled": 1}
+    decision, _ = step(observe(5.0, base, 3.0, ready), base, variants=variants)
+    assert not decision.replicas_changed  # budget left: degrading is allowed
+    spent = replace(base, quality_debt_s=CTL.quality_budget * CTL.quality_budget_window_s + 1.0)
+    decision, _ = step(observe(5.0, spent, 3.0, ready), spent, variants=variants)
+    assert decision.reason_code == "scale_up" and decision.replica_targets["full"] == 2
+
+
+def test_traffic_leaves_a_variant_without_ready_replicas() -> None:
+    state = replace(PolicyState.initial(VARIANTS), weights={"full": 0.3, "int8": 0.7, "distilled": 0.0})
+    decision, _ = step(observe(5.0, state, 1.0, {"full": 1, "int8": 0}), state)
+    assert decision.reason_code in ("rebalance", "rebalance_scale_up") and decision.weights["int8"] == 0.0
+
+
+def test_latency_correction_learns_a_slower_replica() -> None:
+    curve = SpeedCurve.from_profile(MANIFEST.get("full").speed)
+    state = PolicyState.initial(VARIANTS)
+    slow = stats(tpot_p50_s=1.5 * curve.tpot_s(11), ttft_p50_s=1.5 * curve.ttft_s(11), e2e_mean_s=12.0)
+    for now in np.arange(5.0, 300.0, 5.0):
+        obs = observe(float(now), state, 1.0, {"full": 1, "int8": 1}, ongoing={"full": 10}, latency={"full": slow})
+        _, state = step(obs, state)
+    assert state.corrections["full"].tpot == pytest.approx(1.5, rel=0.05)
+    assert state.corrections["full"].ttft == pytest.approx(1.5, rel=0.05)
+
+
+def test_unknown_variant_is_a_policy_error() -> None:
+    ghost = [*VARIANTS, VariantConfig(name="ghost", min_replicas=0, num_replicas=0, weight=0.0)]
+    state = PolicyState.initial(ghost)
+    with pytest.raises(PolicyError, match="ghost"):
+        step(observe(5.0, state, 1.0, {"full": 1}), state, variants=ghost)
