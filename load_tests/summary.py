@@ -69,7 +69,7 @@ def summarize(records: Sequence[RequestRecord], info: RunInfo, slo: SloTargets,
         variants[name]["share"] = sum(r.is_ok for r in group) / ok_total if ok_total else 0.0
     summary["variants"] = variants
     events = switch_events(records, info.decisions, window_s, duration)
-    summary["switch_events_source"] = "controller" if info.decisions is not None else "inferred"
+    summary["switch_events_source"] = "controller" if info.decisions else "inferred"
     summary["switch_events"] = [asdict(e) for e in events]
     summary["num_switches"] = sum(e.is_switch for e in events)
     summary["observed_flips"] = [asdict(f) for f in infer_flips(records, window_s)]

@@ -139,7 +139,7 @@ def decision_events(records: Sequence[RequestRecord], decisions: Sequence[Contro
 
 def switch_events(records: Sequence[RequestRecord], decisions: Sequence[ControllerDecision] | None,
                   window_s: float, duration_s: float) -> list[SwitchEvent]:
-    """Decision events when the controller answered, else inferred flips."""
-    if decisions is not None:
+    """Decision events when the controller listed any decisions, else inferred flips."""
+    if decisions:
         return decision_events(records, decisions, window_s, duration_s)
     return inferred_events(records, window_s)
