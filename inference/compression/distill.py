@@ -60,7 +60,7 @@ class DistillCompressor(Compressor):
         student = self.make_student(ctx.base_dir)
         pad = int(getattr(teacher.config, "pad_token_id", None) or 0)
         cache = None if ctx.work_dir is None else ctx.work_dir / "teacher_sequences.pt"
-        sequences = teacher_sequences(teacher, ctx.calib_prompts, self.max_new_tokens, pad, cache)
+        sequences = teacher_sequences(teacher, ctx.calib_prompts, 16 if ctx.quick else self.max_new_tokens, pad, cache)
         ckpt_dir = None if ctx.work_dir is None else ctx.work_dir / "distill"
         tag = f"distill:{self.kept}:{len(sequences)}"
         self.stats = train_student(teacher, student, sequences, self.budget, ckpt_dir, tag, seed=ctx.seed)

@@ -95,7 +95,7 @@ class StructuredPruneCompressor(Compressor):
             teacher = load_base_model(ctx.base_dir, torch.bfloat16)
             pad = int(getattr(model.config, "pad_token_id", None) or 0)
             cache = None if ctx.work_dir is None else ctx.work_dir / "teacher_sequences.pt"
-            sequences = teacher_sequences(teacher, ctx.calib_prompts, 64, pad, cache)
+            sequences = teacher_sequences(teacher, ctx.calib_prompts, 16 if ctx.quick else 64, pad, cache)
             ckpt_dir = None if ctx.work_dir is None else ctx.work_dir / "prune-structured"
             tag = f"prune-structured:{keep}:{width}:{len(sequences)}"
             stats = train_student(teacher, student, sequences, self.heal, ckpt_dir, tag, desc="heal", seed=ctx.seed)
