@@ -214,12 +214,6 @@ class ControllerConfig(_Strict):
     burst_ratio: float = Field(
         default=1.5, ge=1.0, le=100.0, description="Recent / long-run arrival rate above which load is a burst."
     )
-    burst_headroom: float = Field(
-        default=3.0,
-        ge=1.0,
-        le=100.0,
-        description="Ready capacity kept (degraded variants allowed) as a multiple of the long-run arrival rate.",
-    )
     quality_budget: float = Field(
         default=0.02, ge=0.0, le=1.0, description="Mean quality loss vs full allowed over quality_budget_window_s."
     )

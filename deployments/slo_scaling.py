@@ -1,12 +1,13 @@
 """Replica targets per variant: scale up at once, scale down one replica at a time after a calm hold.
 
 Up, when (a) the arrival rate (its confident lower bound) puts even the best split over the
-targeted replicas (ready or starting) at risk (`degrade_at_ratio` of capacity): add the fewest
-replicas that bring it back to the target utilization, the better variant on a tie — or the best variant first once the quality budget is spent; (b) the best split over
+targeted replicas (ready or starting) at risk (`degrade_at_ratio` of capacity), or over the
+target utilization while the SLO is at risk now: add the fewest replicas that bring it back to
+the target utilization, the better variant on a tie — or the best variant first once the quality budget is spent; (b) the best split over
 the targeted replicas misses the quality floor, or the quality budget is spent while the split
 still loses quality: add one replica of the best variant with room, once no replica is starting.
 Down, never during a burst, at risk, or within `scale_down_hold_s` of a burst, degrade or scaling:
-remove the one replica whose loss keeps the split's quality and leaves room at the restore
+remove the one replica whose loss keeps the split's quality and leaves room at the target
 utilization for the calm (upper) rate estimate. Always within per-variant bounds and the budget.
 """
 
@@ -64,7 +65,8 @@ def scale_step(
     quality, over_rps = plan_for(rate, targets, caps, util)
     _, over_risk_rps = plan_for(rate, targets, caps, controller.degrade_at_ratio)
 
-    if over_risk_rps > EPS and room > 0:  # (a) capacity deficit: at risk whatever the split
+    deficit = over_risk_rps > EPS or (at_risk and over_rps > EPS)
+    if deficit and room > 0:  # (a) at risk whatever the split, or at risk now and over the target
         options: list[tuple[tuple[bool, float, float], str, int]] = []
         for n in targets:
             free = min(room, bounds[n][1] - targets[n])
@@ -97,12 +99,12 @@ def scale_step(
     if at_risk or sig.in_burst or starting or sig.now_s - calm_since < controller.scale_down_hold_s:
         return ScaleStep(targets, 0, "")
     calm_rate = max(sig.rate_calm_rps, sig.long_rate_rps)
-    before, _ = plan_for(calm_rate, targets, caps, controller.restore_utilization)
+    before, _ = plan_for(calm_rate, targets, caps, util)
     removable: list[tuple[tuple[float, float, str], str]] = []
     for n in targets:
         if targets[n] <= bounds[n][0]:
             continue
-        after, left = plan_for(calm_rate, _with(targets, n, -1), caps, controller.restore_utilization)
+        after, left = plan_for(calm_rate, _with(targets, n, -1), caps, util)
         if left <= EPS and after >= before - 1e-6:
             removable.append(((-after, sig.quality[n], n), n))
     if not removable:
