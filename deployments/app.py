@@ -70,9 +70,10 @@ def build_app(config: AppConfig) -> Application:
     return RouterDeployment.options(
         num_replicas=config.router.num_replicas,
         ray_actor_options={"num_cpus": 0},
-        # above the router's own bound, so the router answers 429 itself instead of Serve queueing
-        max_ongoing_requests=bound + 16,
-        max_queued_requests=bound,
+        # well above the router's own bound, so the router itself answers 429 (OpenAI error body)
+        # instead of Serve's proxy dropping requests with a plain 503 while it probes the replica
+        max_ongoing_requests=max(4 * bound, bound + 64),
+        max_queued_requests=4 * bound,
     ).bind(config.model_dump_json(), servers)
 
 

@@ -148,9 +148,10 @@ class LLMServer:
     def pid(self) -> int:
         return os.getpid()
 
-    def rank_actor_ids(self) -> list[str]:
+    def rank_pids(self) -> list[int]:
+        """Process ids of ranks 1..N-1 (fault-injection tests kill them)."""
         peers: Any = self.engine.engine.peers
-        return [a._actor_id.hex() for a in getattr(peers, "actors", [])]
+        return peers.pids() if peers is not None and hasattr(peers, "pids") else []
 
     def __del__(self) -> None:
         engine = getattr(self, "engine", None)

@@ -73,6 +73,17 @@ def _failure_response(error: BaseException, retry_after_s: int) -> JSONResponse:
     )
 
 
+def _as_invalid(error: Exception) -> Exception:
+    """A pydantic error while building the GenerateRequest, as a 400 naming the field."""
+    from pydantic import ValidationError
+
+    if isinstance(error, ValidationError):
+        first = error.errors()[0]
+        param = ".".join(str(p) for p in first["loc"]) or None
+        return InvalidRequestError(f"{param}: {first['msg']}" if param else first["msg"], param or "body")
+    return error
+
+
 @serve.ingress(app)
 class Router:
     def __init__(self, config_json: str, servers: dict[str, DeploymentHandle]) -> None:
@@ -249,7 +260,18 @@ class Router:
                 f"header {self.config.slo.class_header}: unknown SLO class {slo_class!r}; "
                 f"classes: {sorted(self.config.slo.classes)}", self.config.slo.class_header,
             )
-        return {"session_id": http.headers.get("x-session-id"), "slo_class": slo_class}
+        timeout_s = None
+        if "x-sloserve-timeout-s" in http.headers:
+            try:
+                timeout_s = float(http.headers["x-sloserve-timeout-s"])
+            except ValueError as e:
+                raise InvalidRequestError("header x-sloserve-timeout-s must be a number of seconds", "x-sloserve-timeout-s") from e
+            if not 0 < timeout_s <= self.config.router.request_timeout_s:
+                raise InvalidRequestError(
+                    f"header x-sloserve-timeout-s must be in (0, {self.config.router.request_timeout_s}], got {timeout_s}",
+                    "x-sloserve-timeout-s",
+                )
+        return {"session_id": http.headers.get("x-session-id"), "slo_class": slo_class, "timeout_s": timeout_s}
 
     async def _serve_http(self, request: GenerateRequest, model: str, stream: bool, include_usage: bool, kind: str) -> Response:
         retry = self.config.router.retry_after_s
@@ -317,17 +339,6 @@ class Router:
         per_variant = await self.variant_stats()
         return {"in_flight": self.in_flight, "weights": self.weights,
                 "variants": {k: v.model_dump() for k, v in per_variant.items()}}
-
-
-def _as_invalid(error: Exception) -> Exception:
-    """A pydantic error while building the GenerateRequest, as a 400 naming the field."""
-    from pydantic import ValidationError
-
-    if isinstance(error, ValidationError):
-        first = error.errors()[0]
-        param = ".".join(str(p) for p in first["loc"]) or None
-        return InvalidRequestError(f"{param}: {first['msg']}" if param else first["msg"], param or "body")
-    return error
 
 
 RouterDeployment = serve.deployment(Router, name="router")

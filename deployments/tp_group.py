@@ -9,6 +9,7 @@ multiprocessing path runs.
 from __future__ import annotations
 
 import logging
+import os
 
 import ray
 from ray.util.placement_group import get_current_placement_group
@@ -20,7 +21,7 @@ from inference.worker import RankWorker, RendezvousInfo
 log = logging.getLogger(__name__)
 
 
-@ray.remote(max_restarts=0)
+@ray.remote(max_restarts=0, max_concurrency=2)  # run() blocks one thread; pid() stays answerable
 class RankActor:
     def __init__(self, config_json: str, rank: int, rendezvous: RendezvousInfo) -> None:
         self.config = EngineConfig.model_validate_json(config_json)
@@ -31,6 +32,9 @@ class RankActor:
         worker = RankWorker(self.config, self.rank, self.rendezvous)
         worker.load()
         worker.serve_forever()
+
+    def pid(self) -> int:
+        return os.getpid()
 
 
 class RayPeers:
@@ -62,6 +66,9 @@ class RayPeers:
             ).remote(self.config.model_dump_json(), rank, self.rendezvous)
             self.actors.append(actor)
             self.runs.append(actor.run.remote())
+
+    def pids(self) -> list[int]:
+        return list(ray.get([a.pid.remote() for a in self.actors], timeout=10))
 
     def dead_ranks(self) -> list[int]:
         if self._stopping or not self.runs:

@@ -1,0 +1,79 @@
+"""A real local Ray Serve app on CPU over 127.0.0.1, with tiny random models; stopped by the fixture."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.tiny_models import make_tiny_model_dir
+
+
+@dataclass
+class ServeApp:
+    base_url: str
+    app_name: str
+    model_name: str
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="package")
+def serve_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_model_dir(tmp_path_factory.mktemp("serve-tiny"), max_position_embeddings=256)
+
+
+@pytest.fixture(scope="package")
+def serve_app(serve_model_dir: Path) -> Iterator[ServeApp]:
+    import ray
+    from ray import serve
+
+    from cluster.config import parse_config
+    from deployments.app import build_app
+
+    engine = {"kv_cache_tokens": 2048, "block_size": 16, "max_num_seqs": 16, "max_num_batched_tokens": 128}
+    config = parse_config(
+        {
+            "model": {"source": str(serve_model_dir), "name": "tiny", "max_model_len": 256},
+            "variants": [
+                {"name": "full", "dtype": "float32", "engine": engine},
+                {"name": "tp2", "dtype": "float32", "tp_size": 2, "weight": 0.0, "min_replicas": 0, "engine": engine},
+                {"name": "spare", "dtype": "float32", "weight": 0.0, "min_replicas": 0, "engine": engine},
+            ],
+            "router": {"max_in_flight": 6, "request_timeout_s": 60},
+        }
+    )
+    port = free_port()
+    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(build_app(config), name="sloserve", route_prefix="/")
+        yield ServeApp(f"http://127.0.0.1:{port}", "sloserve", "tiny")
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def wait_until(predicate, timeout_s: float, interval_s: float = 0.25) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return True
+        except Exception:  # the thing is still coming up
+            pass
+        time.sleep(interval_s)
+    return False
+
+
+def variant_stats(base_url: str, variant: str) -> dict:  # type: ignore[type-arg]
+    return httpx.get(f"{base_url}/v1/sloserve/stats", timeout=10).json()["variants"][variant]
