@@ -42,16 +42,17 @@ def test_burst_above_the_admission_bound_gets_completions_or_429s_and_nothing_ha
 def test_client_disconnect_mid_stream_frees_kv_at_the_replica(serve_app: ServeApp) -> None:
     body = {"model": "tiny:spare", "prompt": "Tell me everything", "max_tokens": 240, "ignore_eos": True, "stream": True}
     seen = 0
-    with httpx.Client(base_url=serve_app.base_url, timeout=30) as client:
-        with client.stream("POST", "/v1/completions", json=body) as response:
-            assert response.status_code == 200
-            for line in response.iter_lines():
-                if line.startswith("data: {"):
-                    json.loads(line[6:])
-                    seen += 1
-                if seen == 3:
-                    assert variant_stats(serve_app.base_url, "spare")["num_running"] == 1
-                    break  # leaving the context closes the connection mid-stream
+    with httpx.Client(base_url=serve_app.base_url, timeout=30) as client, client.stream(
+        "POST", "/v1/completions", json=body
+    ) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if line.startswith("data: {"):
+                json.loads(line[6:])
+                seen += 1
+            if seen == 3:
+                assert variant_stats(serve_app.base_url, "spare")["num_running"] == 1
+                break  # leaving the context closes the connection mid-stream
     stats: dict = {}  # type: ignore[type-arg]
 
     def freed() -> bool:

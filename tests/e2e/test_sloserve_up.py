@@ -1,0 +1,59 @@
+"""`sloserve up` with the default config serves the packaged SmolLM2; Ctrl-C stops it cleanly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+from openai import OpenAI
+
+from tests.serve.conftest import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_sloserve_up_serves_the_packaged_model_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+    port = free_port()
+    log = tmp_path / "up.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cluster.cli", "up", "--config", "cluster/configs/local.yaml", "--port", str(port)],
+            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 240
+        while "sloserve is serving" not in log.read_text():
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(1)
+        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=120)
+        ids = {m.id for m in client.models.list().data}
+        assert {"smollm2-135m-instruct:full", "smollm2-135m-instruct:int8"} <= ids
+        answer = client.chat.completions.create(
+            model="smollm2-135m-instruct",
+            messages=[{"role": "user", "content": "What is the capital of France?"}],
+            max_tokens=32, temperature=0,
+        )
+        assert "Paris" in answer.choices[0].message.content
+        assert answer.model == "smollm2-135m-instruct:full"
+        compressed = client.chat.completions.create(
+            model="smollm2-135m-instruct:int8",
+            messages=[{"role": "user", "content": "What is the capital of France?"}],
+            max_tokens=32, temperature=0,
+        )
+        assert "Paris" in compressed.choices[0].message.content
+        assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).json()["status"] == "ok"
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            code = proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise
+    assert code == 0, log.read_text()[-3000:]
+    assert "stopped." in log.read_text()
