@@ -6,7 +6,7 @@
   prune-magnitude   50% unstructured magnitude sparsity, saved dense (a quality reference)
   prune-structured  6 least influential layers and 25% of FFN channels removed, healed by KD
   distill           half the teacher's layers (evenly spaced), trained by logit + sequence KD
-Budgets: distillation at most 10 minutes on 2 CPU cores, healing at most 4; `--quick` takes a few steps each.
+Budgets: distillation at most 9 minutes on 2 CPU cores, healing at most 3; `--quick` takes a few steps each.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from inference.compression.prune_structured import StructuredPruneCompressor
 from inference.compression.quantize import BnbCompressor, TorchInt8Compressor
 
 QUICK_KD = KDBudget(max_steps=3, max_seconds=60.0, batch_size=2, ckpt_every=2)
-DISTILL_KD = KDBudget(max_steps=400, max_seconds=600.0, batch_size=8, lr=3e-4)
-HEAL_KD = KDBudget(max_steps=150, max_seconds=240.0, batch_size=8, lr=1e-4)
+DISTILL_KD = KDBudget(max_steps=400, max_seconds=540.0, batch_size=8, lr=3e-4)
+HEAL_KD = KDBudget(max_steps=150, max_seconds=180.0, batch_size=8, lr=1e-4)
 
 METHODS: dict[str, Callable[[bool], Compressor]] = {
     "bnb-int8": lambda quick: BnbCompressor(four_bit=False),

@@ -133,7 +133,7 @@ def _measure(variant: CompressedVariant, job: CompressJob, data: EvalData) -> Va
     agreement, kl = compare_to_reference(model, data.reference)
     quality = QualityMetrics(
         agreement=agreement, kl=kl,
-        task_accuracy=qa_accuracy(model, data.tokenizer, data.qa, max_new_tokens=8 if job.quick else 24),
+        task_accuracy=qa_accuracy(model, data.tokenizer, data.qa, max_new_tokens=8 if job.quick else 16),
         ppl=perplexity(model, data.tokenizer, data.text),
     )
     options = dict(variant.recipe.options)
