@@ -1,12 +1,13 @@
 """What one replica of each variant sustains under the latency SLO, from the manifest's speed profile.
 
-`SpeedCurve` interpolates a variant's measured time per output token (TPOT) at any concurrency:
-linear between measured levels, throughput flat past the last one; TTFT scales with it from the
-measured batch-1 value. `replica_capacity` finds the largest concurrency whose predicted
-latencies, times a p95/p50 tail factor, meet the strictest SLO targets, and turns it into the
-requests per second a replica sustains (Little's law). A `Correction` (observed / predicted TPOT
-and TTFT, learned online by the policy) scales the curve: that is how the manifest is corrected
-from observed latency. The simulator uses the same curves as its ground truth. Pure: no Ray, no torch.
+`SpeedCurve` interpolates a variant's measured time per output token (TPOT) and time to first
+token (TTFT) at any concurrency: linear between measured levels; past the last one throughput
+stays flat and TTFT grows with TPOT (given only a batch-1 TTFT, it scales with TPOT throughout).
+`replica_capacity` finds the largest concurrency whose predicted latencies, times a p95/p50 tail
+factor, meet the strictest SLO targets, and turns it into the requests per second a replica
+sustains (Little's law). A `Correction` (observed / predicted TPOT and TTFT, learned online by
+the policy) scales the curve: that is how the manifest is corrected from observed latency. The
+simulator uses the same curves as its ground truth. Pure: no Ray, no torch.
 """
 
 from __future__ import annotations
@@ -23,12 +24,20 @@ DEFAULT_PROMPT_TOKENS = 256.0
 DEFAULT_OUTPUT_TOKENS = 128.0
 
 
+def _interpolate(points: tuple[tuple[float, float], ...], c: float) -> float:
+    """Linear between ascending (concurrency, value) points; c is within their range."""
+    for (c0, v0), (c1, v1) in itertools.pairwise(points):
+        if c <= c1:
+            return v0 + (v1 - v0) * (c - c0) / (c1 - c0)
+    return points[-1][1]
+
+
 @dataclass(frozen=True, slots=True)
 class SpeedCurve:
-    """Median TPOT by concurrency (ascending (concurrency, tpot_s) points) and batch-1 TTFT."""
+    """Median TPOT and TTFT by concurrency, as ascending (concurrency, seconds) points."""
 
-    points: tuple[tuple[float, float], ...]
-    ttft_bs1_s: float
+    points: tuple[tuple[float, float], ...]  # TPOT
+    ttft_points: tuple[tuple[float, float], ...]  # TTFT; one point: batch-1 TTFT, scaled with TPOT
 
     @classmethod
     def from_profile(cls, speed: SpeedProfile) -> SpeedCurve:
@@ -37,30 +46,36 @@ class SpeedCurve:
         else:
             tpot = {int(k): int(k) / tok_s for k, tok_s in speed.tok_s_at.items()}
         tpot.setdefault(1, 1.0 / speed.tok_s_bs1)
-        points = tuple((float(c), s) for c, s in sorted(tpot.items()))
-        ttft_s = speed.ttft_ms_p50 / 1000.0 if speed.ttft_ms_p50 is not None else 2.0 * points[0][1]
-        return cls(points, ttft_s)
+        ttft = {int(k): ms / 1000.0 for k, ms in speed.ttft_ms_at.items()}
+        if 1 not in ttft:
+            ttft[1] = speed.ttft_ms_p50 / 1000.0 if speed.ttft_ms_p50 is not None else 2.0 * tpot[1]
+        return cls(
+            tuple((float(c), v) for c, v in sorted(tpot.items())),
+            tuple((float(c), v) for c, v in sorted(ttft.items())),
+        )
 
     def tpot_s(self, concurrency: float) -> float:
         c = max(1.0, concurrency)
         last_c, last_s = self.points[-1]
         if c >= last_c:  # no measurement past the last level: assume throughput stays flat
             return last_s * c / last_c
-        for (c0, s0), (c1, s1) in itertools.pairwise(self.points):
-            if c <= c1:
-                return s0 + (s1 - s0) * (c - c0) / (c1 - c0)
-        raise AssertionError("unreachable: points are ascending")
+        return _interpolate(self.points, c)
 
     def tok_s(self, concurrency: float) -> float:
         return max(1.0, concurrency) / self.tpot_s(concurrency)
 
     def ttft_s(self, concurrency: float) -> float:
-        return self.ttft_bs1_s * self.tpot_s(concurrency) / self.points[0][1]
+        """Measured TTFT where there are levels; past the last one it grows with TPOT."""
+        c = max(1.0, concurrency)
+        last_c, last_s = self.ttft_points[-1]
+        if c >= last_c:
+            return last_s * self.tpot_s(c) / self.tpot_s(last_c)
+        return _interpolate(self.ttft_points, c)
 
     @property
     def prefill_steps(self) -> float:
         """Batch-1 TTFT in units of batch-1 decode steps (the simulator's prefill cost)."""
-        return self.ttft_bs1_s / self.points[0][1]
+        return self.ttft_points[0][1] / self.points[0][1]
 
 
 @dataclass(frozen=True, slots=True)

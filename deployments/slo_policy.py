@@ -67,16 +67,20 @@ def _seen_at_risk(sig: Signals, state: PolicyState, current: Weights, controller
         for n, w in current.items()
         if w > 0
         and sig.risk[n] >= controller.degrade_at_ratio
-        and (sig.queue_depth[n] > 0 or w * sig.rate_plan_rps >= busy[n])
+        and (sig.queue_depth[n] + sig.excess[n] > 0 or w * sig.rate_plan_rps >= busy[n])
     }
 
 
 def _at_risk(sig: Signals, current: Weights, seen: set[str], controller: ControllerConfig) -> list[str]:
     """Variants carrying traffic whose SLO is at risk: seen, or at risk with a backlog now, or
-    predicted (their share of the surely-risen rate passes `degrade_at_ratio` of their ready
-    replicas' capacity), or without a ready replica."""
+    running more requests than the SLO allows, or predicted (their share of the surely-risen rate
+    passes `degrade_at_ratio` of their ready replicas' capacity), or without a ready replica."""
     limit = capacity_rps(sig.ready, sig.caps, controller.degrade_at_ratio)
-    backlogged = {n for n in current if sig.queue_depth[n] > 0 and sig.risk[n] >= controller.degrade_at_ratio}
+    backlogged = {
+        n
+        for n in current
+        if (sig.queue_depth[n] > 0 and sig.risk[n] >= controller.degrade_at_ratio) or sig.excess[n] > 0
+    }
     return [
         n
         for n, w in current.items()
@@ -87,9 +91,9 @@ def _at_risk(sig: Signals, current: Weights, seen: set[str], controller: Control
 
 def _room(sig: Signals, utilization: float, drain_s: float) -> dict[str, float]:
     """Rate each variant's ready replicas take at `utilization`, less what drains its backlog
-    (requests waiting for a batch slot) within `drain_s`."""
+    (requests waiting for a batch slot, or running beyond the SLO's concurrency) within `drain_s`."""
     full = capacity_rps(sig.ready, sig.caps, utilization)
-    return {n: max(0.0, full[n] - sig.queue_depth[n] / drain_s) for n in full}
+    return {n: max(0.0, full[n] - (sig.queue_depth[n] + sig.excess[n]) / drain_s) for n in full}
 
 
 def _floor_applies(targets: dict[str, int], sig: Signals, controller: ControllerConfig) -> bool:

@@ -65,8 +65,10 @@ def scale_step(
     quality, over_rps = plan_for(rate, targets, caps, util)
     _, over_risk_rps = plan_for(rate, targets, caps, controller.degrade_at_ratio)
 
-    deficit = over_risk_rps > EPS or (at_risk and over_rps > EPS)
+    _, over_now_rps = plan_for(sig.rate_sure_rps, targets, caps, util)
+    deficit = over_risk_rps > EPS or (at_risk and over_now_rps > EPS)
     if deficit and room > 0:  # (a) at risk whatever the split, or at risk now and over the target
+        over_rps = max(over_rps, over_now_rps)
         options: list[tuple[tuple[bool, float, float], str, int]] = []
         for n in targets:
             free = min(room, bounds[n][1] - targets[n])

@@ -15,7 +15,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from cluster.config import ControllerConfig, SLOConfig, VariantConfig
+from cluster.config import ControllerConfig, SLOConfig, SLOTarget, VariantConfig
 from deployments.slo_capacity import (
     DEFAULT_OUTPUT_TOKENS,
     Correction,
@@ -24,7 +24,7 @@ from deployments.slo_capacity import (
     capacities,
 )
 from deployments.slo_decision import PolicyState
-from deployments.slo_observation import Observation, VariantObservation
+from deployments.slo_observation import LatencyStats, Observation, VariantObservation
 from inference.compression.manifest import VariantManifest
 
 Z_NOISE = 1.5  # standard deviations of Poisson noise a rate change must clear
@@ -51,6 +51,7 @@ class Signals:
     risk: dict[str, float]
     ready: dict[str, int]
     queue_depth: dict[str, int]
+    excess: dict[str, float]  # requests running beyond the SLO's concurrency (past the noise)
     caps: dict[str, ReplicaCapacity]
     quality: dict[str, float]
     corrections: dict[str, Correction]
@@ -63,20 +64,32 @@ def noise_rps(rate_rps: float, span_s: float) -> float:
     return Z_NOISE * math.sqrt(max(rate_rps, 0.0) / span_s) if span_s > 0 else 0.0
 
 
-def observed_risk(variant: VariantObservation, slo: SLOConfig, min_samples: int) -> float:
-    """Worst observed p95 / target over the variant's SLO classes (0 without enough samples)."""
+def _ratio(stats: LatencyStats, targets: list[SLOTarget]) -> float:
+    """Worst p95 / target of some stats against the strictest of some targets."""
     worst = 0.0
-    for name, stats in variant.by_class.items():
-        if stats.num_requests < min_samples:
-            continue
-        target = slo.classes.get(name) or slo.classes[slo.default_class]
-        for metric, limit_ms in (("ttft", target.ttft_p95_ms), ("tpot", target.tpot_p95_ms), ("e2e", target.e2e_p95_ms)):
-            value_s = stats.p95_s(metric)  # type: ignore[arg-type]
-            if limit_ms is not None and value_s is not None:
-                worst = max(worst, value_s * 1000.0 / limit_ms)
-        if stats.error_rate >= ERROR_RATE_AT_RISK:
-            worst = max(worst, ERROR_RISK)
+    for metric in ("ttft", "tpot", "e2e"):
+        limits = [getattr(t, f"{metric}_p95_ms") for t in targets if getattr(t, f"{metric}_p95_ms") is not None]
+        value_s = stats.p95_s(metric)  # type: ignore[arg-type]
+        if limits and value_s is not None:
+            worst = max(worst, value_s * 1000.0 / min(limits))
+    if stats.error_rate >= ERROR_RATE_AT_RISK:
+        worst = max(worst, ERROR_RISK)
     return worst
+
+
+def observed_risk(variant: VariantObservation, slo: SLOConfig, min_samples: int) -> float:
+    """Worst observed p95 / target over the variant's SLO classes with enough samples; when no
+    class has enough but all together do (a quiet variant), the pooled p95 against the strictest
+    targets of its classes. 0 without enough samples."""
+    def target(name: str) -> SLOTarget:
+        return slo.classes.get(name) or slo.classes[slo.default_class]
+
+    counted = {n: s for n, s in variant.by_class.items() if s.num_requests >= min_samples}
+    if counted:
+        return max(_ratio(stats, [target(n)]) for n, stats in counted.items())
+    if variant.latency.num_requests >= min_samples:
+        return _ratio(variant.latency, [target(n) for n in variant.by_class] or [target(slo.default_class)])
+    return 0.0
 
 
 def _learn(variant: VariantObservation, curve: SpeedCurve, previous: Correction, steady: bool,
@@ -109,6 +122,14 @@ def _learn(variant: VariantObservation, curve: SpeedCurve, previous: Correction,
         tpot=blend(previous.tpot, stats.tpot_p50_s, curve.tpot_s(concurrency)),
         ttft=blend(previous.ttft, stats.ttft_p50_s, curve.ttft_s(concurrency)),
     )
+
+
+def _excess(variant: VariantObservation, cap: ReplicaCapacity) -> float:
+    """Requests running beyond the concurrency at which the variant meets the SLO, less Poisson
+    noise: a timely overload signal where latency samples are still few."""
+    allowed = cap.concurrency * variant.replicas.num_replicas_ready
+    limit = allowed + Z_NOISE * math.sqrt(allowed)
+    return max(0.0, variant.replicas.num_ongoing - limit) if allowed > 0 else 0.0
 
 
 def _ewma(previous: float | None, value: float | None, dt_s: float, tau_s: float) -> float | None:
@@ -187,6 +208,7 @@ def read_signals(
         risk={n: observed_risk(obs.variant(n), slo, controller.min_samples) for n in names},
         ready={n: obs.variant(n).replicas.num_replicas_ready for n in names},
         queue_depth={n: obs.variant(n).replicas.queue_depth for n in names},
+        excess={n: _excess(obs.variant(n), caps[n]) for n in names},
         caps=caps,
         quality=quality,
         corrections=corrections,

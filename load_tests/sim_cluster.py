@@ -71,7 +71,8 @@ class SimReplica:
 
     def admit(self, outcome: Outcome) -> None:
         """Start a request now (call `advance` first)."""
-        prefill_end = self.service + self.curve.prefill_steps
+        joined = self.num_running + 1  # prefill costs the curve's TTFT at the concurrency it joins
+        prefill_end = self.service + self.curve.ttft_s(joined) / self.curve.tpot_s(joined)
         rid = outcome.request.id
         heapq.heappush(self.marks, (prefill_end, 0, rid))
         heapq.heappush(self.marks, (prefill_end + max(0, outcome.request.output_tokens - 1), 1, rid))

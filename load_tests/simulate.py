@@ -36,13 +36,14 @@ PROVISION_ATTAINMENT = 0.99
 
 
 def default_config(manifest: VariantManifest) -> AppConfig:
-    """Every manifest variant; the best keeps 1..4 replicas, the fastest one meeting the quality
-    floor keeps 1 warm replica to bridge cold starts, the rest 0..4; a budget of 6 replicas."""
-    floor = ControllerConfig().quality_floor
+    """Every manifest variant; the best keeps 1..4 replicas and one warm replica of a *bridge* (of
+    the variants with more capacity per replica than the best, the best quality one) bridges cold
+    starts; the rest scale 0..4; a budget of 6 replicas."""
     entries = sorted(manifest.variants, key=lambda e: (-e.quality.agreement, e.name))
+    caps = capacities(manifest, [VariantConfig(name=e.name) for e in entries], AppConfig().slo)
     best = entries[0].name
-    bridges = [e for e in entries[1:] if e.quality.agreement >= floor]
-    bridge = max(bridges, key=lambda e: e.speed.tok_s_bs1).name if bridges else None
+    faster = [e for e in entries[1:] if caps[e.name].rps > caps[best].rps]
+    bridge = faster[0].name if faster else None  # entries are best quality first
     variants = [
         VariantConfig(name=e.name, num_replicas=int(e.name in (best, bridge)), min_replicas=int(e.name in (best, bridge)),
                       max_replicas=4, weight=float(e.name == best))

@@ -40,6 +40,14 @@ def test_speed_curve_interpolates_and_saturates() -> None:
     assert curve.prefill_steps == pytest.approx(2.0)
 
 
+def test_speed_curve_uses_measured_ttft_by_concurrency() -> None:
+    curve = SpeedCurve.from_profile(SpeedProfile(
+        tok_s_bs1=40.0, tpot_ms_at={"1": 25.0, "8": 50.0}, ttft_ms_p50=30.0, ttft_ms_at={"1": 30.0, "8": 90.0}))
+    assert curve.ttft_s(1) == pytest.approx(0.03)
+    assert curve.ttft_s(4.5) == pytest.approx(0.06)
+    assert curve.ttft_s(16) == pytest.approx(0.09 * curve.tpot_s(16) / curve.tpot_s(8))
+
+
 def test_speed_curve_from_throughput_only() -> None:
     curve = SpeedCurve.from_profile(SpeedProfile(tok_s_bs1=40.0, tok_s_at={"16": 320.0}))
     assert curve.tpot_s(1) == pytest.approx(1 / 40.0)

@@ -77,6 +77,31 @@ def test_degrades_at_once_when_the_rate_surely_exceeds_capacity() -> None:
     assert decision.weights["distilled"] == 0.0  # no ready replica: never routed to
 
 
+def test_running_beyond_the_slo_concurrency_is_a_risk_even_without_latency_samples() -> None:
+    state = PolicyState.initial(VARIANTS)  # full meets the SLO up to 32 running requests per replica
+    quiet = stats(n=0)
+    decision, _ = step(observe(5.0, state, 1.0, {"full": 1, "int8": 1}, ongoing={"full": 30},
+                               latency={"full": quiet}), state)
+    assert decision.reason_code == "hold"
+    limits = VARIANTS[0].model_copy(update={"engine": VARIANTS[0].engine.model_copy(update={"max_num_seqs": 64})})
+    variants = [limits, INT8, DISTILLED]
+    decision, _ = step(observe(5.0, state, 1.0, {"full": 1, "int8": 1}, ongoing={"full": 50},
+                               latency={"full": quiet}), state, variants=variants)
+    assert decision.reason_code == "degrade" and decision.weights["int8"] > 0
+
+
+def test_a_quiet_variant_is_judged_on_all_its_classes_together() -> None:
+    state = PolicyState.initial(VARIANTS)
+    few = stats(n=12, ttft_p95_s=2.0)  # under min_samples per class, 24 together
+    latency = VariantObservation("full", latency=stats(n=24, ttft_p95_s=2.0), by_class={"interactive": few, "batch": few},
+                                 arrival_rate_rps=1.9, recent_arrival_rate_rps=1.9, completion_rate_rps=1.9,
+                                 replicas=ReplicaStats(1, 1, 0, 20))
+    obs = observe(5.0, state, 1.9, {"full": 1, "int8": 1})
+    obs = Observation(5.0, obs.window_s, obs.recent_window_s, {**obs.variants, "full": latency})
+    decision, _ = step(obs, state)
+    assert decision.reason_code == "degrade"
+
+
 def test_restores_only_after_the_hold_and_one_step_at_a_time() -> None:
     state = replace(PolicyState.initial(VARIANTS), weights={"full": 0.5, "int8": 0.5, "distilled": 0.0},
                     last_degrade_s=0.0)
