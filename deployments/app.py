@@ -52,7 +52,7 @@ def server_options(config: AppConfig, variant: VariantConfig) -> dict[str, Any]:
         "max_ongoing_requests": variant.max_ongoing_requests,
         # a bounded queue in front of the replicas: past it Serve raises BackPressureError -> 429
         "max_queued_requests": config.router.max_in_flight,
-        "request_router_config": RequestRouterConfig(request_router_class=AffinityRequestRouter),
+        "request_router_config": RequestRouterConfig(request_router_class=AffinityRequestRouter),  # type: ignore[arg-type]
         "placement_group_bundles": placement_bundles(variant),
         "placement_group_strategy": "STRICT_PACK",
     }

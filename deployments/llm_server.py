@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from ray import serve
+from ray.serve import Deployment
 
 from deployments.protocol import (
     Choice,
@@ -45,7 +46,7 @@ def to_sampling_params(options: SamplingOptions) -> SamplingParams:
 class LLMServer:
     """One replica of one variant (deployed as `llm-<variant>`)."""
 
-    async def __init__(self, variant: str, model_name: str, engine_config_json: str) -> None:
+    async def __init__(self, variant: str, model_name: str, engine_config_json: str) -> None:  # type: ignore[misc]
         self.variant = variant
         self.model_name = f"{model_name}:{variant}"
         config = EngineConfig.model_validate_json(engine_config_json)
@@ -171,4 +172,6 @@ def _timing(out: RequestOutput) -> RequestTiming:
     return RequestTiming(queue_s=queue, ttft_s=m.ttft_s, tpot_s=m.tpot_s, e2e_s=m.e2e_s)
 
 
-LLMServerDeployment = serve.deployment(LLMServer, health_check_period_s=2, health_check_timeout_s=30, graceful_shutdown_timeout_s=5)
+LLMServerDeployment: Deployment = serve.deployment(
+    health_check_period_s=2, health_check_timeout_s=30, graceful_shutdown_timeout_s=5
+)(LLMServer)

@@ -218,7 +218,7 @@ class SSEFormatter:
         self.started: set[int] = set()
 
     def _event(self, choices: list[dict[str, Any]], usage: Usage | None = None) -> str:
-        payload = {
+        payload: dict[str, Any] = {
             "id": self.id,
             "object": "chat.completion.chunk" if self.kind == "chat" else "text_completion",
             "created": self.created,

@@ -16,17 +16,19 @@ import json
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
+from ray.serve import Deployment
 from ray.serve.handle import DeploymentHandle
 
 from cluster.config import AppConfig
 from deployments.errors import OverloadedError, RequestTimeoutError, UnknownModelError, classify, status_label
+from deployments.latency_window import LatencyWindows
 from deployments.metrics import RouterMetrics
 from deployments.openai_api import (
     ChatCompletionRequest,
@@ -38,6 +40,8 @@ from deployments.openai_api import (
 )
 from deployments.protocol import GenerateRequest, GenerateResponse, ReplicaStats, StreamChunk
 from deployments.routing import affinity_key, choose_variant, normalize_weights
+from deployments.slo_observation import Observation, RequestRecord
+from deployments.slo_observation import ReplicaStats as WindowReplicaStats
 from inference.errors import InvalidRequestError
 
 log = logging.getLogger("ray.serve")
@@ -52,7 +56,7 @@ app = FastAPI(
 
 @app.exception_handler(RequestValidationError)
 async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-    first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+    first: dict[str, Any] = dict(exc.errors()[0]) if exc.errors() else {"loc": (), "msg": "invalid request"}
     loc = [str(p) for p in first.get("loc", ()) if p != "body"]
     param = ".".join(loc) or None
     if first.get("type") == "json_invalid":
@@ -96,6 +100,9 @@ class Router:
         self.in_flight = 0
         self.metrics = RouterMetrics()
         self.decisions: list[dict[str, Any]] = []
+        controller = self.config.controller
+        self.windows = LatencyWindows(controller.window_s, controller.recent_window_s)
+        self.replica_load: dict[str, ReplicaStats] = {}
         for name, weight in self.weights.items():
             self.metrics.weight.labels(name).set(weight)
 
@@ -141,8 +148,15 @@ class Router:
     def _timeout_s(self, request: GenerateRequest) -> float:
         return request.timeout_s or self.config.router.request_timeout_s
 
-    def _record_ok(self, variant: str, e2e_s: float, ttft_s: float | None, tpot_s: float | None,
-                   tokens: int, engine_e2e_s: float | None, replica: ReplicaStats | None) -> None:
+    def _slo_class(self, request: GenerateRequest) -> str:
+        return request.slo_class or self.config.slo.default_class
+
+    def _record_ok(self, request: GenerateRequest, arrival_s: float, e2e_s: float, ttft_s: float | None,
+                   tpot_s: float | None, tokens: int, prompt_tokens: int, engine_e2e_s: float | None,
+                   replica: ReplicaStats | None) -> None:
+        variant = request.variant or ""
+        self.windows.record(RequestRecord(variant, self._slo_class(request), arrival_s, ttft_s, tpot_s, e2e_s,
+                                          True, prompt_tokens, tokens))
         m = self.metrics
         m.requests.labels(variant, "ok").inc()
         m.e2e.labels(variant).observe(e2e_s)
@@ -154,41 +168,47 @@ class Router:
         if engine_e2e_s is not None:
             m.router_overhead.observe(max(0.0, e2e_s - engine_e2e_s))
         if replica is not None:
+            self.replica_load[variant] = replica
             m.queue_depth.labels(variant).set(replica.num_waiting)
             m.kv_used.labels(variant).set(replica.kv_used_ratio)
 
-    def _record_failure(self, variant: str, error: BaseException) -> None:
+    def _record_failure(self, request: GenerateRequest, arrival_s: float, error: BaseException) -> None:
+        variant = request.variant or ""
         self.metrics.requests.labels(variant, status_label(error)).inc()
+        if status_label(error) != "bad_request":  # a client's mistake says nothing about the variant's latency
+            e2e = time.monotonic() - arrival_s
+            self.windows.record(RequestRecord(variant, self._slo_class(request), arrival_s, None, None, e2e, False))
 
     # ---- handle API ----------------------------------------------------------------------------
     async def generate(self, request: GenerateRequest, model: str | None = None) -> GenerateResponse:
         routed, handle = self._route(request, model)
-        variant = routed.variant or ""
         with self._admitted():
             start = time.monotonic()
+            self.windows.record_arrival(routed.variant or "", self._slo_class(routed), start)
             try:
                 response: GenerateResponse = await asyncio.wait_for(
                     handle.generate.remote(routed), self._timeout_s(routed)
                 )
             except TimeoutError as e:
                 error = RequestTimeoutError(f"request {routed.request_id} ran past {self._timeout_s(routed)} s and was aborted")
-                self._record_failure(variant, error)
+                self._record_failure(routed, start, error)
                 raise error from e
             except Exception as e:
-                self._record_failure(variant, e)
+                self._record_failure(routed, start, e)
                 raise
             e2e = time.monotonic() - start
             t = response.timing
-            self._record_ok(variant, e2e, t.ttft_s, t.tpot_s, response.usage.completion_tokens, t.e2e_s, response.replica)
+            self._record_ok(routed, start, e2e, t.ttft_s, t.tpot_s, response.usage.completion_tokens,
+                            response.usage.prompt_tokens, t.e2e_s, response.replica)
             return response
 
-    async def stream(self, request: GenerateRequest, model: str | None = None) -> AsyncIterator[StreamChunk]:
+    async def stream(self, request: GenerateRequest, model: str | None = None) -> AsyncGenerator[StreamChunk, None]:
         routed, handle = self._route(request, model)
-        variant = routed.variant or ""
         with self._admitted():
             start = time.monotonic()
+            self.windows.record_arrival(routed.variant or "", self._slo_class(routed), start)
             first_token_s: float | None = None
-            chunks = handle.options(stream=True).stream.remote(routed)
+            chunks: Any = handle.options(stream=True).stream.remote(routed)
             finished = False
             try:
                 async with asyncio.timeout(self._timeout_s(routed)):
@@ -201,14 +221,15 @@ class Router:
                             tokens = usage.completion_tokens if usage else 0
                             e2e = time.monotonic() - start
                             tpot = (e2e - first_token_s) / (tokens - 1) if first_token_s and tokens > 1 else None
-                            self._record_ok(variant, e2e, first_token_s, tpot, tokens, t.e2e_s if t else None, chunk.replica)
+                            self._record_ok(routed, start, e2e, first_token_s, tpot, tokens,
+                                            usage.prompt_tokens if usage else 0, t.e2e_s if t else None, chunk.replica)
                         yield chunk
             except TimeoutError as e:
                 error = RequestTimeoutError(f"request {routed.request_id} ran past {self._timeout_s(routed)} s and was aborted")
-                self._record_failure(variant, error)
+                self._record_failure(routed, start, error)
                 raise error from e
             except (Exception, asyncio.CancelledError) as e:
-                self._record_failure(variant, e if isinstance(e, Exception) else RequestTimeoutError("cancelled"))
+                self._record_failure(routed, start, e if isinstance(e, Exception) else RequestTimeoutError("cancelled"))
                 raise
             finally:
                 if not finished:
@@ -229,6 +250,19 @@ class Router:
     def get_weights(self) -> dict[str, float]:
         return dict(self.weights)
 
+    def observe(self, replicas: dict[str, tuple[int, int]] | None = None) -> Observation:
+        """The latency windows now, for the SLO controller. `replicas`: variant -> (running, ready)."""
+        stats = {}
+        for name in self.variants:
+            running, ready = (replicas or {}).get(name, (0, 0))
+            load = self.replica_load.get(name)
+            stats[name] = WindowReplicaStats(
+                num_replicas_running=running, num_replicas_ready=ready,
+                queue_depth=load.num_waiting if load else 0,
+                num_ongoing=load.num_running if load else 0,
+            )
+        return self.windows.snapshot(time.monotonic(), stats, self.variants)
+
     async def variant_stats(self) -> dict[str, ReplicaStats]:
         """Load of one replica per variant (exact with one replica each)."""
         names = list(self.servers)
@@ -247,7 +281,7 @@ class Router:
     @app.post("/v1/completions")
     async def completions(self, body: CompletionRequest, http: Request) -> Response:
         try:
-            prompt = body.prompt if isinstance(body.prompt, str) else list(body.prompt)  # type: ignore[arg-type]
+            prompt: Any = body.prompt  # validated to one prompt: text or token ids
             request = GenerateRequest(prompt=prompt, sampling=body.to_sampling(), **self._headers(http))
         except Exception as e:
             return _failure_response(_as_invalid(e), self.config.router.retry_after_s)
@@ -341,4 +375,4 @@ class Router:
                 "variants": {k: v.model_dump() for k, v in per_variant.items()}}
 
 
-RouterDeployment = serve.deployment(Router, name="router")
+RouterDeployment: Deployment = serve.deployment(name="router")(Router)

@@ -21,7 +21,7 @@ from inference.worker import RankWorker, RendezvousInfo
 log = logging.getLogger(__name__)
 
 
-@ray.remote(max_restarts=0, max_concurrency=2)  # run() blocks one thread; pid() stays answerable
+@ray.remote(max_restarts=0, max_concurrency=2)  # type: ignore[call-overload]  # run() blocks a thread; pid() answers
 class RankActor:
     def __init__(self, config_json: str, rank: int, rendezvous: RendezvousInfo) -> None:
         self.config = EngineConfig.model_validate_json(config_json)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from inference.config import EngineConfig
+from inference.config import DTypeName, EngineConfig
 from inference.dtypes import resolve_dtype
 from inference.llm_engine import LLMEngine
 from inference.sampling_params import SamplingParams
@@ -110,7 +110,7 @@ def hf_run(model, work: Workload, batch_size: int, pad_id: int) -> tuple[float, 
     return time.perf_counter() - start, decode_rate
 
 
-def run(model_source: str, dtype_name: str, quick: bool, log=print) -> dict:  # type: ignore[no-untyped-def]
+def run(model_source: str, dtype_name: DTypeName, quick: bool, log=print) -> dict:  # type: ignore[no-untyped-def]
     from transformers import AutoModelForCausalLM
 
     from inference.model_loader import resolve_model_dir
