@@ -10,7 +10,7 @@ PORT   ?= 8000
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: install install-test serve test lint bench clean
+.PHONY: install serve test bench render-k8s clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,12 @@ test: install
 
 bench: install
 	$(PY) -m inference.bench --model packaged:smollm2-135m-instruct
+	$(PY) -m deployments.bench
+
+# re-render the committed KubeRay manifests after a config change (a test checks they match)
+render-k8s: install
+	$(VENV)/bin/sloserve render-k8s --config cluster/configs/local.yaml --profile cpu-dev
+	$(VENV)/bin/sloserve render-k8s --config cluster/configs/gpu.yaml --profile gpu-prod
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
