@@ -46,10 +46,7 @@ def paged_attention(
         else:
             ks = k_pool.index_select(0, seg.context_slots).transpose(0, 1)[None]
             vs = v_pool.index_select(0, seg.context_slots).transpose(0, 1)[None]
-            total = seg.num_context + seg.num_tokens
-            rows = torch.arange(seg.num_tokens, device=q.device)[:, None] + seg.num_context
-            mask = torch.arange(total, device=q.device)[None, :] <= rows  # causal, offset by the context
-            out = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, enable_gqa=group > 1)
+            out = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=seg.mask, enable_gqa=group > 1)
         parts.append(out[0].transpose(0, 1).reshape(seg.num_tokens, num_heads * head_dim))
     result = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
     assert result.shape[0] == num_tokens

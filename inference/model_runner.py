@@ -143,10 +143,11 @@ class ModelRunner:
         h = self.embed_tokens(input_ids)
         for i, layer in enumerate(self.layers):
             x = F.rms_norm(h, (h.shape[-1],), layer.input_norm, self.eps)
-            q, k, v = layer.qkv(x).split(layer.qkv_widths, dim=-1)
-            q = self._rope(q.view(num_tokens, nh, hd), cos, sin)
-            k = self._rope(k.view(num_tokens, nkv, hd), cos, sin)
-            v = v.view(num_tokens, nkv, hd)
+            qkv = layer.qkv(x)
+            # RoPE on the query and key heads together: one set of ops instead of two
+            qk = self._rope(qkv[:, : (nh + nkv) * hd].view(num_tokens, nh + nkv, hd), cos, sin)
+            q, k = qk[:, :nh], qk[:, nh:]
+            v = qkv[:, (nh + nkv) * hd :].view(num_tokens, nkv, hd)
             k_pool, v_pool = self.kv_cache.k[i], self.kv_cache.v[i]
             k_pool.index_copy_(0, slots, k)
             v_pool.index_copy_(0, slots, v)
@@ -169,7 +170,11 @@ def _to_device(step: StepInput, device: torch.device) -> StepInput:
         decode_slots=None if step.decode_slots is None else step.decode_slots.to(device),
         decode_mask=None if step.decode_mask is None else step.decode_mask.to(device),
         prefills=[
-            PrefillSegment(p.start, p.num_tokens, p.num_context, None if p.context_slots is None else p.context_slots.to(device))
+            PrefillSegment(
+                p.start, p.num_tokens, p.num_context,
+                None if p.context_slots is None else p.context_slots.to(device),
+                None if p.mask is None else p.mask.to(device),
+            )
             for p in step.prefills
         ],
     )

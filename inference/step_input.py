@@ -21,6 +21,7 @@ class PrefillSegment:
     num_tokens: int
     num_context: int  # tokens of the same sequence already in the pool before this chunk
     context_slots: torch.Tensor | None  # [num_context + num_tokens] pool slots, None if num_context == 0
+    mask: torch.Tensor | None = None  # [num_tokens, num_context + num_tokens] causal, offset by the context
 
 
 @dataclass(slots=True)
@@ -82,10 +83,11 @@ def build_step_input(
         input_ids.extend(seq.token_ids[start_pos : start_pos + n])
         positions.extend(range(start_pos, start_pos + n))
         slot_mapping.extend(_slots(seq.block_table, start_pos, start_pos + n, block_size))
-        context = None
+        context = mask = None
         if start_pos > 0:
             context = torch.tensor(_slots(seq.block_table, 0, start_pos + n, block_size), dtype=torch.int64)
-        prefills.append(PrefillSegment(start, n, start_pos, context))
+            mask = torch.arange(start_pos + n)[None, :] <= (torch.arange(n)[:, None] + start_pos)
+        prefills.append(PrefillSegment(start, n, start_pos, context, mask))
         if item.completes_prefill:
             logits_indices.append(len(input_ids) - 1)
 
