@@ -1,0 +1,66 @@
+"""Configuration: the shipped configs load; bad ones fail before any model loads, naming the field."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cluster.config import ConfigError, load_config, parse_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("name", ["local.yaml", "gpu.yaml"])
+def test_shipped_configs_load(name: str) -> None:
+    config = load_config(ROOT / "cluster" / "configs" / name)
+    assert config.variants and sum(v.weight for v in config.variants) > 0
+
+
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        ({"variants": [{"name": "full", "tp_size": 0}]}, "variants.0.tp_size"),
+        ({"variants": [{"name": "Full!"}]}, "variants.0.name"),
+        ({"variants": [{"name": "a"}, {"name": "a"}]}, "unique"),
+        ({"variants": [{"name": "a", "weight": 0.0}]}, "weight > 0"),
+        ({"variants": [{"name": "a", "num_replicas": 3, "max_replicas": 2}]}, "num_replicas"),
+        ({"variants": [{"name": "a", "kernel_inject": True}]}, "kernel_inject"),
+        ({"router": {"max_in_flight": 0}}, "router.max_in_flight"),
+        ({"router": {"max_in_fligth": 8}}, "router.max_in_fligth"),
+        ({"slo": {"default_class": "gold"}}, "default_class"),
+        ({"slo": {"classes": {"x": {}}}}, "at least one of"),
+        ({"model": {"max_model_len": 1}}, "model.max_model_len"),
+        ({"variants": [{"name": "a", "engine": {"max_num_seqs": 64, "max_num_batched_tokens": 32}}]}, "max_num_batched_tokens"),
+    ],
+)
+def test_bad_configs_name_the_field(raw: dict, field: str) -> None:  # type: ignore[type-arg]
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw, "test.yaml")
+    assert field in str(info.value), str(info.value)
+
+
+def test_not_yaml_and_not_a_mapping_are_clear(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    bad.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_sloserve_up_with_a_bad_config_fails_fast_naming_the_field(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("variants:\n  - name: full\n    tp_size: -1\n")
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "cluster.cli", "up", "--config", str(bad)],
+                            capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert result.returncode == 2
+    assert "variants.0.tp_size" in result.stderr
+    assert time.monotonic() - started < 20  # no Ray, no model: it stops at the config
