@@ -5,10 +5,14 @@
 
 Graph: `router` (ingress) -> `llm-<variant>` per variant. A replica of a tp_size N variant
 reserves N bundles (STRICT_PACK): rank 0 in the replica, ranks 1..N-1 as actors beside it.
+With `controller.enabled`, `slo-controller` too: Serve deploys only what the ingress's init
+arguments reach, so it is bound as the router's last argument (the router never calls it; the
+controller finds the router by name) and the app must run with `serve_run_options(config)`.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from ray.serve import Application
@@ -18,6 +22,7 @@ from cluster.config import AppConfig, VariantConfig, load_config, parse_config
 from deployments.llm_server import LLMServerDeployment
 from deployments.request_router import AffinityRequestRouter
 from deployments.router import RouterDeployment
+from deployments.slo_controller import SLOControllerDeployment, load_manifest
 from inference.config import EngineConfig
 
 
@@ -59,7 +64,29 @@ def server_options(config: AppConfig, variant: VariantConfig) -> dict[str, Any]:
     return options
 
 
-def build_app(config: AppConfig) -> Application:
+def controller_app(config: AppConfig, config_path: str | Path | None = None) -> Application | None:
+    """The SLO controller (one replica, no CPU reserved) when `controller.enabled`. Its manifest is
+    read and checked here, so a bad `controller.manifest` fails before any model loads."""
+    if not config.controller.enabled:
+        return None
+    _, manifest = load_manifest(config, config_path)
+    return SLOControllerDeployment.options(num_replicas=1, ray_actor_options={"num_cpus": 0}).bind(
+        config.model_dump_json(), manifest.model_dump_json()
+    )
+
+
+def serve_run_options(config: AppConfig) -> dict[str, Any]:
+    """`serve.run` keyword arguments: name, route, and external scaling for the controller."""
+    return {
+        "name": config.cluster.app_name,
+        "route_prefix": config.cluster.route_prefix,
+        "external_scaler_enabled": config.controller.enabled,
+    }
+
+
+def build_app(config: AppConfig, config_path: str | Path | None = None) -> Application:
+    """`config_path`: the config file, where a relative `controller.manifest` is looked up first."""
+    controller = controller_app(config, config_path)
     servers = {
         v.name: LLMServerDeployment.options(**server_options(config, v)).bind(
             v.name, config.model.name, engine_config_for(config, v).model_dump_json()
@@ -74,13 +101,11 @@ def build_app(config: AppConfig) -> Application:
         # instead of Serve's proxy dropping requests with a plain 503 while it probes the replica
         max_ongoing_requests=max(4 * bound, bound + 64),
         max_queued_requests=4 * bound,
-    ).bind(config.model_dump_json(), servers)
+    ).bind(config.model_dump_json(), servers, controller)
 
 
 def app(args: dict[str, Any]) -> Application:
     """Application builder for `serve run` / `serve deploy`: args `config` (a dict) or `config_path`."""
     if "config" in args:
-        config = parse_config(args["config"], "serve args 'config'")
-    else:
-        config = load_config(args.get("config_path"))
-    return build_app(config)
+        return build_app(parse_config(args["config"], "serve args 'config'"))
+    return build_app(load_config(args.get("config_path")), args.get("config_path"))

@@ -90,7 +90,10 @@ def _as_invalid(error: Exception) -> Exception:
 
 @serve.ingress(app)
 class Router:
-    def __init__(self, config_json: str, servers: dict[str, DeploymentHandle]) -> None:
+    def __init__(self, config_json: str, servers: dict[str, DeploymentHandle],
+                 slo_controller: DeploymentHandle | None = None) -> None:
+        # `slo_controller` (the SLO controller, when enabled) is bound here only so that Serve deploys
+        # it in this application; the router never calls it (the controller pushes weights here).
         self.config = AppConfig.model_validate_json(config_json)
         self.servers = servers
         self.model_name = self.config.model.name

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from cluster.config import AppConfig, ConfigError, load_config
 
@@ -25,6 +26,22 @@ def load_or_exit(path: str | None) -> AppConfig:
         path = DEFAULT_CONFIG
     try:
         return load_config(path)
+    except ConfigError as e:
+        print(f"sloserve: {e}", file=sys.stderr)
+        raise SystemExit(2) from e
+
+
+def build_or_exit(config: AppConfig, path: str | None) -> Any:
+    """The Serve application (`deployments.app.build_app`); a config it rejects (e.g. a bad
+    `controller.manifest`) exits 2 with the field named, before any model is fetched or loaded."""
+    from pathlib import Path
+
+    from deployments.app import build_app
+
+    if path is None and Path(DEFAULT_CONFIG).is_file():
+        path = DEFAULT_CONFIG
+    try:
+        return build_app(config, path)
     except ConfigError as e:
         print(f"sloserve: {e}", file=sys.stderr)
         raise SystemExit(2) from e

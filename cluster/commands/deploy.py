@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from cluster.commands.common import add_config_argument, load_or_exit
+from cluster.commands.common import add_config_argument, build_or_exit, load_or_exit
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -14,13 +14,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = load_or_exit(args.config)
+    application = build_or_exit(config, args.config)
     import ray
     from ray import serve
 
-    from deployments.app import build_app
+    from deployments.app import serve_run_options
 
     ray.init(address=args.address)
     serve.start(http_options={"host": config.cluster.http_host, "port": config.cluster.http_port})
-    serve.run(build_app(config), name=config.cluster.app_name, route_prefix=config.cluster.route_prefix)
+    serve.run(application, **serve_run_options(config))
     print(f"deployed {config.cluster.app_name} to {args.address}: variants {[v.name for v in config.variants]}")
     return 0

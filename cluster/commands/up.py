@@ -7,7 +7,7 @@ import signal
 import threading
 import time
 
-from cluster.commands.common import add_config_argument, load_or_exit, prefetch_models
+from cluster.commands.common import add_config_argument, build_or_exit, load_or_exit, prefetch_models
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,12 +21,13 @@ def run(args: argparse.Namespace) -> int:
     config = load_or_exit(args.config)
     host = args.host or config.cluster.http_host
     port = args.port or config.cluster.http_port
+    application = build_or_exit(config, args.config)  # checks the controller's manifest before models load
     prefetch_models(config)
 
     import ray
     from ray import serve
 
-    from deployments.app import build_app
+    from deployments.app import serve_run_options
 
     started = time.monotonic()
     print("starting a local Ray ...", flush=True)
@@ -36,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
         serve.start(http_options={"host": host, "port": port})
         names = ", ".join(f"{v.name} (tp={v.tp_size}, weight={v.weight})" for v in config.variants)
         print(f"deploying {config.cluster.app_name}: variants {names} ...", flush=True)
-        serve.run(build_app(config), name=config.cluster.app_name, route_prefix=config.cluster.route_prefix)
+        serve.run(application, **serve_run_options(config))
         url = f"http://{host}:{port}"
         print(f"\nsloserve is serving {config.model.name} at {url}/v1  (ready in {time.monotonic() - started:.0f} s)")
         print(f"  models:  {config.model.name}, " + ", ".join(f"{config.model.name}:{v.name}" for v in config.variants))
