@@ -33,7 +33,8 @@ def _is_plain_linear(module: Any) -> bool:
 
 def _fuse(modules: list[Any]) -> tuple[Linear, list[int]]:
     """One callable computing the concatenated outputs of `modules`, and each output's width."""
-    widths = [int(m.weight.shape[0]) if hasattr(m, "weight") and m.weight.dim() == 2 else -1 for m in modules]
+    # out_features, not weight.shape: packed 4-bit weights (bitsandbytes nf4) have another shape
+    widths = [int(getattr(m, "out_features", None) or m.weight.shape[0]) for m in modules]
     if all(_is_plain_linear(m) for m in modules):
         weight = torch.cat([m.weight.detach() for m in modules], dim=0).contiguous()
         has_bias = any(m.bias is not None for m in modules)
