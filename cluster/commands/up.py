@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"\nsloserve is serving {config.model.name} at {url}/v1  (ready in {time.monotonic() - started:.0f} s)")
         print(f"  models:  {config.model.name}, " + ", ".join(f"{config.model.name}:{v.name}" for v in config.variants))
         print(f"  try:     curl {url}/v1/chat/completions -H 'content-type: application/json' \\")
-        print(f"             -d '{{\"model\": \"{config.model.name}\", \"messages\": [{{\"role\": \"user\", \"content\": \"What is the capital of France?\"}}]}}'")
+        print(f"             -d '{{\"model\": \"{config.model.name}\", \"temperature\": 0, \"messages\": [{{\"role\": \"user\", \"content\": \"What is the capital of France?\"}}]}}'")
         print("  metrics: " + f"{url}/metrics    stop: Ctrl-C\n", flush=True)
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
