@@ -138,3 +138,11 @@ def test_request_timeout_returns_504_and_frees_the_replica(serve_app: ServeApp) 
         return stats["num_running"] == 0 and stats["num_free_blocks"] == stats["num_blocks"]
 
     assert wait_until(freed, 10), stats
+
+
+def test_openapi_schema_describes_the_api(serve_app: ServeApp) -> None:
+    schema = httpx.get(f"{serve_app.base_url}/openapi.json", timeout=10).json()
+    for path in ("/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics"):
+        assert path in schema["paths"], path
+    body = schema["paths"]["/v1/chat/completions"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body["$ref"].endswith("ChatCompletionRequest")
