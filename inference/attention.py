@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from inference.kernels import paged_decode_attention
 from inference.step_input import StepInput
 
 
@@ -27,7 +28,14 @@ def paged_attention(
     group = num_heads // num_kv_heads
     parts = []
     nd = step.num_decodes
-    if nd:
+    # the kernel accumulates in fp32: float64 (exactness runs) keeps the torch path
+    kernel = paged_decode_attention() if q.device.type == "cpu" and q.dtype != torch.float64 else None
+    if nd and kernel is not None and step.decode_tables is not None and step.decode_lens is not None:
+        # compiled: reads K/V straight from the pool through the block tables, no gather copy
+        out = kernel(q[:nd].contiguous(), k_pool, v_pool, step.decode_tables, step.decode_lens, step.block_size,
+                     head_dim**-0.5)
+        parts.append(out.view(nd, num_heads * head_dim))
+    elif nd:
         assert step.decode_slots is not None and step.decode_mask is not None
         max_context = step.decode_slots.shape[1]
         flat = step.decode_slots.view(-1)

@@ -32,8 +32,11 @@ class StepInput:
     num_decodes: int
     decode_slots: torch.Tensor | None  # [num_decodes, max_context] int64 (padding points at slot 0)
     decode_mask: torch.Tensor | None  # [num_decodes, 1, 1, max_context] bool, True = attend
+    decode_tables: torch.Tensor | None  # [num_decodes, max_blocks] int64 block tables (padded with 0)
+    decode_lens: torch.Tensor | None  # [num_decodes] int64 context length including the new token
     prefills: list[PrefillSegment]
     logits_indices: torch.Tensor  # [S] rows of the batch whose next-token logits are needed
+    block_size: int = 16
     block_copies: list[tuple[int, int]] = field(default_factory=list)
 
     @property
@@ -65,7 +68,7 @@ def build_step_input(
         decode_tables.append(seq.block_table)
         decode_lens.append(pos + 1)
 
-    decode_slots = decode_mask = None
+    decode_slots = decode_mask = table = lens = None
     if decode_tables:
         max_blocks = max(len(t) for t in decode_tables)
         table = torch.tensor([t + [0] * (max_blocks - len(t)) for t in decode_tables], dtype=torch.int64)
@@ -98,7 +101,10 @@ def build_step_input(
         num_decodes=len(sched.decodes),
         decode_slots=decode_slots,
         decode_mask=decode_mask,
+        decode_tables=table,
+        decode_lens=lens,
         prefills=prefills,
         logits_indices=torch.tensor(logits_indices, dtype=torch.int64),
+        block_size=block_size,
         block_copies=block_copies,
     )
