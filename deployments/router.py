@@ -104,7 +104,8 @@ class Router:
         self.metrics = RouterMetrics()
         self.decisions: list[dict[str, Any]] = []
         controller = self.config.controller
-        self.windows = LatencyWindows(controller.window_s, controller.recent_window_s)
+        # observing since now: a rate right after the first request is not 1 / (a few milliseconds)
+        self.windows = LatencyWindows(controller.window_s, controller.recent_window_s, start_s=time.monotonic())
         self.replica_load: dict[str, ReplicaStats] = {}
         for name, weight in self.weights.items():
             self.metrics.weight.labels(name).set(weight)

@@ -79,7 +79,7 @@ def slo_app(serve_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
         serve.start(http_options={"host": "127.0.0.1", "port": port})
     else:
-        port = int(serve.context._get_global_client().http_config.port)
+        port = int(_serve_client().http_config.port)
     try:
         serve.run(build_app(config), **serve_run_options(config))
         yield f"http://127.0.0.1:{port}{PREFIX}"
@@ -114,10 +114,14 @@ def _send_load(base_url: str, rate_rps: float, duration_s: float) -> list[str]:
     return variants
 
 
-def _controller_pid() -> int:
+def _serve_client() -> Any:
     from ray import serve
 
-    details = serve.context._get_global_client().get_serve_details()
+    return serve.context._get_global_client()
+
+
+def _controller_pid() -> int:
+    details = _serve_client().get_serve_details()
     replicas = details["applications"][APP]["deployments"]["slo-controller"]["replicas"]
     running = [r["pid"] for r in replicas if r["state"] == "RUNNING"]
     assert len(running) == 1, replicas
@@ -125,9 +129,7 @@ def _controller_pid() -> int:
 
 
 def _target(variant: str) -> int:
-    from ray import serve
-
-    details = serve.context._get_global_client().get_serve_details()
+    details = _serve_client().get_serve_details()
     return int(details["applications"][APP]["deployments"][f"llm-{variant}"]["target_num_replicas"])
 
 
