@@ -110,17 +110,19 @@ def hf_run(model, work: Workload, batch_size: int, pad_id: int) -> tuple[float, 
     return time.perf_counter() - start, decode_rate
 
 
-def run(model_source: str, dtype_name: DTypeName, quick: bool, log=print) -> dict:  # type: ignore[no-untyped-def]
+def run(model_source: str, dtype_name: DTypeName, quick: bool, threads: int | None = None, log=print) -> dict:  # type: ignore[no-untyped-def]
     from transformers import AutoModelForCausalLM
 
     from inference.model_loader import resolve_model_dir
 
-    torch.set_num_threads(torch.get_num_threads())
+    threads = threads or torch.get_num_threads()
+    torch.set_num_threads(threads)
     scale = 4 if quick else 1
     n_single, n_uniform, n_mixed = 128 // scale, 32 // scale, 64 // scale
     log(f"loading {model_source} in the engine ...")
     engine = LLMEngine(
-        EngineConfig(model=model_source, dtype=dtype_name, kv_cache_tokens=40960, max_num_seqs=64, max_num_batched_tokens=1024)
+        EngineConfig(model=model_source, dtype=dtype_name, kv_cache_tokens=40960, max_num_seqs=64,
+                     max_num_batched_tokens=1024, num_threads=threads)
     )
     dtype = resolve_dtype(dtype_name, torch.device("cpu"))
     log(f"loading the same model in transformers ({dtype}) ...")
@@ -189,8 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32", "float16"])
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--quick", action="store_true", help="a quarter of the work (a smoke run)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads for both (default: all cores)")
     args = parser.parse_args(argv)
-    results = run(args.model, args.dtype, args.quick, log=lambda m: print(m, file=sys.stderr, flush=True))
+    results = run(args.model, args.dtype, args.quick, args.threads, log=lambda m: print(m, file=sys.stderr, flush=True))
     if args.json:
         print(json.dumps(results))
     else:

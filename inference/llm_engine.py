@@ -197,7 +197,7 @@ class LLMEngine:
             self._sample_plain(plain, logits)
         for request_id, rows in beams.items():
             group = touched[request_id]
-            logp = torch.log_softmax(logits[rows], dim=-1)
+            logp = torch.log_softmax(logits[rows].float(), dim=-1)
             self._pending_copies += beam_step(group, logp, self.block_manager, self._seq_ids)
         outputs = []
         for group in touched.values():
@@ -221,7 +221,10 @@ class LLMEngine:
                 blocked = sorted(set(params.stop_token_ids) | (set() if params.ignore_eos else group.eos_token_ids))
             fork_n = params.n if (params.n > 1 and not group.is_forked) else 1
             rows.append(SampleRow(params, group.generator, seq.output_token_ids, blocked, fork_n))
-        results = sample(logits[[row for row, _ in plain]], rows)
+        indices = [row for row, _ in plain]
+        # no copy when every row samples (no beam-search rows in this step)
+        picked = logits if indices == list(range(logits.shape[0])) else logits[indices]
+        results = sample(picked, rows)
         for (_, item), result in zip(plain, results, strict=True):
             group, seq = item.group, item.seq
             targets = [seq]

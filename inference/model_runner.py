@@ -129,7 +129,7 @@ class ModelRunner:
 
     @torch.inference_mode()
     def execute(self, step: StepInput) -> torch.Tensor:
-        """Run one step; returns float32 logits [len(step.logits_indices), vocab]."""
+        """Run one step; returns logits [len(step.logits_indices), vocab] in the model's dtype."""
         if step.block_copies:
             self.kv_cache.copy_blocks(step.block_copies)
         dev = self.device
@@ -158,7 +158,7 @@ class ModelRunner:
             h = h + layer.down(F.silu(gate) * up)
         h = h[step.logits_indices.to(dev)]
         h = F.rms_norm(h, (h.shape[-1],), self.final_norm, self.eps)
-        return self.lm_head(h).float()
+        return self.lm_head(h)
 
 
 def _to_device(step: StepInput, device: torch.device) -> StepInput:
