@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from cluster.config import AppConfig, ConfigError, parse_config
 from deployments.app import build_app, serve_run_options
@@ -95,3 +98,14 @@ def test_example_manifest_matches_local_slo_config() -> None:
     path, manifest = load_manifest(config, config_path)
     assert config.controller.enabled and path.parent == config_path.parent
     assert json.loads(path.read_text())["base"] == manifest.base
+
+
+def test_sloserve_up_refuses_a_missing_manifest_before_anything_starts(tmp_path: Path) -> None:
+    config = _config("nowhere/variants.json").model_dump(mode="json", exclude_defaults=True)
+    path = tmp_path / "slo.yaml"
+    path.write_text(yaml.safe_dump(config))
+    done = subprocess.run([sys.executable, "-m", "cluster.cli", "up", "--config", str(path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "sloserve: controller.manifest: 'nowhere/variants.json' not found" in done.stderr
+    assert "model " not in done.stdout and "starting a local Ray" not in done.stdout  # no model resolved
