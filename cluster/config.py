@@ -85,7 +85,10 @@ class VariantConfig(_Strict):
     kernel_inject: bool = Field(
         default=False, description="DeepSpeed kernel injection (CUDA only, supported architectures only)."
     )
-    num_replicas: int = Field(default=1, ge=0, le=1024, description="Replicas at start.")
+    num_replicas: int = Field(
+        default=1, ge=1, le=1024,
+        description="Replicas at start (Serve deploys at least one; the controller may scale to min_replicas).",
+    )
     min_replicas: int = Field(default=1, ge=0, le=1024, description="Lower bound for the controller.")
     max_replicas: int = Field(default=1, ge=1, le=1024, description="Upper bound for the controller.")
     weight: float = Field(default=1.0, ge=0.0, le=1.0, description="Initial share of traffic.")
