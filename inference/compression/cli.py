@@ -27,6 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--concurrency", default="1,32", help="concurrency levels to measure speed at")
     parser.add_argument("--max-tokens", type=int, default=64, help="output tokens per request when measuring speed")
     parser.add_argument("--threads", type=int, default=2, help="torch threads for compression and evaluation")
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep variant directories already in --out and only re-measure them")
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -45,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"--concurrency must be comma-separated integers, got {args.concurrency!r}", file=sys.stderr)
         return 2
     job = CompressJob(source=args.model, methods=methods, out_dir=args.out, quick=args.quick,
-                      concurrencies=levels, max_tokens=args.max_tokens, seed=args.seed)
+                      concurrencies=levels, max_tokens=args.max_tokens, seed=args.seed, reuse=args.reuse)
     started = time.monotonic()
     try:
         manifest = run_compress(job)

@@ -55,6 +55,7 @@ class CompressJob:
     concurrencies: tuple[int, ...] = (1, 32)
     max_tokens: int = 64
     seed: int = 0
+    reuse: bool = False  # keep variant directories already in out_dir (re-measure only)
 
 
 @dataclass(slots=True)
@@ -83,12 +84,17 @@ def run_compress(job: CompressJob) -> VariantManifest:
     )
     started = time.monotonic()
     full_dir = job.out_dir / "full"
-    save_variant(load_base_model(base_dir), base_dir, full_dir, VariantRecipe("none"), torch.bfloat16)
+    if not (job.reuse and (full_dir / "config.json").is_file()):
+        save_variant(load_base_model(base_dir), base_dir, full_dir, VariantRecipe("none"), torch.bfloat16)
     variants = [CompressedVariant("full", full_dir, VariantRecipe("none"))]
     made: dict[str, CompressedVariant] = {}
     for method in job.methods:
         base_method, _, suffix = method.partition("+")
-        if base_method not in made:
+        existing = VariantRecipe.load(job.out_dir / base_method) if job.reuse else None
+        if base_method not in made and existing is not None and existing.method == base_method:
+            log.warning("reusing: %s", base_method)
+            made[base_method] = CompressedVariant(base_method, job.out_dir / base_method, existing)
+        elif base_method not in made:
             log.warning("compressing: %s", base_method)
             compressor: Compressor = build_compressor(base_method, job.quick)
             made[base_method] = compressor.compress(ctx, job.out_dir / base_method)

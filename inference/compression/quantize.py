@@ -6,7 +6,7 @@ transformers reloads. They are saved before any forward pass: on CPUs with AVX51
 bitsandbytes 0.50 repacks 4-bit weights at the first forward and does not fully undo it on save
 (absmax stays transposed), which would corrupt the saved variant.
 
-torch int8 (`Int8Linear`, fbgemm packed weights) has no standard on-disk format, so its directory
+torch int8 (`Int8Linear`, weight-only int8) has no standard on-disk format, so its directory
 holds the bf16 weights and a recipe with `load_time_quantization: torch-int8` that the loader
 applies (see `inference.compression.apply_load_time_quantization`).
 """
@@ -64,12 +64,12 @@ class BnbCompressor(Compressor):
 
 
 class TorchInt8Compressor(Compressor):
-    """torch int8 (`torch-int8`): bf16 weights on disk, int8 dynamic quantization at load time."""
+    """torch int8 (`torch-int8`): bf16 weights on disk, weight-only int8 quantization at load time."""
 
     method = "torch-int8"
 
     def options(self) -> dict[str, Option]:
-        return {"weights": "int8 per-channel", "activations": "int8 dynamic per-tensor", "lm_head": True}
+        return {"weights": "int8 per-channel", "activations": "float (weight-only)", "lm_head": True}
 
     def compress(self, ctx: CompressionContext, out_dir: Path) -> CompressedVariant:
         model = load_base_model(ctx.base_dir)

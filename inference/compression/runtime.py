@@ -2,8 +2,8 @@
 
 `apply_load_time_quantization(model, method)` is what the engine calls for `EngineConfig.quantization`
 (and for a variant directory whose `sloserve_variant.json` names a `load_time_quantization`):
-  torch-int8  every nn.Linear (LM head included) -> `Int8Linear` (int8 weights, dynamic int8
-              activations, fbgemm/x86 GEMM); CPU only;
+  torch-int8  every nn.Linear (LM head included) -> `Int8Linear` (weight-only int8, per output
+              channel; float activations); CPU kernel for decode rows, dense matmul otherwise;
   bnb-int8    every decoder nn.Linear -> bitsandbytes `Linear8bitLt` (LLM.int8, threshold 6.0);
   bnb-nf4     every decoder nn.Linear -> bitsandbytes `Linear4bit` (nf4, blocks of 64, compute in
               the model's float dtype).
