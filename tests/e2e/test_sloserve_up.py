@@ -48,6 +48,7 @@ def test_sloserve_up_serves_the_packaged_model_and_stops_on_ctrl_c(tmp_path: Pat
         )
         assert "Paris" in compressed.choices[0].message.content
         assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).json()["status"] == "ok"
+        _bounded_load_test(port, tmp_path / "load")
     finally:
         os.killpg(proc.pid, signal.SIGINT)
         try:
@@ -57,3 +58,21 @@ def test_sloserve_up_serves_the_packaged_model_and_stops_on_ctrl_c(tmp_path: Pat
             raise
     assert code == 0, log.read_text()[-3000:]
     assert "stopped." in log.read_text()
+
+
+def _bounded_load_test(port: int, result_dir: Path) -> None:
+    """The load-test tool against the real cluster: a short bounded run, every request answered."""
+    import json
+
+    run = subprocess.run(
+        [sys.executable, "-m", "load_tests", "run", "--port", str(port), "--num-prompts", "8",
+         "--max-concurrency", "2", "--output-len", "16", "--input-len", "32", "--no-plots",
+         "--result-dir", str(result_dir)],
+        cwd=ROOT, capture_output=True, text=True, timeout=180,
+    )
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    summary = json.loads((result_dir / "summary.json").read_text())
+    assert summary["completed"] == 8 and summary["failed"] == 0
+    assert summary["mean_ttft_ms"] > 0 and summary["output_throughput"] > 0
+    records = [json.loads(line) for line in (result_dir / "requests.jsonl").read_text().splitlines()]
+    assert len(records) == 8 and {r["variant"] for r in records} == {"full"}
