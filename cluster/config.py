@@ -86,8 +86,8 @@ class VariantConfig(_Strict):
         default=False, description="DeepSpeed kernel injection (CUDA only, supported architectures only)."
     )
     num_replicas: int = Field(
-        default=1, ge=1, le=1024,
-        description="Replicas at start (Serve deploys at least one; the controller may scale to min_replicas).",
+        default=1, ge=0, le=1024,
+        description="Replicas at start; deploying needs >= 1 (the controller may scale to min_replicas).",
     )
     min_replicas: int = Field(default=1, ge=0, le=1024, description="Lower bound for the controller.")
     max_replicas: int = Field(default=1, ge=1, le=1024, description="Upper bound for the controller.")

@@ -18,7 +18,7 @@ from typing import Any
 from ray.serve import Application
 from ray.serve.config import RequestRouterConfig
 
-from cluster.config import AppConfig, VariantConfig, load_config, parse_config
+from cluster.config import AppConfig, ConfigError, VariantConfig, load_config, parse_config
 from deployments.llm_server import LLMServerDeployment
 from deployments.request_router import AffinityRequestRouter
 from deployments.router import RouterDeployment
@@ -86,6 +86,12 @@ def serve_run_options(config: AppConfig) -> dict[str, Any]:
 
 def build_app(config: AppConfig, config_path: str | Path | None = None) -> Application:
     """`config_path`: the config file, where a relative `controller.manifest` is looked up first."""
+    for index, variant in enumerate(config.variants):
+        if variant.num_replicas < 1:
+            raise ConfigError(
+                f"variants.{index}.num_replicas: Serve starts every deployment with at least one replica, "
+                f"got {variant.num_replicas} for {variant.name!r}; the controller may later scale it to min_replicas"
+            )
     controller = controller_app(config, config_path)
     servers = {
         v.name: LLMServerDeployment.options(**server_options(config, v)).bind(
