@@ -19,10 +19,10 @@ from ray.serve import Application
 from ray.serve.config import RequestRouterConfig
 
 from cluster.config import AppConfig, ConfigError, VariantConfig, load_config, parse_config
+from deployments.controller import SLOControllerDeployment, load_manifest
 from deployments.llm_server import LLMServerDeployment
 from deployments.request_router import AffinityRequestRouter
 from deployments.router import RouterDeployment
-from deployments.slo_controller import SLOControllerDeployment, load_manifest
 from inference.config import EngineConfig
 
 

@@ -28,7 +28,6 @@ from ray.serve.handle import DeploymentHandle
 
 from cluster.config import AppConfig
 from deployments.errors import OverloadedError, RequestTimeoutError, UnknownModelError, classify, status_label
-from deployments.latency_window import LatencyWindows
 from deployments.metrics import RouterMetrics
 from deployments.openai_api import (
     ChatCompletionRequest,
@@ -40,8 +39,9 @@ from deployments.openai_api import (
 )
 from deployments.protocol import GenerateRequest, GenerateResponse, ReplicaStats, StreamChunk
 from deployments.routing import affinity_key, choose_variant, normalize_weights
-from deployments.slo_observation import Observation, RequestRecord
-from deployments.slo_observation import ReplicaStats as WindowReplicaStats
+from deployments.slo.observation import Observation, RequestRecord
+from deployments.slo.observation import ReplicaStats as WindowReplicaStats
+from deployments.slo.windows import LatencyWindows
 from inference.errors import InvalidRequestError
 
 log = logging.getLogger("ray.serve")

@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     result = compare_summaries(summary_a, summary_b)
     print(format_comparison(result, args.dir_a, args.dir_b))
     if args.out:
-        from load_tests.plots_multi import plot_compare
+        from load_tests.results.plots_multi import plot_compare
 
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from load_tests.arrivals import TraceSpec
+from load_tests.gen.arrivals import TraceSpec
 
 EndpointKind = Literal["chat", "completions"]
 ENDPOINT_PATHS: dict[EndpointKind, str] = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}

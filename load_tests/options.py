@@ -14,8 +14,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from load_tests.arrivals import load_trace
 from load_tests.config import SLO_METRICS, LoadTestError, RunConfig, SloTargets
+from load_tests.gen.arrivals import load_trace
 
 _ENDPOINTS = {"chat": "chat", "completions": "completions",
               "/v1/chat/completions": "chat", "/v1/completions": "completions"}

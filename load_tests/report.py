@@ -14,9 +14,9 @@ from typing import Any
 
 from load_tests.config import LoadTestError, SloTargets
 from load_tests.options import parse_goodput, parse_percentiles
-from load_tests.records import RequestRecord, RunInfo, read_records
-from load_tests.results import REQUESTS, SUMMARY, analyze, write_results
-from load_tests.summary import format_summary
+from load_tests.results.analysis import REQUESTS, SUMMARY, analyze, write_results
+from load_tests.results.records import RequestRecord, RunInfo, read_records
+from load_tests.results.summary import format_summary
 
 
 def load_run(result_dir: Path) -> tuple[list[RequestRecord], RunInfo, dict[str, Any]]:

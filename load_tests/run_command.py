@@ -13,11 +13,11 @@ import sys
 from pathlib import Path
 
 from load_tests.config import RunConfig
+from load_tests.gen.runner import run_load
 from load_tests.options import add_run_arguments, config_from_args
-from load_tests.records import RequestRecord
-from load_tests.results import Analysis, analyze, slo_verdict, write_results
-from load_tests.runner import run_load
-from load_tests.summary import format_summary
+from load_tests.results.analysis import Analysis, analyze, slo_verdict, write_results
+from load_tests.results.records import RequestRecord
+from load_tests.results.summary import format_summary
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

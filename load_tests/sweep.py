@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    from load_tests.plots_multi import plot_sweep
+    from load_tests.results.plots_multi import plot_sweep
 
     plot_sweep(root / "sweep.png", rows)
     for row in rows:

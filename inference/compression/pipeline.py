@@ -31,7 +31,6 @@ from inference.compression.base import (
     weight_bytes_on_disk,
 )
 from inference.compression.data import chat_prompt_ids, load_heldout_text, load_prompts, load_qa
-from inference.compression.manifest import QualityMetrics, VariantEntry, VariantManifest
 from inference.compression.methods import METHODS, build_compressor
 from inference.compression.quality import (
     Reference,
@@ -42,6 +41,7 @@ from inference.compression.quality import (
 )
 from inference.compression.runtime import apply_load_time_quantization, recipe_quantization
 from inference.compression.speed import measure_hf_speed, measure_variant_speed
+from inference.manifest import QualityMetrics, VariantEntry, VariantManifest
 
 log = logging.getLogger(__name__)
 

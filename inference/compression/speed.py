@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from inference.compression.manifest import SpeedProfile
+from inference.manifest import SpeedProfile
 
 
 @dataclass(slots=True)

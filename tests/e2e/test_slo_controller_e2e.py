@@ -65,9 +65,9 @@ def _measure_manifest(full: Path, fast: Path, path: Path) -> dict[str, Any]:
 
     from inference.compression.base import count_params, load_base_model, weight_bytes_on_disk
     from inference.compression.data import load_prompts
-    from inference.compression.manifest import QualityMetrics, VariantEntry, VariantManifest
     from inference.compression.quality import build_reference, compare_to_reference
     from inference.compression.speed import measure_variant_speed
+    from inference.manifest import QualityMetrics, VariantEntry, VariantManifest
 
     torch.set_num_threads(1)
     tokenizer = AutoTokenizer.from_pretrained(full)
@@ -110,12 +110,14 @@ def _config(full: Path, fast: Path, directory: Path) -> Path:
 
 def _full_capacity_rps(config_path: Path) -> float:
     from cluster.config import load_config
-    from deployments.slo_capacity import capacities
-    from deployments.slo_controller import load_manifest
+    from deployments.controller import load_manifest
+    from deployments.slo.capacity import capacities
+    from deployments.slo.settings import PolicyInputs
 
     config = load_config(config_path)
     _, manifest = load_manifest(config, config_path)
-    return capacities(manifest, config.variants, config.slo, mean_output_tokens=OUTPUT_TOKENS)["full"].rps
+    inputs = PolicyInputs.of(config)
+    return capacities(manifest, inputs.variants, inputs.slo, mean_output_tokens=OUTPUT_TOKENS)["full"].rps
 
 
 @contextmanager
@@ -140,8 +142,8 @@ def _sloserve_up(config: Path, port: int, log: Path) -> Iterator[str]:
 
 
 def _run_trace(base_url: str, model: str, rates: tuple[float, float], result_dir: Path | None) -> dict[str, Any]:
-    from load_tests.arrivals import TracePhase, TraceSpec
     from load_tests.config import RunConfig, SloTargets
+    from load_tests.gen.arrivals import TracePhase, TraceSpec
     from load_tests.run_command import execute
 
     low, high = rates

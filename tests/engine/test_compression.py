@@ -20,11 +20,11 @@ from inference.compression.base import CompressionContext, VariantRecipe, count_
 from inference.compression.data import chat_prompt_ids, load_prompts
 from inference.compression.distill import DistillCompressor
 from inference.compression.kd import KDBudget, kd_loss, teacher_sequences, train_student
-from inference.compression.manifest import VariantManifest
 from inference.compression.methods import build_compressor
 from inference.compression.prune_magnitude import magnitude_prune_
 from inference.config import EngineConfig
 from inference.llm_engine import LLMEngine
+from inference.manifest import VariantManifest
 from inference.sampling_params import SamplingParams
 from tests.tiny_models import make_tiny_model_dir
 

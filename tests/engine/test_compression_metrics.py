@@ -12,13 +12,6 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from inference.compression.data import QAItem, load_heldout_text, load_prompts, load_qa
-from inference.compression.manifest import (
-    ManifestError,
-    QualityMetrics,
-    SpeedProfile,
-    VariantEntry,
-    VariantManifest,
-)
 from inference.compression.pareto import pareto_front
 from inference.compression.quality import (
     build_reference,
@@ -26,6 +19,13 @@ from inference.compression.quality import (
     greedy_agreement,
     mean_kl,
     perplexity,
+)
+from inference.manifest import (
+    ManifestError,
+    QualityMetrics,
+    SpeedProfile,
+    VariantEntry,
+    VariantManifest,
 )
 
 

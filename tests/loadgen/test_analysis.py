@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from load_tests.arrivals import TracePhase, TraceSpec, load_trace, planned_offsets
 from load_tests.config import RunConfig, SloTargets
-from load_tests.records import ControllerDecision, RequestRecord
-from load_tests.slo import attainment
-from load_tests.switches import decision_events, infer_flips
+from load_tests.gen.arrivals import TracePhase, TraceSpec, load_trace, planned_offsets
+from load_tests.results.records import ControllerDecision, RequestRecord
+from load_tests.results.slo import attainment
+from load_tests.results.switches import decision_events, infer_flips
 
 
 def _ok(i: int, send_s: float, variant: str = "full", ttft: float = 100.0, tpot: float = 10.0) -> RequestRecord:

@@ -16,7 +16,7 @@ import matplotlib.image
 import pytest
 from PIL import Image
 
-from load_tests.results import PLOTS
+from load_tests.results.analysis import PLOTS
 from tests.loadgen.conftest import MockServer, load_records, load_summary, mock_server, run_tool
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

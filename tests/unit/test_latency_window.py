@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from deployments.latency_window import LatencyWindows, percentile, summarize
-from deployments.slo_observation import ReplicaStats, RequestRecord
+from deployments.slo.observation import ReplicaStats, RequestRecord
+from deployments.slo.windows import LatencyWindows, percentile, summarize
 
 
 def rec(arrival_s: float, e2e_s: float = 1.0, *, variant: str = "full", cls: str = "interactive",

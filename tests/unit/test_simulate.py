@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from load_tests.sim_traces import TraceError, load_trace, make_requests
-from load_tests.simulate import main
+from load_tests.sim.cli import main
+from load_tests.sim.traces import TraceError, load_trace, make_requests
 
 SHORT_TRACE = """\
 name: short-step

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from cluster.config import SLOConfig, SLOTarget, VariantConfig
-from deployments.slo_capacity import (
+from cluster.config import SLOConfig, SLOTarget
+from deployments.slo.capacity import (
     TAIL_P95_OVER_P50,
     Correction,
     SLOLimits,
@@ -15,7 +15,7 @@ from deployments.slo_capacity import (
     capacities,
     replica_capacity,
 )
-from deployments.slo_plan import (
+from deployments.slo.plan import (
     blend_to_floor,
     plan_for,
     plan_weights,
@@ -23,7 +23,8 @@ from deployments.slo_plan import (
     total_variation,
     traffic_quality,
 )
-from inference.compression.manifest import SpeedProfile, VariantManifest
+from deployments.slo.settings import SLOTargets, VariantBounds
+from inference.manifest import SpeedProfile, VariantManifest
 
 EXAMPLE = Path(__file__).parents[2] / "load_tests" / "traces" / "example_manifest.json"
 
@@ -67,12 +68,12 @@ def test_capacity_stops_at_the_first_concurrency_missing_the_slo() -> None:
 def test_strictest_limits_over_classes() -> None:
     slo = SLOConfig(classes={"a": SLOTarget(ttft_p95_ms=500.0), "b": SLOTarget(ttft_p95_ms=800.0, e2e_p95_ms=9000.0)},
                     default_class="a")
-    assert SLOLimits.strictest(slo) == SLOLimits(ttft_s=0.5, tpot_s=None, e2e_s=9.0)
+    assert SLOLimits.strictest(SLOTargets.of(slo)) == SLOLimits(ttft_s=0.5, tpot_s=None, e2e_s=9.0)
 
 
 def test_example_manifest_orders_variants_by_speed() -> None:
     manifest = VariantManifest.load(EXAMPLE)
-    caps = capacities(manifest, [VariantConfig(name=v.name) for v in manifest.variants], SLOConfig())
+    caps = capacities(manifest, [VariantBounds(name=v.name) for v in manifest.variants], SLOTargets.of(SLOConfig()))
     assert caps["full"].rps < caps["int8"].rps < caps["distilled"].rps
     assert caps["distilled"].quality == pytest.approx(0.7)
 
@@ -103,7 +104,7 @@ def test_blend_to_floor_and_step_toward() -> None:
 
 def test_plan_for_reports_quality_and_overflow() -> None:
     manifest = VariantManifest.load(EXAMPLE)
-    caps = capacities(manifest, [VariantConfig(name=v.name) for v in manifest.variants], SLOConfig())
+    caps = capacities(manifest, [VariantBounds(name=v.name) for v in manifest.variants], SLOTargets.of(SLOConfig()))
     quality, over = plan_for(1.0, {"full": 1, "int8": 0, "distilled": 0}, caps, 0.8)
     assert quality == 1.0 and over == 0.0
     quality, over = plan_for(10.0, {"full": 1, "int8": 1, "distilled": 0}, caps, 0.8)

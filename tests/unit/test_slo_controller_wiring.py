@@ -14,9 +14,9 @@ import yaml
 
 from cluster.config import AppConfig, ConfigError, parse_config
 from deployments.app import build_app, serve_run_options
-from deployments.slo_controller import load_manifest
-from deployments.slo_merge import merge_latency, merge_observations
-from deployments.slo_observation import LatencyStats, Observation, ReplicaStats, VariantObservation
+from deployments.controller import load_manifest
+from deployments.slo.merge import merge_latency, merge_observations
+from deployments.slo.observation import LatencyStats, Observation, ReplicaStats, VariantObservation
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "load_tests" / "traces" / "example_manifest.json"

@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 
 from cluster.config import ControllerConfig, SLOConfig, VariantConfig
-from deployments.slo_capacity import SpeedCurve
-from deployments.slo_decision import Decision, PolicyState
-from deployments.slo_observation import LatencyStats, Observation, ReplicaStats, VariantObservation
-from deployments.slo_policy import PolicyError, decide
-from inference.compression.manifest import VariantManifest
+from deployments.slo.capacity import SpeedCurve
+from deployments.slo.decision import Decision, PolicyState
+from deployments.slo.observation import LatencyStats, Observation, ReplicaStats, VariantObservation
+from deployments.slo.policy import PolicyError, decide
+from deployments.slo.settings import ControllerSettings, SLOTargets, VariantBounds
+from inference.manifest import VariantManifest
 
 MANIFEST = VariantManifest.load(Path(__file__).parents[2] / "load_tests" / "traces" / "example_manifest.json")
 SLO = SLOConfig()  # interactive: TTFT p95 1000 ms, TPOT p95 150 ms
@@ -54,7 +55,9 @@ def observe(now_s: float, state: PolicyState, rate_rps: float, ready: dict[str, 
 
 def step(obs: Observation, state: PolicyState, controller: ControllerConfig = CTL,
          variants: list[VariantConfig] = VARIANTS) -> tuple[Decision, PolicyState]:
-    return decide(obs, state, SLO, MANIFEST, controller, variants)
+    """One decision, with the configuration converted as the controller converts it."""
+    bounds = [VariantBounds.of(v) for v in variants]
+    return decide(obs, state, SLOTargets.of(SLO), MANIFEST, ControllerSettings.of(controller), bounds)
 
 
 def test_degrades_within_one_interval_of_an_observed_violation() -> None:
