@@ -14,9 +14,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from inference.config import QuantizationName, check_kv_pool
+
 DType = Literal["auto", "bfloat16", "float16", "float32"]
 Device = Literal["cpu", "cuda"]
-LoadTimeQuantization = Literal["none", "torch-int8", "bnb-int8", "bnb-nf4"]
+LoadTimeQuantization = QuantizationName
 
 DEFAULT_MODEL = "packaged:smollm2-135m-instruct"
 
@@ -61,10 +63,7 @@ class EngineSettings(_Strict):
 
     @model_validator(mode="after")
     def _pool_holds_a_block_per_seq(self) -> EngineSettings:
-        if self.kv_cache_tokens < self.block_size:
-            raise ValueError(
-                f"kv_cache_tokens ({self.kv_cache_tokens}) must be at least block_size ({self.block_size})"
-            )
+        check_kv_pool(self.kv_cache_tokens, self.block_size)
         return self
 
 

@@ -18,12 +18,13 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from deployments.slo.windows import percentile
+
 PROMPT = "Explain in a few sentences why batching requests makes LLM serving cheaper."
 
 
 def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+    return percentile(sorted(values), 100.0 * q)
 
 
 def _summary(ttft: list[float], tpot: list[float]) -> dict[str, float]:

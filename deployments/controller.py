@@ -1,8 +1,8 @@
 """`SLOController`: the Serve deployment (one replica) that runs the SLO policy on the live cluster.
 
-Every `controller.interval_s` it reads each variant's replicas from Serve (`slo_cluster`), asks
-every router replica for its latency windows (`Router.observe`, merged by `slo_merge`), runs the
-pure `slo_policy.decide` with the `PolicyState` it keeps, pushes the weights to every router
+Every `controller.interval_s` it reads each variant's replicas from Serve (`serve_cluster`), asks
+every router replica for its latency windows (`Router.observe`, merged by `slo.merge`), runs the
+pure `slo.policy.decide` with the `PolicyState` it keeps, pushes the weights to every router
 replica (`Router.set_weights`: the decision log of `GET /controller/decisions` and
 `sloserve_controller_decisions_total{reason}`) and sets changed replica targets through Serve's
 external scaling API. A thin shim: every choice is the policy's. It waits while Serve deploys

@@ -39,8 +39,7 @@ from deployments.openai_api import (
 )
 from deployments.protocol import GenerateRequest, GenerateResponse, ReplicaStats, StreamChunk
 from deployments.routing import affinity_key, choose_variant, normalize_weights
-from deployments.slo.observation import Observation, RequestRecord
-from deployments.slo.observation import ReplicaStats as WindowReplicaStats
+from deployments.slo.observation import Observation, RequestRecord, VariantLoad
 from deployments.slo.windows import LatencyWindows
 from inference.errors import InvalidRequestError
 
@@ -260,7 +259,7 @@ class Router:
         for name in self.variants:
             running, ready = (replicas or {}).get(name, (0, 0))
             load = self.replica_load.get(name)
-            stats[name] = WindowReplicaStats(
+            stats[name] = VariantLoad(
                 num_replicas_running=running, num_replicas_ready=ready,
                 queue_depth=load.num_waiting if load else 0,
                 num_ongoing=load.num_running if load else 0,

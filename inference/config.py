@@ -14,6 +14,12 @@ DTypeName = Literal["auto", "bfloat16", "float16", "float32", "float64"]
 QuantizationName = Literal["none", "torch-int8", "bnb-int8", "bnb-nf4"]
 
 
+def check_kv_pool(kv_cache_tokens: int, block_size: int) -> None:
+    """The KV pool must hold at least one block (the app config applies the same rule)."""
+    if kv_cache_tokens < block_size:
+        raise ValueError(f"kv_cache_tokens ({kv_cache_tokens}) must be >= block_size ({block_size})")
+
+
 class EngineConfig(BaseModel):
     """Configuration of one engine: model, precision, parallelism, KV pool and batching bounds."""
 
@@ -54,10 +60,7 @@ class EngineConfig(BaseModel):
     def _checks(self) -> EngineConfig:
         if self.kernel_inject and self.device != "cuda":
             raise ValueError(f"kernel_inject=True needs device='cuda', got device={self.device!r}")
-        if self.kv_cache_tokens < self.block_size:
-            raise ValueError(
-                f"kv_cache_tokens ({self.kv_cache_tokens}) must be >= block_size ({self.block_size})"
-            )
+        check_kv_pool(self.kv_cache_tokens, self.block_size)
         if self.quantization in ("bnb-int8", "bnb-nf4") and self.tp_size > 1:
             raise ValueError(f"quantization={self.quantization!r} does not support tp_size > 1 (got {self.tp_size})")
         return self

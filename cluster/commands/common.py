@@ -4,28 +4,38 @@ from __future__ import annotations
 
 import argparse
 import sys
+from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from cluster.config import AppConfig, ConfigError, load_config
 
-DEFAULT_CONFIG = "cluster/configs/local.yaml"
+# Shipped inside the package (package data), so it is found from any working directory.
+DEFAULT_CONFIG = Path(str(resources.files("cluster").joinpath("configs", "local.yaml")))
 
 
 def add_config_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config", default=None,
-        help=f"YAML config (default: {DEFAULT_CONFIG} if it exists, else the built-in defaults)",
+        help="YAML config (default: the packaged cluster/configs/local.yaml: the packaged model, full + int8)",
     )
 
 
-def load_or_exit(path: str | None) -> AppConfig:
-    """Validate the config before anything heavy starts; exit 2 with the field named."""
-    from pathlib import Path
+def config_path(path: str | None) -> str:
+    """The config file a command uses: the one given, else the packaged default."""
+    return str(DEFAULT_CONFIG) if path is None else path
 
-    if path is None and Path(DEFAULT_CONFIG).is_file():
-        path = DEFAULT_CONFIG
+
+def load_or_exit(path: str | None) -> AppConfig:
+    """Validate the config before anything heavy starts; exit 2 with the field named. A `--config`
+    that does not exist is an error naming it (never a silent fall-back to defaults)."""
+    chosen = config_path(path)
+    if path is not None and not Path(path).is_file():
+        print(f"sloserve: --config {path}: no such file", file=sys.stderr)
+        raise SystemExit(2)
+    print(f"config: {Path(chosen).resolve()}", flush=True)
     try:
-        return load_config(path)
+        return load_config(chosen)
     except ConfigError as e:
         print(f"sloserve: {e}", file=sys.stderr)
         raise SystemExit(2) from e
@@ -33,13 +43,11 @@ def load_or_exit(path: str | None) -> AppConfig:
 
 def build_or_exit(config: AppConfig, path: str | None) -> Any:
     """The Serve application (`deployments.app.build_app`); a config it rejects (e.g. a bad
-    `controller.manifest`) exits 2 with the field named, before any model is fetched or loaded."""
-    from pathlib import Path
-
+    `controller.manifest`) exits 2 with the field named, before any model is fetched or loaded.
+    Relative paths inside the config (the controller's manifest) are read beside the config file."""
     from deployments.app import build_app
 
-    if path is None and Path(DEFAULT_CONFIG).is_file():
-        path = DEFAULT_CONFIG
+    path = config_path(path)
     try:
         return build_app(config, path)
     except ConfigError as e:

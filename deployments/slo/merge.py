@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import fields, replace
 
-from deployments.slo.observation import LatencyStats, Observation, ReplicaStats, VariantObservation
+from deployments.slo.observation import LatencyStats, Observation, VariantLoad, VariantObservation
 
 _COUNTS = ("num_requests", "num_errors")
 _MEANS = ("e2e_mean_s", "mean_prompt_tokens", "mean_output_tokens")
@@ -36,8 +36,8 @@ def merge_latency(parts: Sequence[LatencyStats]) -> LatencyStats:
     return LatencyStats(**values)  # type: ignore[arg-type]
 
 
-def _merge_replicas(parts: Sequence[ReplicaStats]) -> ReplicaStats:
-    return ReplicaStats(
+def _merge_replicas(parts: Sequence[VariantLoad]) -> VariantLoad:
+    return VariantLoad(
         num_replicas_running=max(p.num_replicas_running for p in parts),
         num_replicas_ready=max(p.num_replicas_ready for p in parts),
         queue_depth=max(p.queue_depth for p in parts),

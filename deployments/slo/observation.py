@@ -1,9 +1,9 @@
 """What the SLO controller sees: typed records of finished requests and snapshots of the windows.
 
-`RequestRecord` is what the router hands over when a request ends; `ReplicaStats` is what it
+`RequestRecord` is what the router hands over when a request ends; `VariantLoad` is what it
 knows about a variant's replicas; `Observation` (per variant: `VariantObservation` with
 `LatencyStats` overall and per SLO class) is what `LatencyWindows.snapshot` returns and
-`slo_policy.decide` reads. Plain frozen dataclasses: no Ray, no torch, cheap to build in tests.
+`slo.policy.decide` reads. Plain frozen dataclasses: no Ray, no torch, cheap to build in tests.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ class RequestRecord:
 
 
 @dataclass(frozen=True, slots=True)
-class ReplicaStats:
+class VariantLoad:
     """A variant's replicas as the router sees them right now."""
 
     num_replicas_running: int = 0  # started (ready or still starting), not draining
@@ -81,7 +81,7 @@ class VariantObservation:
     arrival_rate_rps: float = 0.0  # over window_s
     recent_arrival_rate_rps: float = 0.0  # over recent_window_s
     completion_rate_rps: float = 0.0
-    replicas: ReplicaStats = field(default_factory=ReplicaStats)
+    replicas: VariantLoad = field(default_factory=VariantLoad)
 
 
 @dataclass(frozen=True, slots=True)

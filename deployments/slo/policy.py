@@ -3,7 +3,7 @@
 `decide(observation, state, slo, manifest, controller, variants) -> (Decision, PolicyState)` is
 pure and deterministic (time comes from the observation). Each call reads `Signals` (rates with
 noise bounds, observed risk, capacities corrected online, quality budget), takes a replica step
-(`slo_scaling`), then moves traffic:
+(`scaling`), then moves traffic:
 - degrade at once when the SLO is at risk — a variant's observed p95 at `degrade_at_ratio` of a
   target, or its share of the arrival rate surely above that ratio of its ready capacity — to the
   best-quality split that fits the replicas ready *now* (new replicas' cold start is bridged by

@@ -19,8 +19,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from deployments.slo.observation import (
     LatencyStats,
     Observation,
-    ReplicaStats,
     RequestRecord,
+    VariantLoad,
     VariantObservation,
 )
 
@@ -131,7 +131,7 @@ class LatencyWindows:
     def snapshot(
         self,
         now_s: float,
-        replicas: Mapping[str, ReplicaStats] | None = None,
+        replicas: Mapping[str, VariantLoad] | None = None,
         variants: Iterable[str] = (),
     ) -> Observation:
         """The windows at `now_s`, for every variant seen, in `replicas`, or named in `variants`."""
@@ -157,6 +157,6 @@ class LatencyWindows:
                 arrival_rate_rps=self._rate(stamps, now_s, self.window_s, capped),
                 recent_arrival_rate_rps=self._rate(stamps, now_s, self.recent_window_s, capped),
                 completion_rate_rps=self._rate(ends, now_s, self.window_s, len(ends) == self._max_arrivals),
-                replicas=replicas.get(name, ReplicaStats()),
+                replicas=replicas.get(name, VariantLoad()),
             )
         return Observation(now_s, self.window_s, self.recent_window_s, observed)

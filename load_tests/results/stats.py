@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from deployments.slo.windows import percentile
 from load_tests.results.records import RequestRecord
 
 LATENCY_METRICS = ("ttft", "tpot", "itl", "itl_per_token", "e2el")
@@ -42,7 +43,8 @@ def describe(values: Sequence[float], metric: str, percentiles: Sequence[float])
         return dict.fromkeys(keys)
     arr = np.asarray(values, dtype=float)
     stats = [float(arr.mean()), float(np.median(arr)), float(arr.std())]
-    stats += [float(np.percentile(arr, p)) for p in percentiles]
+    ordered = sorted(float(v) for v in values)
+    stats += [percentile(ordered, p) for p in percentiles]
     return dict(zip(keys, stats, strict=True))
 
 
@@ -111,7 +113,7 @@ def send_lag_keys(records: Sequence[RequestRecord], late_ms: float = 10.0) -> di
     lags = np.asarray([r.send_lag_ms for r in records] or [0.0])
     return {
         "mean_send_lag_ms": float(lags.mean()),
-        "p99_send_lag_ms": float(np.percentile(lags, 99)),
+        "p99_send_lag_ms": percentile(sorted(float(v) for v in lags), 99),
         "max_send_lag_ms": float(lags.max()),
         "num_late_sends": int((lags > late_ms).sum()),
     }

@@ -15,8 +15,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-import numpy as np
-
+from deployments.slo.windows import percentile
 from load_tests.config import SloTargets
 from load_tests.results.records import RequestRecord
 from load_tests.results.slo import meets_all
@@ -56,7 +55,7 @@ def choose_window_s(duration_s: float, target_windows: int = 40) -> float:
 
 
 def _pct(values: list[float], p: float) -> float | None:
-    return float(np.percentile(values, p)) if values else None
+    return percentile(sorted(values), p) if values else None
 
 
 def dominant(records: Sequence[RequestRecord]) -> str | None:

@@ -3,7 +3,7 @@
     python -m load_tests.sim --trace step3x,burst --policies sloserve,ray-default,static-full,
         static-compressed,threshold --manifest variants.json [--config app.yaml] [--json] [--out DIR]
 
-Service times come from the manifest's speed profiles (`deployments.slo_capacity.SpeedCurve`),
+Service times come from the manifest's speed profiles (`deployments.slo.capacity.SpeedCurve`),
 so the simulator re-runs unchanged on a newly measured manifest. `static-full` and
 `static-compressed` (the compressed variant with the most capacity per replica, or
 `--static-compressed NAME`) are provisioned for the trace's peak: enough replicas to carry the

@@ -16,7 +16,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from deployments.slo.capacity import SpeedCurve
-from deployments.slo.observation import ReplicaStats
+from deployments.slo.observation import VariantLoad
 from load_tests.sim.traces import SimRequest
 
 
@@ -120,13 +120,13 @@ class SimRouter:
         return a if a.load <= b.load else b
 
 
-def replica_stats(replicas: list[SimReplica], now_s: float) -> dict[str, ReplicaStats]:
+def variant_load(replicas: list[SimReplica], now_s: float) -> dict[str, VariantLoad]:
     """What the router reports per variant (draining replicas still count for queue and load)."""
-    out: dict[str, ReplicaStats] = {}
+    out: dict[str, VariantLoad] = {}
     for r in replicas:
-        s = out.get(r.variant, ReplicaStats())
+        s = out.get(r.variant, VariantLoad())
         serving = not r.draining
-        out[r.variant] = ReplicaStats(
+        out[r.variant] = VariantLoad(
             num_replicas_running=s.num_replicas_running + serving,
             num_replicas_ready=s.num_replicas_ready + (serving and r.ready_s <= now_s),
             queue_depth=s.queue_depth + len(r.waiting),

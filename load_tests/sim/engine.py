@@ -19,7 +19,7 @@ from deployments.slo.observation import Observation, RequestRecord, VariantObser
 from deployments.slo.plan import total_variation
 from deployments.slo.windows import LatencyWindows
 from inference.manifest import VariantManifest
-from load_tests.sim.cluster import Outcome, SimReplica, SimRouter, replica_stats
+from load_tests.sim.cluster import Outcome, SimReplica, SimRouter, variant_load
 from load_tests.sim.policies import Control, SimPolicy, SloservePolicy, ThresholdPolicy
 from load_tests.sim.traces import SimRequest
 
@@ -135,7 +135,7 @@ class _Loop:
                     rep.stop_s = now_s
 
     def observe(self, now_s: float) -> Observation:
-        stats = replica_stats(self.serving(), now_s)
+        stats = variant_load(self.serving(), now_s)
         if self.needs_windows:
             return self.windows.snapshot(now_s, stats, variants=self.curves)
         ctl = self.config.controller

@@ -1,6 +1,6 @@
 """The policies the simulator compares, behind one small interface (`SimPolicy`).
 
-- `sloserve`: the real pure policy (`deployments.slo_policy.decide`) on the simulated windows.
+- `sloserve`: the real pure policy (`deployments.slo.policy.decide`) on the simulated windows.
 - `ray-default`: Ray Serve's default autoscaler on the full variant, re-implemented from Ray 2.60
   (`ray/serve/autoscaling_policy.py`: `replica_queue_length_autoscaling_policy`,
   `_apply_scaling_factors`, `_apply_delay_logic`; defaults from `ray/serve/config.py`

@@ -64,3 +64,30 @@ def test_sloserve_up_with_a_bad_config_fails_fast_naming_the_field(tmp_path: Pat
     assert result.returncode == 2
     assert "variants.0.tp_size" in result.stderr
     assert time.monotonic() - started < 20  # no Ray, no model: it stops at the config
+
+
+def test_sloserve_up_with_a_missing_config_names_it(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.yaml"
+    result = subprocess.run([sys.executable, "-m", "cluster.cli", "up", "--config", str(missing)],
+                            capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert result.returncode == 2
+    assert f"--config {missing}: no such file" in result.stderr
+
+
+def test_default_config_is_the_packaged_one_from_any_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    from cluster.commands.common import DEFAULT_CONFIG, load_or_exit
+
+    monkeypatch.chdir(tmp_path)  # not the repository root
+    config = load_or_exit(None)
+    assert [v.name for v in config.variants] == [v.name for v in load_config(DEFAULT_CONFIG).variants]
+    assert {"full", "int8"} <= {v.name for v in config.variants}
+    assert f"config: {DEFAULT_CONFIG.resolve()}" in capsys.readouterr().out
+
+
+def test_every_cli_subcommand_imports() -> None:
+    from cluster.cli import COMMANDS, build_parser
+
+    parser = build_parser()
+    choices = next(a for a in parser._actions if a.dest == "command").choices
+    assert set(choices) == set(COMMANDS)  # type: ignore[arg-type]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from deployments.slo.observation import ReplicaStats, RequestRecord
+from deployments.slo.observation import RequestRecord, VariantLoad
 from deployments.slo.windows import LatencyWindows, percentile, summarize
 
 
@@ -87,7 +87,7 @@ def test_per_class_stats_errors_and_replica_stats() -> None:
     windows.record(rec(1.0, cls="interactive", ttft_s=0.2))
     windows.record(rec(2.0, cls="batch", ttft_s=3.0, e2e_s=20.0))
     windows.record(rec(3.0, cls="batch", ok=False, ttft_s=None, tpot_s=None))
-    replicas = {"full": ReplicaStats(num_replicas_running=2, num_replicas_ready=1, queue_depth=3, num_ongoing=8)}
+    replicas = {"full": VariantLoad(num_replicas_running=2, num_replicas_ready=1, queue_depth=3, num_ongoing=8)}
     seen = windows.snapshot(now_s=25.0, replicas=replicas, variants=["int8"])
     full = seen.variants["full"]
     assert set(full.by_class) == {"interactive", "batch"}

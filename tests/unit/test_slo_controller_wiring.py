@@ -16,7 +16,7 @@ from cluster.config import AppConfig, ConfigError, parse_config
 from deployments.app import build_app, serve_run_options
 from deployments.controller import load_manifest
 from deployments.slo.merge import merge_latency, merge_observations
-from deployments.slo.observation import LatencyStats, Observation, ReplicaStats, VariantObservation
+from deployments.slo.observation import LatencyStats, Observation, VariantLoad, VariantObservation
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "load_tests" / "traces" / "example_manifest.json"
@@ -71,7 +71,7 @@ def test_serve_run_options_enable_external_scaling_only_with_the_controller() ->
 
 def _variant(n: int, p95_s: float, rate: float, queue: int) -> VariantObservation:
     stats = LatencyStats(num_requests=n, num_errors=1, ttft_p95_s=p95_s, e2e_mean_s=p95_s / 2, mean_output_tokens=10.0 * n)
-    return VariantObservation("full", stats, {"interactive": stats}, rate, rate, rate, ReplicaStats(2, 1, queue, 3))
+    return VariantObservation("full", stats, {"interactive": stats}, rate, rate, rate, VariantLoad(2, 1, queue, 3))
 
 
 def test_merged_observation_adds_rates_and_takes_the_worst_percentile() -> None:
@@ -85,7 +85,7 @@ def test_merged_observation_adds_rates_and_takes_the_worst_percentile() -> None:
     assert full.latency.ttft_p95_s == 0.5 and full.by_class["interactive"].ttft_p95_s == 0.5
     assert full.latency.e2e_mean_s == pytest.approx((10 * 0.1 + 30 * 0.25) / 40)
     assert full.latency.mean_output_tokens == pytest.approx((10 * 100 + 30 * 300) / 40)
-    assert full.replicas == ReplicaStats(2, 1, 4, 3)
+    assert full.replicas == VariantLoad(2, 1, 4, 3)
     assert merge_observations([a], now_s=7.0) == Observation(7.0, 30.0, 5.0, a.variants)
     assert merge_latency([LatencyStats(), LatencyStats()]) == LatencyStats()
 

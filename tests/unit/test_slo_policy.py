@@ -13,7 +13,7 @@ import pytest
 from cluster.config import ControllerConfig, SLOConfig, VariantConfig
 from deployments.slo.capacity import SpeedCurve
 from deployments.slo.decision import Decision, PolicyState
-from deployments.slo.observation import LatencyStats, Observation, ReplicaStats, VariantObservation
+from deployments.slo.observation import LatencyStats, Observation, VariantLoad, VariantObservation
 from deployments.slo.policy import PolicyError, decide
 from deployments.slo.settings import ControllerSettings, SLOTargets, VariantBounds
 from inference.manifest import VariantManifest
@@ -48,7 +48,7 @@ def observe(now_s: float, state: PolicyState, rate_rps: float, ready: dict[str, 
             name=name, latency=lat, by_class={"interactive": lat},
             arrival_rate_rps=rate_rps * weight, recent_arrival_rate_rps=recent * weight,
             completion_rate_rps=rate_rps * weight,
-            replicas=ReplicaStats(running, ready.get(name, 0), (queue or {}).get(name, 0), (ongoing or {}).get(name, 0)),
+            replicas=VariantLoad(running, ready.get(name, 0), (queue or {}).get(name, 0), (ongoing or {}).get(name, 0)),
         )
     return Observation(now_s, CTL.window_s, CTL.recent_window_s, out)
 
@@ -98,7 +98,7 @@ def test_a_quiet_variant_is_judged_on_all_its_classes_together() -> None:
     few = stats(n=12, ttft_p95_s=2.0)  # under min_samples per class, 24 together
     latency = VariantObservation("full", latency=stats(n=24, ttft_p95_s=2.0), by_class={"interactive": few, "batch": few},
                                  arrival_rate_rps=1.9, recent_arrival_rate_rps=1.9, completion_rate_rps=1.9,
-                                 replicas=ReplicaStats(1, 1, 0, 20))
+                                 replicas=VariantLoad(1, 1, 0, 20))
     obs = observe(5.0, state, 1.9, {"full": 1, "int8": 1})
     obs = Observation(5.0, obs.window_s, obs.recent_window_s, {**obs.variants, "full": latency})
     decision, _ = step(obs, state)
