@@ -81,6 +81,19 @@ class VariantEntry(BaseModel):
     )
 
 
+class Measurement(BaseModel):
+    """How the speed figures were taken, so a reader can judge them (and redo them)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    when: str = Field(min_length=1, description="ISO date and time of the measurement (UTC).")
+    how: str = Field(min_length=1, description="The command or path measured: engine in-process or served stack.")
+    load_avg_before: float = Field(ge=0.0, description="1-minute load average before measuring (quiet: < 0.5).")
+    load_avg_after: float | None = Field(default=None, ge=0.0, description="1-minute load average when done.")
+    repeats: int = Field(default=1, ge=1, description="Runs per concurrency; figures are their medians.")
+    warmed_up: bool = Field(default=True, description="Each concurrency ran once untimed first.")
+
+
 class VariantManifest(BaseModel):
     """The whole manifest: one base model, the hardware it was measured on, its variants."""
 
@@ -88,6 +101,7 @@ class VariantManifest(BaseModel):
 
     base: str = Field(min_length=1, description="Name of the full model the variants derive from.")
     hardware: str = Field(min_length=1, description="Where speeds were measured, e.g. 'cpu-2core-bf16'.")
+    measured: Measurement | None = Field(default=None, description="How the speed figures were taken.")
     variants: list[VariantEntry] = Field(min_length=1)
 
     @model_validator(mode="after")

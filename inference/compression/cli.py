@@ -1,7 +1,8 @@
 """`sloserve compress`: make compressed variants of a model, measure them, write `variants.json`.
 
     sloserve compress --model packaged:smollm2-135m-instruct \
-        --methods bnb-int8,bnb-nf4,torch-int8,prune-structured,distill --out variants/ [--quick]
+        --methods bnb-int8,bnb-nf4,torch-int8,prune-structured,distill-24,distill-20 --out variants/ \
+        [--quick] [--budget-minutes 10]
 
 Writes one directory per variant (`full/` too) and `variants.json` beside them, and
 `quality_vs_speed.png` with the Pareto front. Torch is imported in `run`, not at import time.
@@ -24,7 +25,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"comma-separated methods, each optionally '+torch-int8' (default: {DEFAULT_METHODS})")
     parser.add_argument("--out", type=Path, required=True, help="output directory (variants + variants.json)")
     parser.add_argument("--quick", action="store_true", help="tiny budgets and evaluation sets (smoke run)")
-    parser.add_argument("--concurrency", default="1,32", help="concurrency levels to measure speed at")
+    parser.add_argument("--concurrency", default="1,4,8,16,32", help="concurrency levels to measure speed at")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per concurrency (medians are kept)")
+    parser.add_argument("--budget-minutes", type=float, default=None,
+                        help="wall-clock budget of each training run (distillation, healing), resumable; "
+                             "default: the method's own (9 min for distill-N on 2 cores)")
     parser.add_argument("--max-tokens", type=int, default=64, help="output tokens per request when measuring speed")
     parser.add_argument("--threads", type=int, default=2, help="torch threads for compression and evaluation")
     parser.add_argument("--reuse", action="store_true",
@@ -47,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"--concurrency must be comma-separated integers, got {args.concurrency!r}", file=sys.stderr)
         return 2
     job = CompressJob(source=args.model, methods=methods, out_dir=args.out, quick=args.quick,
-                      concurrencies=levels, max_tokens=args.max_tokens, seed=args.seed, reuse=args.reuse)
+                      concurrencies=levels, max_tokens=args.max_tokens, seed=args.seed, reuse=args.reuse,
+                      repeats=args.repeats, budget_minutes=args.budget_minutes)
     started = time.monotonic()
     try:
         manifest = run_compress(job)

@@ -4,8 +4,10 @@
 so a resumed run does not regenerate). `train_student` then minimises, over every position of
 those sequences, KL(teacher || student) on the full vocabulary, plus `ce_weight` x cross-entropy
 on the teacher's tokens. CPU-friendly: bf16 autocast, frozen embeddings (tied to the LM head),
-a tqdm bar, a step and a wall-clock budget, and an atomic checkpoint every `ckpt_every` steps
-that a later run with the same directory resumes from.
+a tqdm bar (loss and the ETA of whichever budget ends first), a step and a wall-clock budget
+(counted over resumed runs too; the learning rate decays along whichever budget is further
+spent), and an atomic checkpoint every `ckpt_every` steps that a later run with the same
+directory resumes from.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ class KDBudget:
 class KDStats:
     steps: int  # total optimizer steps taken (across resumed runs)
     resumed_from: int
-    seconds: float  # this run's training time
+    seconds: float  # training time, this run and the runs it resumed
     last_loss: float
 
 
@@ -93,21 +95,28 @@ def train_student(
     params = [p for p in student.parameters() if p.requires_grad]
     optim = torch.optim.AdamW(params, lr=budget.lr, weight_decay=0.0)
 
-    def lr_at(step: int) -> float:
+    def spent(step: int, seconds: float) -> float:
+        return max(step / max(1, budget.max_steps), seconds / budget.max_seconds)
+
+    def lr_at(step: int, seconds: float) -> float:
         warm = min(1.0, (step + 1) / max(1, budget.warmup_steps))
-        return budget.lr * warm * (0.1 + 0.9 * max(0.0, 1 - step / max(1, budget.max_steps)))
+        return budget.lr * warm * (0.1 + 0.9 * max(0.0, 1 - spent(step, seconds)))
 
     ckpt = None if ckpt_dir is None else ckpt_dir / "kd_checkpoint.pt"
-    step = 0
+    step, before_s = 0, 0.0
     state = torch.load(ckpt, weights_only=False) if ckpt is not None and ckpt.is_file() else None
     if state is not None and state.get("tag") == tag:
         student.load_state_dict(state["student"])
         optim.load_state_dict(state["optim"])
-        step = int(state["step"])
+        step, before_s = int(state["step"]), float(state.get("seconds", 0.0))
     resumed_from, started, loss_value = step, time.monotonic(), float("nan")
+
+    def elapsed() -> float:
+        return before_s + time.monotonic() - started
+
     student.train()
     bar = tqdm(total=budget.max_steps, initial=step, desc=desc, unit="step", dynamic_ncols=True)
-    while step < budget.max_steps and time.monotonic() - started < budget.max_seconds:
+    while step < budget.max_steps and elapsed() < budget.max_seconds:
         batch = _batch(sequences, step, budget.batch_size, seed)
         width = max(len(s) for s in batch)
         ids = torch.zeros(len(batch), width, dtype=torch.long)
@@ -120,7 +129,7 @@ def train_student(
             student_logits = student(input_ids=ids, attention_mask=mask).logits
         loss = kd_loss(student_logits, teacher_logits, ids, mask, budget.ce_weight)
         for group in optim.param_groups:
-            group["lr"] = lr_at(step)
+            group["lr"] = lr_at(step, elapsed())
         optim.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -128,18 +137,29 @@ def train_student(
         step += 1
         loss_value = float(loss.detach())
         bar.update(1)
-        bar.set_postfix(loss=f"{loss_value:.3f}")
+        bar.set_postfix(loss=f"{loss_value:.3f}", eta=_eta(step - resumed_from, step, elapsed(), started, budget))
         if ckpt is not None and (step % budget.ckpt_every == 0 or step == budget.max_steps):
-            _save_checkpoint(ckpt, student, optim, step, tag)
+            _save_checkpoint(ckpt, student, optim, step, tag, elapsed())
     bar.close()
     if ckpt is not None and step > resumed_from:
-        _save_checkpoint(ckpt, student, optim, step, tag)
+        _save_checkpoint(ckpt, student, optim, step, tag, elapsed())
     student.eval()
-    return KDStats(step, resumed_from, time.monotonic() - started, loss_value)
+    return KDStats(step, resumed_from, elapsed(), loss_value)
 
 
-def _save_checkpoint(path: Path, student: Any, optim: torch.optim.Optimizer, step: int, tag: str) -> None:
+def _eta(steps_now: int, step: int, elapsed_s: float, started: float, budget: KDBudget) -> str:
+    """Time left until the step budget or the time budget ends, whichever is first, as m:ss."""
+    per_step = (time.monotonic() - started) / max(1, steps_now)
+    left = min((budget.max_steps - step) * per_step, budget.max_seconds - elapsed_s)
+    minutes, seconds = divmod(int(max(0.0, left)), 60)
+    return f"{minutes}:{seconds:02d}"
+
+
+def _save_checkpoint(path: Path, student: Any, optim: torch.optim.Optimizer, step: int, tag: str,
+                     seconds: float) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    torch.save({"student": student.state_dict(), "optim": optim.state_dict(), "step": step, "tag": tag}, tmp)
+    state = {"student": student.state_dict(), "optim": optim.state_dict(), "step": step, "tag": tag,
+             "seconds": seconds}
+    torch.save(state, tmp)
     os.replace(tmp, path)

@@ -6,13 +6,17 @@
   prune-magnitude   30% unstructured magnitude sparsity, saved dense (a quality reference;
                     50% without retraining left the 135M model answering nothing right)
   prune-structured  6 least influential layers and 25% of FFN channels removed, healed by KD
-  distill           half the teacher's layers (evenly spaced), trained by logit + sequence KD
-Budgets: distillation at most 9 minutes on 2 CPU cores, healing at most 3; `--quick` takes a few steps each.
+  distill-N         a student of N of the teacher's layers, the ones whose removal costs least
+                    (measured KL, greedy), trained by logit + sequence KD; `distill` keeps 2/3 (20 of 30)
+Budgets: distillation at most 9 minutes per variant on 2 CPU cores (`--budget-minutes` sets it),
+healing at most 3; `--quick` takes a few steps each.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
+from dataclasses import replace
 
 from inference.compression.base import Compressor
 from inference.compression.distill import DistillCompressor
@@ -33,11 +37,31 @@ METHODS: dict[str, Callable[[bool], Compressor]] = {
     "prune-structured": lambda quick: StructuredPruneCompressor(
         drop_layers=6, ffn_keep=0.75, heal=QUICK_KD if quick else HEAL_KD, num_calib=8 if quick else 64
     ),
-    "distill": lambda quick: DistillCompressor(QUICK_KD if quick else DISTILL_KD, layer_fraction=0.5),
 }
+_DISTILL = re.compile(r"^distill(?:-(\d{1,3}))?$")
 
 
-def build_compressor(method: str, quick: bool = False) -> Compressor:
+def is_known(method: str) -> bool:
+    return method in METHODS or _DISTILL.match(method) is not None
+
+
+def known_methods() -> list[str]:
+    return [*sorted(METHODS), "distill", "distill-N"]
+
+
+def build_compressor(method: str, quick: bool = False, budget_minutes: float | None = None) -> Compressor:
+    """The compressor for `method`; `budget_minutes` bounds each training run (distillation, healing)."""
+    distill = _DISTILL.match(method)
+    if distill is not None:
+        budget = QUICK_KD if quick else DISTILL_KD
+        if budget_minutes is not None:
+            budget = replace(budget, max_seconds=60.0 * budget_minutes, max_steps=max(budget.max_steps, 100_000))
+        layers = distill.group(1)
+        # plain `distill`: two thirds of the teacher's layers (20 of the packaged model's 30)
+        return DistillCompressor(budget, num_layers=int(layers) if layers else None, layer_fraction=2 / 3)
     if method not in METHODS:
-        raise ValueError(f"unknown compression method {method!r}; known: {sorted(METHODS)}")
-    return METHODS[method](quick)
+        raise ValueError(f"unknown compression method {method!r}; known: {known_methods()}")
+    compressor = METHODS[method](quick)
+    if budget_minutes is not None and isinstance(compressor, StructuredPruneCompressor) and compressor.heal:
+        compressor.heal = replace(compressor.heal, max_seconds=60.0 * budget_minutes)
+    return compressor

@@ -14,6 +14,7 @@ import os
 import shutil
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from inference.compression.base import (
     weight_bytes_on_disk,
 )
 from inference.compression.data import chat_prompt_ids, load_heldout_text, load_prompts, load_qa
-from inference.compression.methods import METHODS, build_compressor
+from inference.compression.methods import build_compressor, is_known, known_methods
 from inference.compression.quality import (
     Reference,
     build_reference,
@@ -40,8 +41,13 @@ from inference.compression.quality import (
     qa_accuracy,
 )
 from inference.compression.runtime import apply_load_time_quantization, recipe_quantization
-from inference.compression.speed import measure_hf_speed, measure_variant_speed
-from inference.manifest import QualityMetrics, VariantEntry, VariantManifest
+from inference.compression.speed import (
+    DEFAULT_CONCURRENCIES,
+    load_average,
+    measure_hf_speed,
+    measure_variant_speed,
+)
+from inference.manifest import Measurement, QualityMetrics, VariantEntry, VariantManifest
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +58,12 @@ class CompressJob:
     methods: list[str]
     out_dir: Path
     quick: bool = False
-    concurrencies: tuple[int, ...] = (1, 32)
+    concurrencies: tuple[int, ...] = DEFAULT_CONCURRENCIES
+    repeats: int = 3  # timed runs per concurrency (medians)
     max_tokens: int = 64
     seed: int = 0
     reuse: bool = False  # keep variant directories already in out_dir (re-measure only)
+    budget_minutes: float | None = None  # per training run (distillation, healing); None: the method's default
 
 
 @dataclass(slots=True)
@@ -71,9 +79,9 @@ def run_compress(job: CompressJob) -> VariantManifest:
 
     from inference.model_loader import resolve_model_dir
 
-    unknown = [m for m in job.methods if m.removesuffix("+torch-int8") not in METHODS]
+    unknown = [m for m in job.methods if not is_known(m.removesuffix("+torch-int8"))]
     if unknown:
-        raise ValueError(f"unknown methods {unknown}; known: {sorted(METHODS)} (each may end in '+torch-int8')")
+        raise ValueError(f"unknown methods {unknown}; known: {known_methods()} (each may end in '+torch-int8')")
     base_dir = Path(resolve_model_dir(job.source))
     job.out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
@@ -96,15 +104,22 @@ def run_compress(job: CompressJob) -> VariantManifest:
             made[base_method] = CompressedVariant(base_method, job.out_dir / base_method, existing)
         elif base_method not in made:
             log.warning("compressing: %s", base_method)
-            compressor: Compressor = build_compressor(base_method, job.quick)
+            compressor: Compressor = build_compressor(base_method, job.quick, job.budget_minutes)
             made[base_method] = compressor.compress(ctx, job.out_dir / base_method)
         name = f"{base_method}-int8" if suffix else base_method
         variant = made[base_method] if not suffix else _with_torch_int8(made[base_method], job.out_dir / name)
         if variant not in variants:
             variants.append(variant)
     data = _eval_data(tokenizer, full_dir, job.quick)
+    load_before, when = load_average(), datetime.now(UTC).isoformat(timespec="seconds")
+    if load_before >= 0.5:
+        log.warning("load average %.2f: other work is running, speed figures will be low and noisy", load_before)
     entries = [_measure(v, job, data) for v in variants]
-    manifest = VariantManifest(base=_base_name(job.source), hardware=_hardware(), variants=entries)
+    measured = Measurement(
+        when=when, how=f"in-process engine, `sloserve compress` ({torch.get_num_threads()} torch threads)",
+        load_avg_before=load_before, load_avg_after=load_average(), repeats=_repeats(job),
+    )
+    manifest = VariantManifest(base=_base_name(job.source), hardware=_hardware(), measured=measured, variants=entries)
     manifest.save(job.out_dir / "variants.json")
     log.warning("compress: %d variants in %.0f s", len(entries), time.monotonic() - started)
     return manifest
@@ -146,7 +161,7 @@ def _measure(variant: CompressedVariant, job: CompressJob, data: EvalData) -> Va
     concurrencies = (1, 4) if job.quick else job.concurrencies
     max_tokens = 8 if job.quick else job.max_tokens
     try:
-        speed = measure_variant_speed(variant.path, quantization, concurrencies, max_tokens)
+        speed = measure_variant_speed(variant.path, quantization, concurrencies, max_tokens, repeats=_repeats(job))
     except Exception as e:  # the engine cannot serve this layer type yet: measure with HF generate
         log.warning("engine could not run %s (%s); measuring with HF generate instead", variant.name, e)
         options["speed_measured_with"] = "hf-generate"
@@ -158,6 +173,10 @@ def _measure(variant: CompressedVariant, job: CompressJob, data: EvalData) -> Va
     )
     del model
     return entry
+
+
+def _repeats(job: CompressJob) -> int:
+    return 1 if job.quick else job.repeats
 
 
 def _base_name(source: str) -> str:

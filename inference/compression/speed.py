@@ -1,13 +1,16 @@
 """Speed and size of a variant, measured through the engine (`LLMEngine`) on this machine.
 
-At each concurrency N, N requests with the same seeded random prompts (`prompt_len` tokens) are
-submitted at once and each decodes exactly `max_tokens` tokens (ignore_eos), so every variant does
-the same work: aggregate tok/s = all output tokens / wall time, TTFT and TPOT are per-request
-medians. A short warm-up run comes first. Memory is the loaded weights' resident bytes.
+At each concurrency N (by default 1, 4, 8, 16, 32: the levels the controller plans with), N
+requests with seeded random prompts (`prompt_len` tokens) are submitted at once and each decodes
+exactly `max_tokens` tokens (ignore_eos), so every variant does the same work: aggregate tok/s =
+all output tokens / wall time, TTFT and TPOT are per-request medians. Each level first runs once
+untimed, then `repeats` times; the figures are the medians of the repeats. `load_average()` is
+recorded beside them. Memory is the loaded weights' resident bytes.
 """
 
 from __future__ import annotations
 
+import os
 import random
 import statistics
 import time
@@ -16,6 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from inference.manifest import SpeedProfile
+
+DEFAULT_CONCURRENCIES = (1, 4, 8, 16, 32)
+
+
+def load_average() -> float:
+    """The 1-minute load average (a benchmark is trusted only below ~0.5 on this machine)."""
+    return round(os.getloadavg()[0], 2)
 
 
 @dataclass(slots=True)
@@ -49,38 +59,48 @@ def make_engine(model_dir: Path, quantization: str = "none", dtype: str = "auto"
 
 def measure_speed(
     engine: Any,
-    concurrencies: tuple[int, ...] = (1, 32),
+    concurrencies: tuple[int, ...] = DEFAULT_CONCURRENCIES,
     prompt_len: int = 64,
     max_tokens: int = 64,
     seed: int = 0,
+    repeats: int = 3,
 ) -> SpeedResult:
-    """Decode speed at each concurrency through a started engine."""
+    """Decode speed at each concurrency through a started engine: each level runs once untimed
+    (first-use allocation, kernel builds), then `repeats` timed runs; figures are their medians."""
     from inference.sampling_params import SamplingParams
 
     rng = random.Random(seed)
     vocab = int(engine.info.vocab_size)
     params = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
-    engine.generate([[rng.randrange(10, vocab) for _ in range(prompt_len)]] * 2, SamplingParams(max_tokens=4, ignore_eos=True))
     result = SpeedResult(num_params=int(engine.info.num_params))
+
+    def prompts(n: int) -> list[list[int]]:
+        return [[rng.randrange(10, vocab) for _ in range(prompt_len)] for _ in range(n)]
+
     for n in concurrencies:
-        prompts = [[rng.randrange(10, vocab) for _ in range(prompt_len)] for _ in range(n)]
-        start = time.perf_counter()
-        outs = engine.generate(prompts, params)
-        wall = time.perf_counter() - start
-        result.tok_s_at[n] = sum(o.metrics.num_output_tokens for o in outs) / wall
-        result.ttft_ms_at[n] = 1000 * statistics.median(o.metrics.ttft_s or 0.0 for o in outs)
-        result.tpot_ms_at[n] = 1000 * statistics.median(o.metrics.tpot_s or 0.0 for o in outs)
+        engine.generate(prompts(n), SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True))  # warm-up
+        tok_s, ttft_ms, tpot_ms = [], [], []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            outs = engine.generate(prompts(n), params)
+            wall = time.perf_counter() - start
+            tok_s.append(sum(o.metrics.num_output_tokens for o in outs) / wall)
+            ttft_ms.append(1000 * statistics.median(o.metrics.ttft_s or 0.0 for o in outs))
+            tpot_ms.append(1000 * statistics.median(o.metrics.tpot_s or 0.0 for o in outs))
+        result.tok_s_at[n] = statistics.median(tok_s)
+        result.ttft_ms_at[n] = statistics.median(ttft_ms)
+        result.tpot_ms_at[n] = statistics.median(tpot_ms)
     return result
 
 
 def measure_variant_speed(
-    model_dir: Path, quantization: str = "none", concurrencies: tuple[int, ...] = (1, 32), max_tokens: int = 64,
-    num_threads: int | None = None,
+    model_dir: Path, quantization: str = "none", concurrencies: tuple[int, ...] = DEFAULT_CONCURRENCIES,
+    max_tokens: int = 64, num_threads: int | None = None, repeats: int = 3,
 ) -> SpeedResult:
     """Start an engine on `model_dir`, measure, shut it down."""
     engine = make_engine(model_dir, quantization, num_threads=num_threads)
     try:
-        return measure_speed(engine, concurrencies, max_tokens=max_tokens)
+        return measure_speed(engine, concurrencies, max_tokens=max_tokens, repeats=repeats)
     finally:
         engine.shutdown()
 

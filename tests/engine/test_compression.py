@@ -19,9 +19,11 @@ from inference.compression import apply_load_time_quantization, cli, recipe_quan
 from inference.compression.base import CompressionContext, VariantRecipe, count_params, load_base_model
 from inference.compression.data import chat_prompt_ids, load_prompts
 from inference.compression.distill import DistillCompressor
+from inference.compression.importance import choose_layers, layer_skip_costs
 from inference.compression.kd import KDBudget, kd_loss, teacher_sequences, train_student
 from inference.compression.methods import build_compressor
 from inference.compression.prune_magnitude import magnitude_prune_
+from inference.compression.quality import build_reference, compare_to_reference
 from inference.config import EngineConfig
 from inference.llm_engine import LLMEngine
 from inference.manifest import VariantManifest
@@ -135,3 +137,50 @@ def test_cli_quick_writes_a_valid_manifest_and_plot(tiny4_dir: Path, tmp_path: P
     assert manifest.get("distill-int8").params < manifest.get("full").params
     assert (tmp_path / "quality_vs_speed.png").stat().st_size > 1000
     assert json.loads((tmp_path / "distill-int8" / "sloserve_variant.json").read_text())["load_time_quantization"] == "torch-int8"
+
+
+@pytest.mark.parametrize("method", ["torch-int8", "bnb-int8"])
+def test_int8_methods_keep_greedy_agreement(method: str, ctx: CompressionContext, tmp_path: Path) -> None:
+    """Weight-only int8 barely moves a model's argmax: a kernel that also quantizes activations
+    (0.39 agreement on SmolLM2) must fail here. Measured on this tiny model: 0.95 / 0.95."""
+    tokenizer = AutoTokenizer.from_pretrained(ctx.base_dir)
+    reference = build_reference(load_base_model(ctx.base_dir, torch.bfloat16), tokenizer, load_prompts("eval")[:8], 16)
+    variant = build_compressor(method, quick=True).compress(ctx, tmp_path / method)
+    model = apply_load_time_quantization(load_base_model(variant.path, torch.bfloat16), recipe_quantization(variant.path))
+    agreement, kl = compare_to_reference(model, reference)
+    assert agreement >= 0.85 and kl < 0.005, (agreement, kl)
+
+
+def test_layer_choice_removes_the_layers_that_cost_least(tmp_path: Path) -> None:
+    model_dir = make_tiny_model_dir(tmp_path / "six", num_hidden_layers=6, seed=2)
+    model = load_base_model(model_dir)
+    for i in (2, 4):  # residual branches that write zeros: these layers change nothing
+        model.model.layers[i].self_attn.o_proj.weight.data.zero_()
+        model.model.layers[i].mlp.down_proj.weight.data.zero_()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    prompts = [chat_prompt_ids(tokenizer, p) for p in load_prompts("train")[:4]]
+    costs = layer_skip_costs(model, prompts)
+    assert max(costs[2], costs[4]) < 1e-6 < min(costs[1], costs[3])
+    keep, removals = choose_layers(model, prompts, num_keep=4)
+    assert keep == [0, 1, 3, 5] and sorted(r.layer for r in removals) == [2, 4]
+    assert len(model.model.layers) == 6 and model.config.num_hidden_layers == 6  # the model is unchanged
+
+
+def test_distill_student_keeps_the_measured_layers(ctx: CompressionContext) -> None:
+    compressor = build_compressor("distill-3", quick=True)
+    assert isinstance(compressor, DistillCompressor)
+    student = compressor.make_student(ctx.base_dir, ctx.calib_prompts, ctx.work_dir)
+    assert len(student.model.layers) == 3 and compressor.kept[0] == 0 and compressor.kept[-1] == 3
+    assert compressor.options()["selection"] == "importance" and "kl_before_training" in compressor.options()
+    assert ctx.work_dir is not None and (ctx.work_dir / "layers-3.json").is_file()  # a resumed run reuses it
+
+
+def test_distillation_stops_at_its_time_budget_counted_over_resumes(ctx: CompressionContext, tmp_path: Path) -> None:
+    teacher = load_base_model(ctx.base_dir)
+    budget = KDBudget(max_steps=10**6, max_seconds=1.0, batch_size=2, ckpt_every=1)
+    compressor = DistillCompressor(budget, layer_fraction=0.5)
+    sequences = teacher_sequences(teacher, ctx.calib_prompts, 4, pad_id=0)
+    first = train_student(teacher, compressor.make_student(ctx.base_dir), sequences, budget, tmp_path, tag="t")
+    assert first.steps >= 1 and 1.0 <= first.seconds < 30.0
+    again = train_student(teacher, compressor.make_student(ctx.base_dir), sequences, budget, tmp_path, tag="t")
+    assert (again.resumed_from, again.steps) == (first.steps, first.steps)  # the budget was spent already
