@@ -300,6 +300,28 @@ class WorkerGroupConfig(_Strict):
         return self
 
 
+class PodSecurityConfig(_Strict):
+    """Hardening of the Ray pods and who may reach them (DESIGN.md, Security and limits)."""
+
+    run_as_user: int = Field(default=1000, ge=1, le=2**31 - 1, description="UID of the Ray image's `ray` user; never 0.")
+    run_as_group: int = Field(default=100, ge=1, le=2**31 - 1, description="GID of the Ray image's `users` group.")
+    read_only_root_filesystem: bool = Field(
+        default=True, description="Read-only image; Ray writes only to emptyDir volumes at /tmp, /home/ray/.cache, /dev/shm."
+    )
+    tmp_size: str = Field(default="10Gi", pattern=_QUANTITY, description="/tmp emptyDir (Ray sessions, logs, spilling).")
+    network_policy: bool = Field(
+        default=True, description="A NetworkPolicy: from outside the namespace only the serve port is reachable."
+    )
+    operator_namespace: str = Field(
+        default="kuberay-system", pattern=_DNS1035, max_length=63,
+        description="Namespace of the KubeRay operator, the one outside client of the dashboard (8265).",
+    )
+    prometheus_namespace: str = Field(
+        default="monitoring", pattern=_DNS1035, max_length=63,
+        description="Namespace Prometheus scrapes from (the metrics port is opened to it by monitoring/).",
+    )
+
+
 class KubernetesConfig(_Strict):
     """The KubeRay RayService that `sloserve render-k8s` writes; unset fields take the profile's preset."""
 
@@ -341,6 +363,9 @@ class KubernetesConfig(_Strict):
         default_factory=lambda: {"release": "prometheus"}, description="Labels Prometheus selects PodMonitors by."
     )
     scrape_interval_s: int = Field(default=15, ge=1, le=3600)
+    security: PodSecurityConfig = Field(
+        default_factory=PodSecurityConfig, description="Non-root pods, read-only root filesystem, NetworkPolicy."
+    )
     metrics_prefix: str = Field(
         default="ray_", pattern=r"^[a-z_]*$", description="Prefix Ray's metrics export adds to app metrics."
     )
