@@ -255,6 +255,16 @@ class ClusterConfig(_Strict):
     num_cpus: int | None = Field(default=None, ge=1, le=4096, description="CPUs of a local Ray (default: all).")
     app_name: str = Field(default="sloserve", pattern=r"^[a-z0-9][a-z0-9-]{0,46}$")
     route_prefix: str = Field(default="/", pattern=r"^/")
+    graceful_shutdown_timeout_s: float = Field(
+        default=30.0, ge=0.0, le=3600.0,
+        description="On a redeploy or scale-down a replica takes no new requests and lets those in flight finish "
+        "for up to this long (graceful drain) before it stops.",
+    )
+    max_surge_percent: int = Field(
+        default=100, ge=0, le=100,
+        description="Extra replicas (% of each deployment's count) during a redeploy: replacements start and "
+        "become ready before old replicas stop, so a redeploy never leaves a deployment without one.",
+    )
 
 
 _DNS1035 = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
