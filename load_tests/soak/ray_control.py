@@ -56,7 +56,8 @@ class SoakCluster:
         port = port or free_port()
         # room for a second copy of every replica: a rolling redeploy starts new ones while old ones drain
         cpus = num_cpus or max(2, int(2 * cpus_needed(config) + 0.999))
-        ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+        # address="local": always a new Ray of our own, never a cluster someone else started here
+        ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False)
         cluster = cls(config, config_path, self_started=True)
         try:
             serve.start(http_options={"host": "127.0.0.1", "port": port})
