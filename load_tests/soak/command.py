@@ -49,6 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--kill-at-s", default="", help="comma-separated kill times instead (s since the load started)")
     a("--redeploy-at-s", type=float, default=None, help="redeploy time (default: the middle, off any kill)")
     a("--no-redeploy", dest="redeploy", action="store_false")
+    a("--redeploy-timeout-s", type=float, default=600.0, help="how long after the load a redeploy may still run")
     a("--request-deadline-s", type=float, default=120.0, help="a request still open after this is hung")
     a("--warmup-s", type=float, default=60.0, help="replica age of its RSS baseline")
     a("--rss-every-s", type=float, default=10.0)
@@ -166,7 +167,11 @@ class _Soak:
                                seed=self.config.seed, deadline_s=self.config.request_deadline_s,
                                start_perf=self.start_perf, load=self.load)
             outcomes = await self.load.outcomes()  # each request ends by its deadline
-            await faults  # a redeploy still rolling finishes before the pools are read
+            # a redeploy still rolling finishes before the pools are read, within a bound
+            await asyncio.wait({faults}, timeout=self.config.redeploy_timeout_s)
+            if not faults.done():
+                self.faults.append(Fault("redeploy", self.now_s(), self.now_s(), error=(
+                    f"not finished {self.config.redeploy_timeout_s:g} s after the load ended")))
         finally:
             for task in [*helpers, faults]:
                 task.cancel()

@@ -37,6 +37,7 @@ class SoakConfig(BaseModel):
     kill_at_s: list[float] = Field(default_factory=list, max_length=1000)
     redeploy: bool = True
     redeploy_at_s: float | None = Field(default=None, ge=0.0, le=86_400.0, description="None: the middle.")
+    redeploy_timeout_s: float = Field(default=600.0, gt=0.0, le=7200.0, description="Bound after the load ends.")
     request_deadline_s: float = Field(default=120.0, gt=0.0, le=3600.0, description="A request past it is hung.")
     warmup_s: float = Field(default=60.0, ge=0.0, le=86_400.0, description="Replica age of its RSS baseline.")
     rss_every_s: float = Field(default=10.0, gt=0.0, le=3600.0)
