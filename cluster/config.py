@@ -254,6 +254,16 @@ class ClusterConfig(_Strict):
     num_cpus: int | None = Field(default=None, ge=1, le=4096, description="CPUs of a local Ray (default: all).")
     app_name: str = Field(default="sloserve", pattern=r"^[a-z0-9][a-z0-9-]{0,46}$")
     route_prefix: str = Field(default="/", pattern=r"^/")
+    graceful_shutdown_timeout_s: float = Field(
+        default=30.0, ge=0.0, le=3600.0,
+        description="On a redeploy or scale-down a replica takes no new requests and lets those in flight finish "
+        "for up to this long (graceful drain) before it stops.",
+    )
+    max_surge_percent: int = Field(
+        default=100, ge=0, le=100,
+        description="Extra replicas (% of each deployment's count) during a redeploy: replacements start and "
+        "become ready before old replicas stop, so a redeploy never leaves a deployment without one.",
+    )
 
 
 _DNS1035 = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
@@ -299,6 +309,28 @@ class WorkerGroupConfig(_Strict):
         return self
 
 
+class PodSecurityConfig(_Strict):
+    """Hardening of the Ray pods and who may reach them (DESIGN.md, Security and limits)."""
+
+    run_as_user: int = Field(default=1000, ge=1, le=2**31 - 1, description="UID of the Ray image's `ray` user; never 0.")
+    run_as_group: int = Field(default=100, ge=1, le=2**31 - 1, description="GID of the Ray image's `users` group.")
+    read_only_root_filesystem: bool = Field(
+        default=True, description="Read-only image; Ray writes only to emptyDir volumes at /tmp, /home/ray/.cache, /dev/shm."
+    )
+    tmp_size: str = Field(default="10Gi", pattern=_QUANTITY, description="/tmp emptyDir (Ray sessions, logs, spilling).")
+    network_policy: bool = Field(
+        default=True, description="A NetworkPolicy: from outside the namespace only the serve port is reachable."
+    )
+    operator_namespace: str = Field(
+        default="kuberay-system", pattern=_DNS1035, max_length=63,
+        description="Namespace of the KubeRay operator, the one outside client of the dashboard (8265).",
+    )
+    prometheus_namespace: str = Field(
+        default="monitoring", pattern=_DNS1035, max_length=63,
+        description="Namespace Prometheus scrapes from (the metrics port is opened to it by monitoring/).",
+    )
+
+
 class KubernetesConfig(_Strict):
     """The KubeRay RayService that `sloserve render-k8s` writes; unset fields take the profile's preset."""
 
@@ -340,6 +372,9 @@ class KubernetesConfig(_Strict):
         default_factory=lambda: {"release": "prometheus"}, description="Labels Prometheus selects PodMonitors by."
     )
     scrape_interval_s: int = Field(default=15, ge=1, le=3600)
+    security: PodSecurityConfig = Field(
+        default_factory=PodSecurityConfig, description="Non-root pods, read-only root filesystem, NetworkPolicy."
+    )
     metrics_prefix: str = Field(
         default="ray_", pattern=r"^[a-z_]*$", description="Prefix Ray's metrics export adds to app metrics."
     )

@@ -60,6 +60,8 @@ def server_options(config: AppConfig, variant: VariantConfig) -> dict[str, Any]:
         "request_router_config": RequestRouterConfig(request_router_class=AffinityRequestRouter),  # type: ignore[arg-type]
         "placement_group_bundles": placement_bundles(variant),
         "placement_group_strategy": "STRICT_PACK",
+        "graceful_shutdown_timeout_s": config.cluster.graceful_shutdown_timeout_s,
+        "max_surge_percent": config.cluster.max_surge_percent,
     }
     return options
 
@@ -107,6 +109,8 @@ def build_app(config: AppConfig, config_path: str | Path | None = None) -> Appli
         # instead of Serve's proxy dropping requests with a plain 503 while it probes the replica
         max_ongoing_requests=max(4 * bound, bound + 64),
         max_queued_requests=4 * bound,
+        graceful_shutdown_timeout_s=config.cluster.graceful_shutdown_timeout_s,
+        max_surge_percent=config.cluster.max_surge_percent,
     ).bind(config.model_dump_json(), servers, controller)
 
 

@@ -7,14 +7,17 @@ text; returns the manifest as a dict in a fixed key order. Choices, each for a r
 - probes with long budgets: a replica may load a model for many minutes, during which the raylet
   is busy; the RayService itself only switches traffic once the app is RUNNING (NewCluster), and
   `ray.io/initializing-timeout` bounds the whole start;
-- secrets only as `secretKeyRef` env vars.
+- secrets only as `secretKeyRef` env vars;
+- non-root pods (the Ray image's `ray` user), no privilege escalation, every capability dropped,
+  a read-only root filesystem with emptyDir volumes where Ray writes (/tmp, /home/ray/.cache,
+  /dev/shm), the RuntimeDefault seccomp profile; the autoscaler sidecar gets the same.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from cluster.config import AppConfig, KubernetesConfig
+from cluster.config import AppConfig, KubernetesConfig, PodSecurityConfig
 from cluster.k8s import RAY_VERSION
 from cluster.k8s.sizing import WorkerGroupPlan
 
@@ -69,16 +72,52 @@ def _env(k8s: KubernetesConfig) -> list[dict[str, Any]]:
     return env
 
 
+def container_security_context(security: PodSecurityConfig) -> dict[str, Any]:
+    """Of every container we run (Ray head, workers, the autoscaler sidecar)."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": security.run_as_user,
+        "runAsGroup": security.run_as_group,
+        "allowPrivilegeEscalation": False,
+        "privileged": False,
+        "readOnlyRootFilesystem": security.read_only_root_filesystem,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def _pod_security_context(security: PodSecurityConfig) -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": security.run_as_user,
+        "runAsGroup": security.run_as_group,
+        "fsGroup": security.run_as_group,  # emptyDir volumes writable by the ray user
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
 def _pod_template(
     k8s: KubernetesConfig, component: str, container: dict[str, Any], group: WorkerGroupPlan | None
 ) -> dict[str, Any]:
-    volumes: list[dict[str, Any]] = [{"name": "cache", "emptyDir": {"sizeLimit": k8s.cache_size}}]
-    mounts: list[dict[str, Any]] = [{"name": "cache", "mountPath": "/home/ray/.cache"}]
+    # Ray writes its sessions, logs, sockets and spilled objects under /tmp, and the model and
+    # compiled-kernel caches under /home/ray/.cache: both are volumes, so the image can stay read-only.
+    volumes: list[dict[str, Any]] = [
+        {"name": "tmp", "emptyDir": {"sizeLimit": k8s.security.tmp_size}},
+        {"name": "cache", "emptyDir": {"sizeLimit": k8s.cache_size}},
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "cache", "mountPath": "/home/ray/.cache"},
+    ]
     if group is not None:
         volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": k8s.shm_size}})
         mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
     container["volumeMounts"] = mounts
-    spec: dict[str, Any] = {"containers": [container], "volumes": volumes}
+    container["securityContext"] = container_security_context(k8s.security)
+    spec: dict[str, Any] = {
+        "securityContext": _pod_security_context(k8s.security),
+        "containers": [container],
+        "volumes": volumes,
+    }
     if group is not None and group.settings.tolerations:
         spec["tolerations"] = [t.model_dump(exclude_none=True) for t in group.settings.tolerations]
     if group is not None and group.settings.node_selector:
@@ -147,6 +186,7 @@ def build_rayservice(
                     "upscalingMode": k8s.autoscaler_upscaling_mode,
                     "idleTimeoutSeconds": k8s.autoscaler_idle_timeout_s,
                     "resources": {"requests": dict(autoscaler_resources), "limits": dict(autoscaler_resources)},
+                    "securityContext": container_security_context(k8s.security),
                 },
                 "headGroupSpec": _head(config, k8s),
                 "workerGroupSpecs": [_worker_group(config, k8s, group) for group in groups],

@@ -1,8 +1,9 @@
 """Render every file of one profile's manifest directory from an `AppConfig`, deterministically.
 
 `render_manifests(config, profile, source)` returns {relative path: text} for `k8s/<profile>/`:
-a kustomization (namespace + RayService) and `monitoring/` (PodMonitor, Grafana dashboard and its
-ConfigMap), applied apart because they need the Prometheus Operator's CRDs. The same config and
+a kustomization (namespace, RayService, NetworkPolicy) and `monitoring/` (PodMonitor, Grafana
+dashboard and its ConfigMap, the NetworkPolicy that lets Prometheus scrape), applied apart because
+they need the Prometheus Operator's CRDs. The same config and
 profile always give byte-identical text (fixed key order, no timestamps), which is what lets a
 test compare the committed `k8s/` with a fresh render.
 """
@@ -23,8 +24,9 @@ from cluster.k8s.monitoring import (
     build_pod_monitor,
     dashboard_json,
 )
+from cluster.k8s.network import build_metrics_network_policy, build_network_policy
 from cluster.k8s.profiles import resolve
-from cluster.k8s.rayservice import build_rayservice, labels
+from cluster.k8s.rayservice import METRICS_PORT, build_rayservice, labels
 from cluster.k8s.serve_config import build_serve_config
 from cluster.k8s.sizing import WorkerGroupPlan, plan_worker_groups
 
@@ -61,6 +63,7 @@ class Rendered:
     rayservice: dict[str, Any]
     pod_monitor: dict[str, Any]
     dashboard: dict[str, Any]
+    network_policies: list[dict[str, Any]]  # the app's, then monitoring's (empty when turned off)
     standard_objects: list[dict[str, Any]]
 
 
@@ -87,16 +90,24 @@ def render(config: AppConfig, profile: str, source: str) -> Rendered:
     configmap = build_dashboard_configmap(k8s, dashboard_text)
     namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": k8s.namespace, "labels": labels(k8s)}}
     head = _header(source, profile)
+    app_files, monitoring_files = ["namespace.yaml", "rayservice.yaml"], ["podmonitor.yaml", "grafana-dashboard-configmap.yaml"]
+    policies: list[dict[str, Any]] = []
+    if k8s.security.network_policy:
+        policies = [build_network_policy(k8s, config.cluster.http_port), build_metrics_network_policy(k8s, METRICS_PORT)]
+        app_files.append("networkpolicy.yaml")
+        monitoring_files.append("networkpolicy.yaml")
     files = {
-        "kustomization.yaml": head + to_yaml(_kustomization(["namespace.yaml", "rayservice.yaml"])),
+        "kustomization.yaml": head + to_yaml(_kustomization(app_files)),
         "namespace.yaml": head + to_yaml(namespace),
         "rayservice.yaml": head + to_yaml(rayservice),
-        "monitoring/kustomization.yaml": head
-        + to_yaml(_kustomization(["podmonitor.yaml", "grafana-dashboard-configmap.yaml"])),
+        "monitoring/kustomization.yaml": head + to_yaml(_kustomization(monitoring_files)),
         "monitoring/podmonitor.yaml": head + to_yaml(pod_monitor),
         "monitoring/grafana-dashboard-configmap.yaml": head + to_yaml(configmap),
         DASHBOARD_FILE: dashboard_text,
     }
+    if policies:
+        files["networkpolicy.yaml"] = head + to_yaml(policies[0])
+        files["monitoring/networkpolicy.yaml"] = head + to_yaml(policies[1])
     return Rendered(
         files=files,
         kubernetes=k8s,
@@ -105,7 +116,8 @@ def render(config: AppConfig, profile: str, source: str) -> Rendered:
         rayservice=rayservice,
         pod_monitor=pod_monitor,
         dashboard=dashboard,
-        standard_objects=[namespace, configmap],
+        network_policies=policies,
+        standard_objects=[namespace, configmap, *policies],
     )
 
 

@@ -53,12 +53,25 @@ RESOURCE_REQUIREMENTS = obj(
 # core/v1 PodTemplateSpec: only its outline here; kubernetes-validate checks it in full (strict).
 POD_TEMPLATE = obj({"metadata": {"type": "object"}, "spec": {"type": "object"}}, required=["spec"])
 
+# core/v1 SecurityContext (the autoscaler sidecar's): the fields we emit.
+SECURITY_CONTEXT = obj(
+    {
+        "runAsNonRoot": {"type": "boolean"},
+        "runAsUser": {"type": "integer", "minimum": 0},
+        "runAsGroup": {"type": "integer", "minimum": 0},
+        "allowPrivilegeEscalation": {"type": "boolean"},
+        "privileged": {"type": "boolean"},
+        "readOnlyRootFilesystem": {"type": "boolean"},
+        "capabilities": obj({"drop": {"type": "array", "items": STRING}, "add": {"type": "array", "items": STRING}}),
+    }
+)
 AUTOSCALER_OPTIONS = obj(
     {
         "version": {"enum": ["v1", "v2"]},
         "upscalingMode": {"enum": ["Default", "Aggressive", "Conservative"]},
         "idleTimeoutSeconds": int32(),
         "resources": RESOURCE_REQUIREMENTS,
+        "securityContext": SECURITY_CONTEXT,
     }
 )
 HEAD_GROUP_SPEC = obj({"rayStartParams": string_map(), "template": POD_TEMPLATE}, required=["template"])

@@ -5,7 +5,11 @@
   (Ray's schema ignores them, forward-compatibly, so a typo there would be dropped silently);
 - `kuberay_rule_errors`: what KubeRay enforces in code, not in its CRD schema (name length and
   DNS-1035, replica bounds), and what this project needs: GPU requests = limits, every replica's
-  placement group fits one worker pod, secrets only by reference.
+  placement group fits one worker pod, secrets only by reference;
+- `security_errors`: every pod non-root, every container (autoscaler included) without privilege
+  escalation and with all capabilities dropped;
+- `network_errors`: from outside the namespace only the serve port is reachable; the dashboard only
+  from the KubeRay operator, GCS only from inside.
 `validate_rendered` runs them all on a `render.Rendered`.
 """
 
@@ -17,6 +21,8 @@ from typing import Any
 import jsonschema
 import yaml
 
+from cluster.k8s.network import ALL_PORTS, DASHBOARD_PORT, GCS_PORT, OPERATOR_LABELS, Source, admitted_ports
+from cluster.k8s.rayservice import labels
 from cluster.k8s.render import Rendered
 from cluster.k8s.schema import DNS1035_LABEL, PODMONITOR_SCHEMA, RAYSERVICE_SCHEMA
 
@@ -122,6 +128,62 @@ def _placement_errors(rayservice: dict[str, Any], pods: list[tuple[float, int]])
     return errors
 
 
+def _pod_specs(rayservice: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    cluster = rayservice["spec"]["rayClusterConfig"]
+    found = [("headGroupSpec", cluster["headGroupSpec"]["template"]["spec"])]
+    return found + [(f"workerGroupSpecs[{i}]", g["template"]["spec"]) for i, g in enumerate(cluster.get("workerGroupSpecs", []))]
+
+
+def _container_security_errors(where: str, context: dict[str, Any], pod: dict[str, Any]) -> list[str]:
+    errors = []
+    if not (context.get("runAsNonRoot") or pod.get("runAsNonRoot")):
+        errors.append(f"{where}.securityContext.runAsNonRoot: must be true")
+    if context.get("runAsUser", pod.get("runAsUser")) in (None, 0):
+        errors.append(f"{where}.securityContext.runAsUser: must be a non-zero UID")
+    if context.get("allowPrivilegeEscalation") is not False:
+        errors.append(f"{where}.securityContext.allowPrivilegeEscalation: must be false")
+    if context.get("privileged"):
+        errors.append(f"{where}.securityContext.privileged: must not be true")
+    if "ALL" not in context.get("capabilities", {}).get("drop", []) or context.get("capabilities", {}).get("add"):
+        errors.append(f"{where}.securityContext.capabilities: must drop ALL and add none")
+    return errors
+
+
+def security_errors(rayservice: dict[str, Any]) -> list[str]:
+    """Non-root, no privilege escalation, no capabilities: every container, the autoscaler's too."""
+    errors: list[str] = []
+    for where, pod in _pod_specs(rayservice):
+        pod_context = pod.get("securityContext", {})
+        for container in pod["containers"]:
+            errors += _container_security_errors(f"{where}.{container['name']}", container.get("securityContext", {}),
+                                                 pod_context)
+    cluster = rayservice["spec"]["rayClusterConfig"]
+    if cluster.get("enableInTreeAutoscaling"):
+        context = cluster.get("autoscalerOptions", {}).get("securityContext", {})
+        errors += _container_security_errors("autoscalerOptions", context, {})
+    return errors
+
+
+def network_errors(rendered: Rendered) -> list[str]:
+    """What the app's NetworkPolicy promises (the monitoring one only adds the metrics port)."""
+    if not rendered.kubernetes.security.network_policy:
+        return []
+    k8s, serve_port = rendered.kubernetes, rendered.serve_config["http_options"]["port"]
+    app_policy, pod = rendered.network_policies[:1], labels(rendered.kubernetes)
+    outside = admitted_ports(app_policy, Source("elsewhere"), pod)
+    operator = admitted_ports(app_policy, Source(k8s.security.operator_namespace, dict(OPERATOR_LABELS)), pod)
+    inside = admitted_ports(app_policy, Source(k8s.namespace), pod)
+    errors = []
+    if outside != {serve_port}:
+        shown = "every port" if outside == ALL_PORTS else sorted(outside)
+        errors.append(f"NetworkPolicy: from outside the namespace only port {serve_port} may be reachable, got {shown}")
+    if operator == ALL_PORTS or operator - {serve_port, DASHBOARD_PORT}:
+        errors.append(f"NetworkPolicy: the KubeRay operator may reach only {serve_port} and {DASHBOARD_PORT}")
+    if inside != ALL_PORTS and not {GCS_PORT, DASHBOARD_PORT, serve_port} <= inside:
+        errors.append("NetworkPolicy: pods of the namespace must reach each other (GCS, dashboard, serve)")
+    return errors
+
+
 def validate_rendered(rendered: Rendered) -> list[str]:
     """All offline checks on a `render.Rendered` (kubernetes-validate runs in the tests)."""
     errors = [f"RayService {e}" for e in schema_errors(rendered.rayservice, RAYSERVICE_SCHEMA)]
@@ -129,4 +191,5 @@ def validate_rendered(rendered: Rendered) -> list[str]:
     if errors:
         return errors
     errors += serve_config_errors(rendered.rayservice["spec"]["serveConfigV2"])
-    return errors + kuberay_rule_errors(rendered.rayservice)
+    errors += kuberay_rule_errors(rendered.rayservice) + security_errors(rendered.rayservice)
+    return errors + network_errors(rendered)
