@@ -24,9 +24,9 @@ from typing import Any
 import httpx
 from pydantic import ValidationError
 
-from load_tests.client import Target
 from load_tests.config import LoadTestError
-from load_tests.server_api import wait_ready
+from load_tests.gen.client import Target
+from load_tests.gen.server_api import wait_ready
 from load_tests.soak.plan import FaultEvent, SoakConfig, fault_plan
 from load_tests.soak.ray_control import SoakCluster
 from load_tests.soak.traffic import Load, measure_capacity, poisson_load

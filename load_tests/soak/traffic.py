@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from load_tests.arrivals import planned_offsets
-from load_tests.client import RequestSpec, Target, build_payload, variant_of
-from load_tests.prompts import Prompt, synthetic_prompts
+from load_tests.gen.arrivals import planned_offsets
+from load_tests.gen.client import RequestSpec, Target, build_payload, variant_of
+from load_tests.gen.prompts import Prompt, synthetic_prompts
 from load_tests.soak.verdict import Outcome
 
 

@@ -10,8 +10,8 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from load_tests.client import RequestSpec, Target
-from load_tests.prompts import synthetic_prompts
+from load_tests.gen.client import RequestSpec, Target
+from load_tests.gen.prompts import synthetic_prompts
 from load_tests.soak.plan import SoakConfig, fault_plan, kill_times
 from load_tests.soak.traffic import measure_capacity, send_bounded
 from load_tests.soak.verdict import Fault, Outcome, RssSample, build_report, rss_growth
