@@ -30,6 +30,7 @@ from deployments.protocol import (
     TokenLogprobOut,
     Usage,
 )
+from deployments.tp_group import RankPlacement, this_process_placement
 from inference.async_engine import AsyncLLMEngine
 from inference.config import EngineConfig
 from inference.errors import InvalidRequestError
@@ -148,6 +149,12 @@ class LLMServer:
 
     def pid(self) -> int:
         return os.getpid()
+
+    def placement(self) -> list[RankPlacement]:
+        """Where each rank of this replica runs: node, GPU ids Ray assigned, torch device."""
+        peers: Any = self.engine.engine.peers
+        mine = this_process_placement(0, str(self.engine.engine.worker.device))
+        return [mine, *(peers.placements() if peers is not None and hasattr(peers, "placements") else [])]
 
     def rank_pids(self) -> list[int]:
         """Process ids of ranks 1..N-1 (fault-injection tests kill them)."""
