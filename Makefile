@@ -10,7 +10,7 @@ PORT   ?= 8000
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: install serve test bench render-k8s clean
+.PHONY: install serve test bench gpu-check render-k8s clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,12 @@ test: install
 bench: install
 	$(PY) -m inference.bench --model packaged:smollm2-135m-instruct
 	$(PY) -m deployments.bench
+
+# on a CUDA machine (install with TORCH_SPEC/TORCH_INDEX for a CUDA build): the packaged model on CUDA bf16,
+# TP=2 over NCCL token-identical to TP=1 (2+ GPUs), and the engine benchmark on the GPU
+gpu-check: install
+	$(PY) -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'gpu-check: torch sees no CUDA device')"
+	$(PY) -m pytest -q -rs -s tests/gpu
 
 # re-render the committed KubeRay manifests after a config change (a test checks they match)
 render-k8s: install

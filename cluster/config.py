@@ -80,9 +80,9 @@ class VariantConfig(_Strict):
     dtype: DType = Field(default="auto", description="Compute dtype; 'auto' = bf16 where fast, else fp32.")
     device: Device = Field(default="cpu", description="Where the replica's ranks run.")
     tp_size: int = Field(default=1, ge=1, le=16, description="Tensor-parallel ranks per replica.")
-    num_cpus_per_rank: float = Field(default=1.0, ge=0.0, le=256.0, description="CPUs reserved per rank.")
-    kernel_inject: bool = Field(
-        default=False, description="DeepSpeed kernel injection (CUDA only, supported architectures only)."
+    num_cpus_per_rank: float = Field(
+        default=1.0, ge=0.0, le=256.0,
+        description="CPUs reserved per rank (its placement group bundle); >= 1 with tp_size > 1, > 0 on CPU.",
     )
     num_replicas: int = Field(
         default=1, ge=0, le=1024,
@@ -103,8 +103,16 @@ class VariantConfig(_Strict):
                 f"variant {self.name!r}: need min_replicas <= num_replicas <= max_replicas, "
                 f"got {self.min_replicas} <= {self.num_replicas} <= {self.max_replicas}"
             )
-        if self.kernel_inject and self.device != "cuda":
-            raise ValueError(f"variant {self.name!r}: kernel_inject=true needs device 'cuda', got {self.device!r}")
+        if self.tp_size > 1 and self.num_cpus_per_rank < 1:
+            raise ValueError(
+                f"variant {self.name!r}: num_cpus_per_rank ({self.num_cpus_per_rank:g}) must be >= 1 with "
+                f"tp_size {self.tp_size}: each rank is a process running torch, placed in its own bundle"
+            )
+        if self.device == "cpu" and self.num_cpus_per_rank <= 0:
+            raise ValueError(
+                f"variant {self.name!r}: num_cpus_per_rank must be > 0 on device 'cpu' (got "
+                f"{self.num_cpus_per_rank:g}): a rank's placement group bundle must reserve something"
+            )
         if self.quantization.startswith("bnb") and self.source is not None:
             raise ValueError(
                 f"variant {self.name!r}: quantization={self.quantization!r} applies at load time to "

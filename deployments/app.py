@@ -4,7 +4,8 @@
     serve deploy <serve config whose import_path is deployments.app:app, args: {config: {...}}>
 
 Graph: `router` (ingress) -> `llm-<variant>` per variant. A replica of a tp_size N variant
-reserves N bundles (STRICT_PACK): rank 0 in the replica, ranks 1..N-1 as actors beside it.
+reserves N bundles (STRICT_PACK, cluster/placement.py): rank 0 in the replica actor, which fills
+bundle 0 (one GPU on CUDA), ranks 1..N-1 as actors filling the others.
 With `controller.enabled`, `slo-controller` too: Serve deploys only what the ingress's init
 arguments reach, so it is bound as the router's last argument (the router never calls it; the
 controller finds the router by name) and the app must run with `serve_run_options(config)`.
@@ -19,6 +20,7 @@ from ray.serve import Application
 from ray.serve.config import RequestRouterConfig
 
 from cluster.config import AppConfig, ConfigError, VariantConfig, load_config, parse_config
+from cluster.placement import PLACEMENT_STRATEGY, placement_bundles, replica_actor_options
 from deployments.controller import SLOControllerDeployment, load_manifest
 from deployments.llm_server import LLMServerDeployment
 from deployments.request_router import AffinityRequestRouter
@@ -33,21 +35,13 @@ def engine_config_for(config: AppConfig, variant: VariantConfig) -> EngineConfig
         device=variant.device,
         quantization=variant.quantization,
         tp_size=variant.tp_size,
-        kernel_inject=variant.kernel_inject,
         kv_cache_tokens=variant.engine.kv_cache_tokens,
         block_size=variant.engine.block_size,
         max_num_seqs=variant.engine.max_num_seqs,
         max_num_batched_tokens=variant.engine.max_num_batched_tokens,
         max_model_len=config.model.max_model_len,
-        num_threads=max(1, int(variant.num_cpus_per_rank)) if variant.device == "cpu" else None,
+        num_threads=max(1, int(variant.num_cpus_per_rank)),
     )
-
-
-def placement_bundles(variant: VariantConfig) -> list[dict[str, float]]:
-    bundle: dict[str, float] = {"CPU": variant.num_cpus_per_rank}
-    if variant.device == "cuda":
-        bundle["GPU"] = 1
-    return [dict(bundle) for _ in range(variant.tp_size)]
 
 
 def server_options(config: AppConfig, variant: VariantConfig) -> dict[str, Any]:
@@ -58,8 +52,10 @@ def server_options(config: AppConfig, variant: VariantConfig) -> dict[str, Any]:
         # a bounded queue in front of the replicas: past it Serve raises BackPressureError -> 429
         "max_queued_requests": config.router.max_in_flight,
         "request_router_config": RequestRouterConfig(request_router_class=AffinityRequestRouter),  # type: ignore[arg-type]
+        # rank 0 runs in this actor: it fills bundle 0 exactly (its GPU on CUDA)
+        "ray_actor_options": replica_actor_options(variant),
         "placement_group_bundles": placement_bundles(variant),
-        "placement_group_strategy": "STRICT_PACK",
+        "placement_group_strategy": PLACEMENT_STRATEGY,
         "graceful_shutdown_timeout_s": config.cluster.graceful_shutdown_timeout_s,
         "max_surge_percent": config.cluster.max_surge_percent,
     }

@@ -2,7 +2,8 @@
 
 A shim between the router and the engine: it builds the `AsyncLLMEngine` (rank 0 here, ranks
 1..N-1 as Ray actors in this replica's placement group), warms it up, applies the chat template,
-turns engine outputs into `GenerateResponse` / `StreamChunk`, and reports its load. Engine
+turns engine outputs into `GenerateResponse` / `StreamChunk`, and reports its load (in responses,
+to Serve's autoscaling stats, and as Ray metrics, deployments/metrics.py). Engine
 errors pass through typed; the router maps them to HTTP. Leaving a stream early (the caller
 cancelled or disconnected) aborts the request in the engine and frees its KV blocks.
 """
@@ -19,6 +20,7 @@ from typing import Any
 from ray import serve
 from ray.serve import Deployment
 
+from deployments.metrics import ReplicaMetrics
 from deployments.protocol import (
     Choice,
     GenerateRequest,
@@ -30,6 +32,7 @@ from deployments.protocol import (
     TokenLogprobOut,
     Usage,
 )
+from deployments.tp_group import RankPlacement, this_process_placement
 from inference.async_engine import AsyncLLMEngine
 from inference.config import EngineConfig
 from inference.errors import InvalidRequestError
@@ -37,6 +40,7 @@ from inference.outputs import RequestOutput, TokenLogprob
 from inference.sampling_params import SamplingParams
 
 log = logging.getLogger("ray.serve")
+LOAD_REPORT_INTERVAL_S = 1.0
 
 
 def to_sampling_params(options: SamplingOptions) -> SamplingParams:
@@ -53,6 +57,9 @@ class LLMServer:
         started = time.monotonic()
         self.engine = await asyncio.to_thread(self._build_engine, config)
         await self._warm_up()
+        self.metrics = ReplicaMetrics()
+        self._series = (variant, serve.get_replica_context().replica_id.unique_id)
+        self._reporter = asyncio.create_task(self._report_load())
         log.info("variant %s ready in %.1f s (pid %d)", variant, time.monotonic() - started, os.getpid())
 
     @staticmethod
@@ -143,11 +150,28 @@ class LLMServer:
         s = self.engine.stats()
         return {"num_waiting": float(s.num_waiting), "num_running": float(s.num_running), "kv_used_ratio": s.kv_used_ratio}
 
+    async def _report_load(self) -> None:
+        """Export this replica's load to Ray's metrics every LOAD_REPORT_INTERVAL_S, while it lives."""
+        m, series = self.metrics, self._series
+        while True:
+            s = self.engine.stats()
+            m.queue_depth.labels(*series).set(s.num_waiting)
+            m.running.labels(*series).set(s.num_running)
+            m.kv_used.labels(*series).set(s.kv_used_ratio)
+            m.prefix_cache_hits.labels(*series).set(0.0)  # no prefix cache in the engine yet
+            await asyncio.sleep(LOAD_REPORT_INTERVAL_S)
+
     def check_health(self) -> None:
         self.engine.check_health()  # raises EngineDeadError: Serve replaces this replica
 
     def pid(self) -> int:
         return os.getpid()
+
+    def placement(self) -> list[RankPlacement]:
+        """Where each rank of this replica runs: node, GPU ids Ray assigned, torch device."""
+        peers: Any = self.engine.engine.peers
+        mine = this_process_placement(0, str(self.engine.engine.worker.device))
+        return [mine, *(peers.placements() if peers is not None and hasattr(peers, "placements") else [])]
 
     def rank_pids(self) -> list[int]:
         """Process ids of ranks 1..N-1 (fault-injection tests kill them)."""

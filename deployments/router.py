@@ -101,6 +101,7 @@ class Router:
         self.rng = random.Random()
         self.in_flight = 0
         self.metrics = RouterMetrics()
+        self._metrics_stop = self.metrics.keep_gauges_fresh()
         self.decisions: list[dict[str, Any]] = []
         controller = self.config.controller
         # observing since now: a rate right after the first request is not 1 / (a few milliseconds)
@@ -108,6 +109,11 @@ class Router:
         self.replica_load: dict[str, ReplicaStats] = {}
         for name, weight in self.weights.items():
             self.metrics.weight.labels(name).set(weight)
+
+    def __del__(self) -> None:
+        stop = getattr(self, "_metrics_stop", None)
+        if stop is not None:
+            stop.set()
 
     # ---- decisions ---------------------------------------------------------------------------
     @contextlib.contextmanager

@@ -1,15 +1,18 @@
 """Ranks 1..N-1 of a replica's tensor-parallel group as Ray actors in the replica's placement group.
 
 The replica (rank 0) reserves tp_size bundles (`placement_group_bundles`, STRICT_PACK, so all
-ranks share a node and DeepSpeed's shared-memory all-reduce works); rank r runs in bundle r.
-Each actor runs `RankWorker.load()` then `serve_forever()`, the same code the engine's
-multiprocessing path runs.
+ranks share a node and DeepSpeed's shared-memory all-reduce works; cluster/placement.py defines
+them); rank r runs in bundle r and asks for exactly that bundle's CPUs and GPUs, read back from the
+placement group, so it always fits and holds its own GPU. Each actor runs `RankWorker.load()` then
+`serve_forever()`, the same code the engine's multiprocessing path runs. `RankPlacement` is where a
+rank landed (node, GPU ids Ray assigned, the torch device it chose).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 
 import ray
 from ray.util.placement_group import get_current_placement_group
@@ -21,6 +24,30 @@ from inference.worker import RankWorker, RendezvousInfo
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True, slots=True)
+class RankPlacement:
+    """Where one rank of a replica runs."""
+
+    rank: int
+    node_id: str
+    pid: int
+    gpu_ids: tuple[str, ...]  # accelerator ids Ray assigned to the rank's process
+    cuda_visible_devices: str | None
+    device: str  # the torch device the rank's worker chose
+
+
+def this_process_placement(rank: int, device: str) -> RankPlacement:
+    context = ray.get_runtime_context()
+    return RankPlacement(
+        rank=rank,
+        node_id=context.get_node_id(),
+        pid=os.getpid(),
+        gpu_ids=tuple(str(i) for i in context.get_accelerator_ids().get("GPU", [])),
+        cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
+        device=device,
+    )
+
+
 @ray.remote(max_restarts=0, max_concurrency=2)  # type: ignore[call-overload]  # run() blocks a thread; pid() answers
 class RankActor:
     def __init__(self, config_json: str, rank: int, rendezvous: RendezvousInfo) -> None:
@@ -28,13 +55,17 @@ class RankActor:
         self.rank = rank
         self.rendezvous = rendezvous
 
+        self.worker = RankWorker(self.config, self.rank, self.rendezvous)
+
     def run(self) -> None:
-        worker = RankWorker(self.config, self.rank, self.rendezvous)
-        worker.load()
-        worker.serve_forever()
+        self.worker.load()
+        self.worker.serve_forever()
 
     def pid(self) -> int:
         return os.getpid()
+
+    def placement(self) -> RankPlacement:
+        return this_process_placement(self.rank, str(self.worker.device))
 
 
 class RayPeers:
@@ -54,21 +85,26 @@ class RayPeers:
                 f"tp_size={self.config.tp_size} needs the replica to run in a placement group "
                 "(placement_group_bundles on the deployment)"
             )
-        per_rank = {"num_gpus": 1} if self.config.device == "cuda" else {}
+        bundles = pg.bundle_specs
+        if len(bundles) < self.config.tp_size:
+            raise RuntimeError(f"tp_size={self.config.tp_size} needs as many bundles, the placement group has {len(bundles)}")
         for rank in range(1, self.config.tp_size):
             actor = RankActor.options(  # type: ignore[attr-defined]
                 name=None,
-                num_cpus=self.config.num_threads or 1,
+                num_cpus=bundles[rank].get("CPU", 0),
+                num_gpus=bundles[rank].get("GPU", 0),
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
                     placement_group=pg, placement_group_bundle_index=rank
                 ),
-                **per_rank,
             ).remote(self.config.model_dump_json(), rank, self.rendezvous)
             self.actors.append(actor)
             self.runs.append(actor.run.remote())
 
     def pids(self) -> list[int]:
         return list(ray.get([a.pid.remote() for a in self.actors], timeout=10))
+
+    def placements(self) -> list[RankPlacement]:
+        return list(ray.get([a.placement.remote() for a in self.actors], timeout=10))
 
     def dead_ranks(self) -> list[int]:
         if self._stopping or not self.runs:

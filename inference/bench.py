@@ -1,6 +1,6 @@
 """The engine benchmark: our engine vs Hugging Face `generate`, same model, same dtype, same run.
 
-    python -m inference.bench --model packaged:smollm2-135m-instruct [--json] [--quick]
+    python -m inference.bench --model packaged:smollm2-135m-instruct [--device cuda] [--json] [--quick]
 
 Scenarios (output lengths forced with ignore_eos / min_new_tokens so both do the same work):
   single     decode tok/s of one stream, 128 new tokens (time after the first token);
@@ -8,8 +8,8 @@ Scenarios (output lengths forced with ignore_eos / min_new_tokens so both do the
              continuous batching) vs HF `generate` with one static batch of 32;
   mixed64    64 requests with seeded prompt lengths and output lengths 16..256: engine vs HF in
              static batches of 32, left-padded, each batch running until its longest request ends.
-Also prints the memory-bound limit for batch 1: bytes of weights read per token / measured read
-bandwidth of this machine.
+Also prints the memory-bound limit for batch 1 on CPU: bytes of weights read per token / measured
+read bandwidth of this machine (not measured on CUDA).
 """
 
 from __future__ import annotations
@@ -96,8 +96,8 @@ def hf_run(model, work: Workload, batch_size: int, pad_id: int) -> tuple[float, 
         prompts = work.prompts[b : b + batch_size]
         new = max(work.output_lens[b : b + batch_size])
         width = max(len(p) for p in prompts)
-        ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts])
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+        ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=model.device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=model.device)
         timer = _FirstTokenTimer() if len(prompts) == 1 else None
         t0 = time.perf_counter()
         model.generate(
@@ -110,7 +110,8 @@ def hf_run(model, work: Workload, batch_size: int, pad_id: int) -> tuple[float, 
     return time.perf_counter() - start, decode_rate
 
 
-def run(model_source: str, dtype_name: DTypeName, quick: bool, threads: int | None = None, log=print) -> dict:  # type: ignore[no-untyped-def]
+def run(model_source: str, dtype_name: DTypeName, quick: bool, threads: int | None = None, log=print,  # type: ignore[no-untyped-def]
+        device: str = "cpu") -> dict:  # type: ignore[type-arg]
     from transformers import AutoModelForCausalLM
 
     from inference.model_loader import resolve_model_dir
@@ -121,15 +122,16 @@ def run(model_source: str, dtype_name: DTypeName, quick: bool, threads: int | No
     n_single, n_uniform, n_mixed = 128 // scale, 32 // scale, 64 // scale
     log(f"loading {model_source} in the engine ...")
     engine = LLMEngine(
-        EngineConfig(model=model_source, dtype=dtype_name, kv_cache_tokens=40960, max_num_seqs=64,
+        EngineConfig(model=model_source, dtype=dtype_name, device=device, kv_cache_tokens=40960, max_num_seqs=64,  # type: ignore[arg-type]
                      max_num_batched_tokens=1024, num_threads=threads)
     )
-    dtype = resolve_dtype(dtype_name, torch.device("cpu"))
+    dtype = resolve_dtype(dtype_name, engine.worker.device)
     log(f"loading the same model in transformers ({dtype}) ...")
-    hf = AutoModelForCausalLM.from_pretrained(resolve_model_dir(model_source), dtype=dtype).eval()
+    hf = AutoModelForCausalLM.from_pretrained(resolve_model_dir(model_source), dtype=dtype).to(engine.worker.device).eval()  # type: ignore[arg-type]
     vocab = engine.info.vocab_size
     pad_id = engine.info.eos_token_ids[0] if engine.info.eos_token_ids else 0
-    results: dict = {"model": model_source, "dtype": str(dtype).removeprefix("torch."), "threads": torch.get_num_threads()}
+    results: dict = {"model": model_source, "dtype": str(dtype).removeprefix("torch."), "threads": torch.get_num_threads(),
+                     "device": str(engine.worker.device)}
 
     warm = make_workload(vocab, 2, (16, 16), (8, 8), seed=1)
     engine_run(engine, warm)
@@ -161,11 +163,12 @@ def run(model_source: str, dtype_name: DTypeName, quick: bool, threads: int | No
         "hf_generate_wall_s": round(wall_h, 2),
     }
 
-    bandwidth = measure_read_bandwidth_gbs()
     weight_bytes = sum(p.numel() * p.element_size() for p in hf.parameters())
-    results["read_bandwidth_gbs"] = round(bandwidth, 1)
     results["weight_bytes"] = weight_bytes
-    results["limit_bs1_tok_s"] = round(bandwidth * 1e9 / weight_bytes, 1)
+    if engine.worker.device.type == "cpu":  # the bandwidth probe reads host memory
+        bandwidth = measure_read_bandwidth_gbs()
+        results["read_bandwidth_gbs"] = round(bandwidth, 1)
+        results["limit_bs1_tok_s"] = round(bandwidth * 1e9 / weight_bytes, 1)
     for key in ("single", "uniform32", "mixed64"):
         r = results[key]
         r["speedup"] = round(r["engine"] / r["hf_generate"], 2) if r["hf_generate"] else None
@@ -174,15 +177,16 @@ def run(model_source: str, dtype_name: DTypeName, quick: bool, threads: int | No
 
 
 def print_table(r: dict) -> None:  # type: ignore[type-arg]
-    print(f"model {r['model']}  dtype {r['dtype']}  threads {r['threads']}")
+    print(f"model {r['model']}  dtype {r['dtype']}  device {r['device']}  threads {r['threads']}")
     print(f"{'scenario':<12}{'engine tok/s':>14}{'HF generate':>14}{'speedup':>10}")
     for key in ("single", "uniform32", "mixed64"):
         row = r[key]
         print(f"{key:<12}{row['engine']:>14}{row['hf_generate']:>14}{row['speedup']!s:>9}x")
-    print(
-        f"batch-1 memory-bound limit: {r['limit_bs1_tok_s']} tok/s "
-        f"({r['weight_bytes'] / 1e6:.0f} MB of weights / {r['read_bandwidth_gbs']} GB/s measured read bandwidth)"
-    )
+    if "limit_bs1_tok_s" in r:
+        print(
+            f"batch-1 memory-bound limit: {r['limit_bs1_tok_s']} tok/s "
+            f"({r['weight_bytes'] / 1e6:.0f} MB of weights / {r['read_bandwidth_gbs']} GB/s measured read bandwidth)"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -191,9 +195,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32", "float16"])
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--quick", action="store_true", help="a quarter of the work (a smoke run)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where both models run")
     parser.add_argument("--threads", type=int, default=None, help="torch threads for both (default: all cores)")
     args = parser.parse_args(argv)
-    results = run(args.model, args.dtype, args.quick, args.threads, log=lambda m: print(m, file=sys.stderr, flush=True))
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA device")
+    results = run(args.model, args.dtype, args.quick, args.threads,
+                  log=lambda m: print(m, file=sys.stderr, flush=True), device=args.device)
     if args.json:
         print(json.dumps(results))
     else:

@@ -38,7 +38,6 @@ class EngineConfig(BaseModel):
     device: Literal["cpu", "cuda"] = Field(default="cpu")
     quantization: QuantizationName = Field(default="none", description="Load-time compression of the weights.")
     tp_size: int = Field(default=1, ge=1, le=64, description="Tensor-parallel ranks (processes).")
-    kernel_inject: bool = Field(default=False, description="DeepSpeed kernel injection (CUDA only).")
     kv_cache_tokens: int = Field(default=16384, ge=16, le=16_777_216, description="KV pool capacity, tokens.")
     block_size: int = Field(default=16, ge=1, le=256, description="Tokens per KV block.")
     max_num_seqs: int = Field(default=32, ge=1, le=4096, description="Most sequences in one step.")
@@ -58,8 +57,6 @@ class EngineConfig(BaseModel):
 
     @model_validator(mode="after")
     def _checks(self) -> EngineConfig:
-        if self.kernel_inject and self.device != "cuda":
-            raise ValueError(f"kernel_inject=True needs device='cuda', got device={self.device!r}")
         check_kv_pool(self.kv_cache_tokens, self.block_size)
         if self.quantization in ("bnb-int8", "bnb-nf4") and self.tp_size > 1:
             raise ValueError(f"quantization={self.quantization!r} does not support tp_size > 1 (got {self.tp_size})")

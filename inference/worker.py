@@ -60,7 +60,7 @@ class RankWorker:
         self.rendezvous = rendezvous
         self.runner: ModelRunner | None = None
         self.tokenizer: Any = None
-        self.device = torch.device("cuda", rank % max(1, torch.cuda.device_count())) if config.device == "cuda" else torch.device("cpu")
+        self.device = select_device(config.device, rank)
 
     def _init_distributed(self) -> None:
         import deepspeed
@@ -100,7 +100,8 @@ class RankWorker:
             model,
             tensor_parallel={"tp_size": cfg.tp_size},
             dtype=dtype,
-            replace_with_kernel_inject=cfg.kernel_inject,
+            # AutoTP only: kernel injection replaces the decoder layers the model runner drives
+            replace_with_kernel_inject=False,
         )
         model = engine.module
         from inference.compression import apply_load_time_quantization, recipe_quantization
@@ -171,6 +172,27 @@ class RankWorker:
         data = torch.empty(size, dtype=torch.uint8, device=self.device)
         dist.broadcast(data, src=0)
         return data.cpu().numpy().tobytes()
+
+
+def select_device(requested: str, rank: int) -> torch.device:
+    """The device of rank `rank`: the GPU its launcher assigned, else the CPU.
+
+    Under Ray each rank holds one GPU of its bundle and Ray sets CUDA_VISIBLE_DEVICES to it alone,
+    so torch sees one device: cuda:0. Ranks started as local processes see every GPU: cuda:rank.
+    Where torch sees no CUDA device (a CPU build, or GPUs Ray only declares, as in tests), a
+    'cuda' rank runs on the CPU and says so in the log.
+    """
+    if requested != "cuda":
+        return torch.device("cpu")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        log.warning(
+            "rank %d: device 'cuda' asked, but torch sees no CUDA device (CUDA_VISIBLE_DEVICES=%r, "
+            "torch CUDA build %s); running on the CPU",
+            rank, os.environ.get("CUDA_VISIBLE_DEVICES"), torch.version.cuda,
+        )
+        return torch.device("cpu")
+    return torch.device("cuda", rank % count)
 
 
 def _eos_token_ids(model: torch.nn.Module, tokenizer: object) -> list[int]:

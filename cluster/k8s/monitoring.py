@@ -1,10 +1,11 @@
 """Monitoring: a Prometheus Operator `PodMonitor` for the Ray pods and a Grafana dashboard.
 
-Ray exports application metrics (DESIGN.md, Metrics) on each node's metrics port with its own
-prefix (`ray_`), so the dashboard's queries use `KubernetesConfig.metrics_prefix`. The dashboard
-charts TTFT/TPOT/E2E percentiles per variant with the default SLO class's targets as threshold
-lines, queue depth, KV use, controller weights and decisions, rejections, requests by status and
-tokens/s. Returns plain dicts; the ConfigMap carries the JSON for Grafana's dashboard sidecar.
+The router and LLMServer replicas record their metrics through Ray's metrics API
+(deployments/metrics.py); Ray's metrics agent exports them on each node's metrics port with its
+own prefix (`ray_`), which the PodMonitor scrapes, so the dashboard's queries use
+`KubernetesConfig.metrics_prefix`. The dashboard charts TTFT/TPOT/E2E percentiles per variant
+with the default SLO class's targets as threshold lines, queue depth, running sequences, KV use,
+prefix-cache hits, controller weights and decisions, rejections, requests by status and tokens/s. Returns plain dicts; the ConfigMap carries the JSON for Grafana's dashboard sidecar.
 """
 
 from __future__ import annotations
@@ -82,7 +83,10 @@ def build_dashboard(config: AppConfig, k8s: KubernetesConfig) -> dict[str, Any]:
                [(f"sum by (variant, status) (rate({m}requests_total{RATE}))", "{{variant}} {{status}}")]),
         _panel("Rejections by reason", "reqps", [(f"sum by (reason) (rate({m}rejected_total{RATE}))", "{{reason}}")]),
         _panel("Queue depth", "short", [(f"sum by (variant) ({m}queue_depth)", "{{variant}}")]),
+        _panel("Sequences running", "short", [(f"sum by (variant) ({m}running_seqs)", "{{variant}}")]),
         _panel("KV cache blocks used", "percentunit", [(f"max by (variant) ({m}kv_blocks_used_ratio)", "{{variant}}")]),
+        _panel("Prefix cache hits", "percentunit",
+               [(f"avg by (variant) ({m}prefix_cache_hit_ratio)", "{{variant}}")]),
         _panel("Tokens generated per second", "short",
                [(f"sum by (variant) (rate({m}tokens_generated_total{RATE}))", "{{variant}}")]),
         _panel("Controller traffic weights", "percentunit", [(f"max by (variant) ({m}controller_weight)", "{{variant}}")]),

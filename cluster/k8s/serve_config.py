@@ -2,8 +2,9 @@
 
 The application builder receives the whole validated `AppConfig` as `args.config`, so the cluster
 runs exactly the rendered config. Deployment overrides repeat what the builder derives from that
-config (replica counts, placement group bundles) so the manifest shows, and tests check, that each
-replica's tp_size bundles fit a worker pod. Takes an `AppConfig`; returns a JSON-able dict.
+config (replica counts, the replica actor's resources and placement group bundles, both from
+cluster/placement.py) so the manifest shows, and tests check, that each replica's tp_size bundles
+fit a worker pod and that rank 0 holds a GPU of its own. Takes an `AppConfig`; returns a JSON-able dict.
 """
 
 from __future__ import annotations
@@ -11,23 +12,15 @@ from __future__ import annotations
 from typing import Any
 
 from cluster.config import AppConfig, KubernetesConfig, VariantConfig
+from cluster.placement import PLACEMENT_STRATEGY, placement_bundles, replica_actor_options
 
 IMPORT_PATH = "deployments.app:app"
 ROUTER_DEPLOYMENT = "router"
 CONTROLLER_DEPLOYMENT = "slo-controller"
-PLACEMENT_STRATEGY = "STRICT_PACK"
 
 
 def llm_deployment_name(variant: VariantConfig) -> str:
     return f"llm-{variant.name}"
-
-
-def placement_group_bundles(variant: VariantConfig) -> list[dict[str, float]]:
-    """tp_size bundles, one per rank: {"CPU": num_cpus_per_rank}, plus {"GPU": 1} on CUDA."""
-    bundle: dict[str, float] = {"CPU": variant.num_cpus_per_rank}
-    if variant.device == "cuda":
-        bundle["GPU"] = 1
-    return [dict(bundle) for _ in range(variant.tp_size)]
 
 
 def embedded_config(config: AppConfig, k8s: KubernetesConfig) -> dict[str, Any]:
@@ -45,7 +38,8 @@ def _deployments(config: AppConfig) -> list[dict[str, Any]]:
                 "name": llm_deployment_name(variant),
                 "num_replicas": variant.num_replicas,
                 "max_ongoing_requests": variant.max_ongoing_requests,
-                "placement_group_bundles": placement_group_bundles(variant),
+                "ray_actor_options": replica_actor_options(variant),
+                "placement_group_bundles": placement_bundles(variant),
                 "placement_group_strategy": PLACEMENT_STRATEGY,
             }
         )

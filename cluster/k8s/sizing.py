@@ -1,7 +1,7 @@
 """Worker group sizing: how many pods of which shape the variants' replicas need.
 
-A replica of a variant is one placement group of tp_size bundles packed on one node (STRICT_PACK),
-each bundle {"CPU": num_cpus_per_rank} plus {"GPU": 1} on CUDA. So a pod must hold a whole
+A replica of a variant is one placement group of tp_size bundles packed on one node (STRICT_PACK;
+the bundles are defined in cluster/placement.py). So a pod must hold a whole
 replica, and the group's pod bounds follow from the variants' replica bounds: the minimum is a
 lower bound assuming perfect packing, the maximum an upper bound packing each variant alone.
 The router and controller replicas go to the CPU group (the head advertises 0 CPUs).
@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 
 from cluster.config import AppConfig, ConfigError, KubernetesConfig, VariantConfig, WorkerGroupConfig
+from cluster.placement import replica_cpus, replica_gpus
 
 UNBOUNDED = 10_000  # replicas per pod of a variant that reserves neither CPUs nor GPUs
 
@@ -30,14 +31,6 @@ class WorkerGroupPlan:
     replicas: int
     variants: tuple[str, ...]
     settings: WorkerGroupConfig
-
-
-def replica_cpus(variant: VariantConfig) -> float:
-    return variant.tp_size * variant.num_cpus_per_rank
-
-
-def replica_gpus(variant: VariantConfig) -> int:
-    return variant.tp_size if variant.device == "cuda" else 0
 
 
 def _replicas_per_pod(variant: VariantConfig, group: str, num_cpus: int, num_gpus: int) -> int:

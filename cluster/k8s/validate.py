@@ -117,6 +117,13 @@ def _placement_errors(rayservice: dict[str, Any], pods: list[tuple[float, int]])
                 continue
             cpus = sum(b.get("CPU", 0) for b in bundles)
             gpus = sum(b.get("GPU", 0) for b in bundles)
+            actor = deployment.get("ray_actor_options", {})
+            if bundles[0].get("GPU", 0) and actor.get("num_gpus", 0) != bundles[0]["GPU"]:
+                errors.append(
+                    f"serveConfigV2 deployment {deployment['name']!r}: rank 0 runs in the replica actor, whose "
+                    f"ray_actor_options.num_gpus ({actor.get('num_gpus', 0)}) must equal bundle 0's GPU "
+                    f"({bundles[0]['GPU']}); without it Ray hides every GPU from rank 0"
+                )
             if not any(cpus <= pod_cpus and gpus <= pod_gpus for pod_cpus, pod_gpus in pods):
                 errors.append(
                     f"serveConfigV2 deployment {deployment['name']!r}: a replica needs {cpus:g} CPUs and {gpus:g} "

@@ -14,7 +14,7 @@ import yaml
 
 from cluster.k8s import RAY_VERSION
 from cluster.k8s.profiles import BASE_IMAGES
-from cluster.k8s.sizing import replica_cpus, replica_gpus
+from cluster.placement import replica_cpus, replica_gpus
 from tests.k8s.conftest import ROOT, config_with
 
 

@@ -50,6 +50,9 @@ def test_tp_size_2_renders_matching_bundles_and_gpus() -> None:
     assert deployments["llm-big"]["placement_group_bundles"] == [{"CPU": 2.0, "GPU": 1}, {"CPU": 2.0, "GPU": 1}]
     assert deployments["llm-small"]["placement_group_bundles"] == [{"CPU": 1.0, "GPU": 1}]
     assert {d["placement_group_strategy"] for n, d in deployments.items() if n.startswith("llm-")} == {"STRICT_PACK"}
+    # rank 0 runs in the replica actor: it holds bundle 0, its GPU included
+    assert deployments["llm-big"]["ray_actor_options"] == {"num_cpus": 2.0, "num_gpus": 1}
+    assert deployments["llm-small"]["ray_actor_options"] == {"num_cpus": 1.0, "num_gpus": 1}
     gpu = _worker_group(rendered, "gpu-workers")
     resources = gpu["template"]["spec"]["containers"][0]["resources"]
     assert resources["requests"]["nvidia.com/gpu"] == resources["limits"]["nvidia.com/gpu"] == "2"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from collections.abc import Iterator
@@ -13,12 +14,15 @@ import pytest
 
 from tests.tiny_models import make_tiny_model_dir
 
+METRICS_INTERVAL_ENV = "RAY_metrics_report_interval_ms"
+
 
 @dataclass
 class ServeApp:
     base_url: str
     app_name: str
     model_name: str
+    metrics_url: str  # Ray's metrics export port of the node: what the PodMonitor scrapes in a pod
 
 
 def free_port() -> int:
@@ -52,15 +56,18 @@ def serve_app(serve_model_dir: Path) -> Iterator[ServeApp]:
             "router": {"max_in_flight": 6, "request_timeout_s": 60},
         }
     )
-    port = free_port()
-    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
+    port, metrics_port = free_port(), free_port()
+    # workers report metrics to the node's agent every second (default 10 s), so a test sees them soon
+    os.environ[METRICS_INTERVAL_ENV] = "1000"
+    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False, _metrics_export_port=metrics_port)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(build_app(config), name="sloserve", route_prefix="/")
-        yield ServeApp(f"http://127.0.0.1:{port}", "sloserve", "tiny")
+        yield ServeApp(f"http://127.0.0.1:{port}", "sloserve", "tiny", f"http://127.0.0.1:{metrics_port}/metrics")
     finally:
         serve.shutdown()
         ray.shutdown()
+        os.environ.pop(METRICS_INTERVAL_ENV, None)
 
 
 def wait_until(predicate, timeout_s: float, interval_s: float = 0.25) -> bool:  # type: ignore[no-untyped-def]

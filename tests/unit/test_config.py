@@ -29,6 +29,8 @@ def test_shipped_configs_load(name: str) -> None:
         ({"variants": [{"name": "a", "weight": 0.0}]}, "weight > 0"),
         ({"variants": [{"name": "a", "num_replicas": 3, "max_replicas": 2}]}, "num_replicas"),
         ({"variants": [{"name": "a", "kernel_inject": True}]}, "kernel_inject"),
+        ({"variants": [{"name": "a", "tp_size": 2, "num_cpus_per_rank": 0.5}]}, "num_cpus_per_rank (0.5) must be >= 1"),
+        ({"variants": [{"name": "a", "num_cpus_per_rank": 0}]}, "num_cpus_per_rank must be > 0"),
         ({"router": {"max_in_flight": 0}}, "router.max_in_flight"),
         ({"router": {"max_in_fligth": 8}}, "router.max_in_fligth"),
         ({"slo": {"default_class": "gold"}}, "default_class"),
