@@ -84,7 +84,7 @@ def run(model: str, num_requests: int, max_tokens: int, threads: int, log: Calla
     engine.shutdown()
 
     log("local Ray Serve ...")
-    ray.init(num_cpus=threads + 1, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=threads + 1, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": 8765})
         handle = serve.run(build_app(config), name="bench", route_prefix="/")

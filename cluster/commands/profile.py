@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     from load_tests.profile import profile_variant
 
     port = _free_port()
-    ray.init(num_cpus=args.num_cpus or config.cluster.num_cpus, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=args.num_cpus or config.cluster.num_cpus, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(application, **serve_run_options(config))

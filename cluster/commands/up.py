@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
 
     started = time.monotonic()
     print("starting a local Ray ...", flush=True)
-    ray.init(num_cpus=args.num_cpus or config.cluster.num_cpus, include_dashboard=False, log_to_driver=True)
+    ray.init(address="local", num_cpus=args.num_cpus or config.cluster.num_cpus, include_dashboard=False, log_to_driver=True)
     stop = threading.Event()
     try:
         serve.start(http_options={"host": host, "port": port})

@@ -59,7 +59,7 @@ def serve_app(serve_model_dir: Path) -> Iterator[ServeApp]:
     port, metrics_port = free_port(), free_port()
     # workers report metrics to the node's agent every second (default 10 s), so a test sees them soon
     os.environ[METRICS_INTERVAL_ENV] = "1000"
-    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False, _metrics_export_port=metrics_port)
+    ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False, _metrics_export_port=metrics_port)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(build_app(config), name="sloserve", route_prefix="/")
