@@ -164,19 +164,11 @@ class LLMServer:
     def check_health(self) -> None:
         self.engine.check_health()  # raises EngineDeadError: Serve replaces this replica
 
-    def pid(self) -> int:
-        return os.getpid()
-
     def placement(self) -> list[RankPlacement]:
         """Where each rank of this replica runs: node, GPU ids Ray assigned, torch device."""
         peers: Any = self.engine.engine.peers
         mine = this_process_placement(0, str(self.engine.engine.worker.device))
         return [mine, *(peers.placements() if peers is not None and hasattr(peers, "placements") else [])]
-
-    def rank_pids(self) -> list[int]:
-        """Process ids of ranks 1..N-1 (fault-injection tests kill them)."""
-        peers: Any = self.engine.engine.peers
-        return peers.pids() if peers is not None and hasattr(peers, "pids") else []
 
     def __del__(self) -> None:
         engine = getattr(self, "engine", None)

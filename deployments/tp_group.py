@@ -61,9 +61,6 @@ class RankActor:
         self.worker.load()
         self.worker.serve_forever()
 
-    def pid(self) -> int:
-        return os.getpid()
-
     def placement(self) -> RankPlacement:
         return this_process_placement(self.rank, str(self.worker.device))
 
@@ -88,9 +85,10 @@ class RayPeers:
         bundles = pg.bundle_specs
         if len(bundles) < self.config.tp_size:
             raise RuntimeError(f"tp_size={self.config.tp_size} needs as many bundles, the placement group has {len(bundles)}")
+        owner = ray.get_runtime_context().get_actor_name()  # the replica's actor name, e.g. SERVE_REPLICA::app#dep#id
         for rank in range(1, self.config.tp_size):
             actor = RankActor.options(  # type: ignore[attr-defined]
-                name=None,
+                name=f"{owner}#rank{rank}" if owner else None,  # `ray list actors` shows whose rank it is
                 num_cpus=bundles[rank].get("CPU", 0),
                 num_gpus=bundles[rank].get("GPU", 0),
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
@@ -99,9 +97,6 @@ class RayPeers:
             ).remote(self.config.model_dump_json(), rank, self.rendezvous)
             self.actors.append(actor)
             self.runs.append(actor.run.remote())
-
-    def pids(self) -> list[int]:
-        return list(ray.get([a.pid.remote() for a in self.actors], timeout=10))
 
     def placements(self) -> list[RankPlacement]:
         return list(ray.get([a.placement.remote() for a in self.actors], timeout=10))

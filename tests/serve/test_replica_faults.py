@@ -1,15 +1,14 @@
 """Killing a replica, or one TP rank of a replica, mid-stream: an error for the client, never a hang;
-Serve replaces the replica and later requests succeed."""
+Serve replaces the replica and later requests succeed. Processes are found and killed through
+Ray's own API (named actors: Serve's replicas, and each replica's rank actors named after it)."""
 
 from __future__ import annotations
 
-import os
-import signal
 import threading
 import time
 
 import httpx
-from ray import serve
+import ray
 
 from tests.serve.conftest import ServeApp, wait_until
 
@@ -42,24 +41,36 @@ def _healthy_again(serve_app: ServeApp, variant: str) -> bool:
     return wait_until(ok, 120, interval_s=1.0)
 
 
+def _actor_names(prefix: str) -> list[str]:
+    return sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith(prefix))
+
+
+def _replica(deployment: str) -> str:
+    """The name of the deployment's one replica actor (not its rank actors)."""
+    [name] = [n for n in _actor_names(f"SERVE_REPLICA::sloserve#{deployment}#") if "#rank" not in n]
+    return name
+
+
+def _kill(name: str) -> None:
+    ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
+
+
 def test_killing_a_replica_mid_stream_errors_then_serve_replaces_it(serve_app: ServeApp) -> None:
-    handle = serve.get_deployment_handle("llm-spare", app_name="sloserve")
-    pid = handle.pid.remote().result(timeout_s=30)
-    chunks, tail, seconds = _stream_and_kill(serve_app, "spare", lambda: os.kill(pid, signal.SIGKILL))
+    replica = _replica("llm-spare")
+    chunks, tail, seconds = _stream_and_kill(serve_app, "spare", lambda: _kill(replica))
     assert chunks >= 3
     assert "[DONE]" not in tail and ("error" in tail), tail
     assert seconds < 60
     assert _healthy_again(serve_app, "spare")
-    assert handle.pid.remote().result(timeout_s=30) != pid
+    assert _replica("llm-spare") != replica
 
 
 def test_killing_a_tp_rank_mid_stream_errors_then_serve_replaces_the_replica(serve_app: ServeApp) -> None:
-    handle = serve.get_deployment_handle("llm-tp2", app_name="sloserve")
-    [rank_pid] = handle.rank_pids.remote().result(timeout_s=30)
-    replica_pid = handle.pid.remote().result(timeout_s=30)
-    chunks, tail, seconds = _stream_and_kill(serve_app, "tp2", lambda: os.kill(rank_pid, signal.SIGKILL))
+    replica = _replica("llm-tp2")
+    [rank] = _actor_names(f"{replica}#rank")
+    chunks, tail, seconds = _stream_and_kill(serve_app, "tp2", lambda: _kill(rank))
     assert chunks >= 3
     assert "[DONE]" not in tail and "error" in tail, tail
     assert seconds < 60
     assert _healthy_again(serve_app, "tp2")
-    assert handle.pid.remote().result(timeout_s=30) != replica_pid
+    assert _replica("llm-tp2") != replica
