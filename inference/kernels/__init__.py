@@ -3,17 +3,39 @@
 `paged_decode_attention()` returns the compiled op, or None where it cannot be built (no
 compiler, not CPU, `SLOSERVE_DISABLE_KERNELS=1`); callers then use the pure-torch path, which
 the tests compare it against.
+
+The build goes to a directory named after a hash of the source and flags, so checkouts with the
+same kernel share one build and different ones never rebuild each other's. torch serialises
+builds with a lock file and waits on it forever; a build killed mid-way leaves it behind, so a
+lock older than `STALE_LOCK_S` (a build takes about a minute) is removed first.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+NAME = "sloserve_paged_decode_attention"
+CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp"]
+STALE_LOCK_S = 600.0
+
+
+def _build_dir(source: Path) -> Path:
+    from torch.utils.cpp_extension import _get_build_directory
+
+    digest = hashlib.sha256(source.read_bytes() + " ".join(CFLAGS).encode()).hexdigest()[:12]
+    build = Path(_get_build_directory(f"{NAME}_{digest}", verbose=False))
+    lock = build / "lock"
+    if lock.exists() and time.time() - lock.stat().st_mtime > STALE_LOCK_S:
+        log.warning("removing a stale kernel build lock %s (a build was killed mid-way)", lock)
+        lock.unlink(missing_ok=True)
+    return build
 
 
 @functools.cache
@@ -25,10 +47,11 @@ def paged_decode_attention() -> Callable | None:  # type: ignore[type-arg]
 
         source = Path(__file__).with_name("paged_decode_attention.cpp")
         module = load(
-            name="sloserve_paged_decode_attention",
+            name=NAME,
             sources=[str(source)],
-            extra_cflags=["-O3", "-march=native", "-ffast-math", "-fopenmp"],
+            extra_cflags=CFLAGS,
             extra_ldflags=["-fopenmp"],
+            build_directory=str(_build_dir(source)),
             verbose=False,
         )
         return module.paged_decode_attention  # type: ignore[no-any-return]
