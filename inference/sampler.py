@@ -1,4 +1,4 @@
-"""`Sampler`: next tokens from a step's logits — greedy, temperature, top-k, top-p, penalties, logprobs.
+"""`Sampler`: next tokens from a step's logits — greedy, temperature, top-k, top-p, penalties, logit bias, logprobs.
 
 Rows with a seed sample with their request's own `torch.Generator`, so a seeded request gives
 the same tokens whatever else shares its batch. Greedy rows are one vectorized argmax.
@@ -53,9 +53,17 @@ def _truncate(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
     return logits
 
 
+def apply_logit_bias(logits: torch.Tensor, params: SamplingParams) -> None:
+    """Add the request's `logit_bias` to one row of float logits, in place."""
+    if params.logit_bias:
+        ids = torch.tensor(list(params.logit_bias), device=logits.device)
+        logits[ids] += torch.tensor(list(params.logit_bias.values()), dtype=logits.dtype, device=logits.device)
+
+
 def _is_plain_greedy(row: SampleRow) -> bool:
     p = row.params
-    return p.is_greedy and row.num_samples == 1 and not p.has_penalties and not row.blocked_token_ids and p.logprobs is None
+    return (p.is_greedy and row.num_samples == 1 and not p.has_penalties and not row.blocked_token_ids
+            and p.logprobs is None and not p.logit_bias)
 
 
 def sample(logits: torch.Tensor, rows: list[SampleRow]) -> list[SampleResult]:
@@ -70,6 +78,7 @@ def sample(logits: torch.Tensor, rows: list[SampleRow]) -> list[SampleResult]:
     for i, row in enumerate(rows):
         if row.params.has_penalties:
             _apply_penalties(logits[i], row)
+        apply_logit_bias(logits[i], row.params)
         if row.blocked_token_ids:
             logits[i, row.blocked_token_ids] = float("-inf")
 
