@@ -66,7 +66,8 @@ class AsyncLLMEngine:
         if self._dead is not None:
             raise EngineDeadError(f"engine is dead: {self._dead}")
         request_id = request_id or f"async-{next(self._ids)}"
-        prompt_ids = self.engine.encode(prompt)
+        # tokenizing a long text takes a while: not on the caller's event loop
+        prompt_ids = await asyncio.to_thread(self.engine.encode, prompt) if isinstance(prompt, str) else list(prompt)
         self.engine.check_request(prompt_ids, params)  # typed error now, before anything is queued
         stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
         with self._lock:
