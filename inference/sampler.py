@@ -74,7 +74,8 @@ def sample(logits: torch.Tensor, rows: list[SampleRow]) -> list[SampleResult]:
         # pick is the same); torch.max is several times faster than argmax on bf16 on CPU, and
         # like argmax it returns the first maximal index
         return [SampleResult([t], None) for t in torch.max(logits, dim=-1).indices.tolist()]
-    logits = logits.float()
+    # a copy: the in-place masking below must not touch the model's (inference-mode) logits
+    logits = logits.to(torch.float32, copy=True)
     for i, row in enumerate(rows):
         if row.params.has_penalties:
             _apply_penalties(logits[i], row)
