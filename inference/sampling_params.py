@@ -29,6 +29,7 @@ LENGTH_PENALTY_RANGE = (-10.0, 10.0)
 TOP_K_MIN = -1  # -1 and 0: off
 MAX_TOKEN_ID = 2**31 - 1  # ids above no vocabulary reaches; the model's vocab is checked later
 SEED_LIMIT = 2**63  # seeds are in [0, SEED_LIMIT)
+SAMPLING_EPS = 1e-5  # a temperature below this is greedy (dividing logits by it would overflow)
 
 
 @dataclass(slots=True)
@@ -58,7 +59,7 @@ class SamplingParams:
 
     @property
     def is_greedy(self) -> bool:
-        return self.temperature == 0.0 or self.top_k == 1
+        return self.temperature < SAMPLING_EPS or self.top_k == 1
 
     @property
     def has_penalties(self) -> bool:

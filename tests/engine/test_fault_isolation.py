@@ -148,3 +148,11 @@ def test_async_engine_fails_only_the_bad_request_and_stays_healthy(tiny_model_di
 async def main_bad(engine: AsyncLLMEngine) -> None:
     async for _ in engine.generate("hi", SamplingParams(max_tokens=4, min_tokens=2, stop_token_ids=[BAD_ID])):
         pass
+
+
+@pytest.mark.parametrize("kwargs", [{"top_p": 5e-324}, {"temperature": 5e-324}, {"temperature": 1e-6, "top_p": 1e-40}])
+def test_extreme_but_valid_sampling_values_sample_without_error(engine: LLMEngine, kwargs: dict) -> None:  # type: ignore[type-arg]
+    """Found by schemathesis: a top_p or temperature that rounds to 0 in float32 left no token to sample."""
+    [out] = engine.generate(["The quick brown fox"], SamplingParams(max_tokens=4, seed=1, ignore_eos=True, **kwargs))
+    assert out.error is None and len(out.outputs[0].token_ids) == 4
+    engine.block_manager.check_whole()
