@@ -4,10 +4,14 @@ Every part of the system reads its own section: the app builder (model, variants
 the SLO controller (slo, controller), the local launcher and k8s renderer (cluster). Models
 forbid unknown keys, bound every number, and check cross-field rules with messages that name
 the values, so a bad file fails before any model is loaded. Pure pydantic: no Ray, no torch.
+Secrets never live in the file: it names the environment variable that holds them, and
+`RouterConfig.api_keys()` is the one place that variable is read.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,6 +25,7 @@ Device = Literal["cpu", "cuda"]
 LoadTimeQuantization = QuantizationName
 
 DEFAULT_MODEL = "packaged:smollm2-135m-instruct"
+API_KEYS_ENV = "SLOSERVE_API_KEYS"  # the variable the default Kubernetes Secret fills (kubernetes.secrets)
 
 
 class ConfigError(ValueError):
@@ -139,6 +144,35 @@ class RouterConfig(_Strict):
         default=256, ge=1, le=65536, description="Prompt characters hashed for prefix affinity."
     )
     num_replicas: int = Field(default=1, ge=1, le=64, description="Router replicas.")
+    api_keys_env: str | None = Field(
+        default=API_KEYS_ENV,
+        pattern=r"^[A-Z_][A-Z0-9_]*$",
+        max_length=128,
+        description="Environment variable holding comma-separated API keys. When it holds a key, every HTTP "
+        "request but /health needs 'Authorization: Bearer <key>' (else 401); unset or empty: no keys. "
+        "null: never read. In Kubernetes it is filled from the Secret (kubernetes.secrets).",
+    )
+    protect_ops_endpoints: bool = Field(
+        default=True,
+        description="With API keys set, /metrics, /controller/decisions, /v1/sloserve/stats and the OpenAPI "
+        "docs need a key too; false leaves them open.",
+    )
+    max_body_bytes: int = Field(
+        default=4 * 1024 * 1024, ge=1024, le=1024**3,
+        description="Largest HTTP request body; a larger one gets 413 before it is read.",
+    )
+    max_prompt_chars: int = Field(
+        default=262_144, ge=16, le=64 * 1024**2,
+        description="Most characters in a prompt (all chat messages together), or token ids in a token "
+        "prompt; checked before tokenizing (400).",
+    )
+
+    def api_keys(self, environ: Mapping[str, str] | None = None) -> frozenset[str]:
+        """The API keys from `api_keys_env` (comma-separated, blanks ignored); empty: no authentication."""
+        if self.api_keys_env is None:
+            return frozenset()
+        raw = (os.environ if environ is None else environ).get(self.api_keys_env, "")
+        return frozenset(key.strip() for key in raw.split(",") if key.strip())
 
 
 class SLOTarget(_Strict):
@@ -357,7 +391,7 @@ class KubernetesConfig(_Strict):
     secrets: list[SecretEnvConfig] = Field(
         default_factory=lambda: [
             SecretEnvConfig(env="HF_TOKEN", secret_name="sloserve-secrets", key="hf-token"),
-            SecretEnvConfig(env="SLOSERVE_API_KEYS", secret_name="sloserve-secrets", key="api-keys"),
+            SecretEnvConfig(env=API_KEYS_ENV, secret_name="sloserve-secrets", key="api-keys"),
         ],
         max_length=32,
     )

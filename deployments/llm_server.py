@@ -1,7 +1,8 @@
 """`LLMServer`: the Serve deployment of one variant; a replica is one tensor-parallel engine group.
 
 A shim between the router and the engine: it builds the `AsyncLLMEngine` (rank 0 here, ranks
-1..N-1 as Ray actors in this replica's placement group), warms it up, applies the chat template,
+1..N-1 as Ray actors in this replica's placement group), warms it up, applies the chat template
+and tokenizes in a thread (a huge prompt never stalls the streams on this replica's event loop),
 turns engine outputs into `GenerateResponse` / `StreamChunk`, and reports its load (in responses,
 to Serve's autoscaling stats, and as Ray metrics, deployments/metrics.py). Engine
 errors pass through typed; the router maps them to HTTP. Leaving a stream early (the caller
@@ -75,19 +76,24 @@ class LLMServer:
             pass
 
     # ---- serving -------------------------------------------------------------------------------
-    def _prompt(self, request: GenerateRequest) -> str | list[int]:
+    def _prompt_ids(self, request: GenerateRequest) -> list[int]:
+        """The prompt as token ids (chat template applied). CPU-heavy for long prompts: run in a thread."""
         if request.messages is None:
             assert request.prompt is not None
-            return request.prompt
+            return self.engine.engine.encode(request.prompt)
         tokenizer = self.engine.tokenizer
         if not getattr(tokenizer, "chat_template", None):
             raise InvalidRequestError(f"model {self.model_name} has no chat template; use /v1/completions", "messages")
         messages = [m.model_dump() for m in request.messages]
-        return str(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
+        return self.engine.engine.encode(str(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)))
+
+    async def _submit(self, request: GenerateRequest) -> AsyncIterator[RequestOutput]:
+        prompt_ids = await asyncio.to_thread(self._prompt_ids, request)
+        return self.engine.generate(prompt_ids, to_sampling_params(request.sampling), request.request_id)
 
     async def generate(self, request: GenerateRequest) -> GenerateResponse:
         final: RequestOutput | None = None
-        async for out in self.engine.generate(self._prompt(request), to_sampling_params(request.sampling), request.request_id):
+        async for out in await self._submit(request):
             final = out
         assert final is not None and final.finished
         choices = [
@@ -109,7 +115,7 @@ class LLMServer:
         )
 
     async def stream(self, request: GenerateRequest) -> AsyncIterator[StreamChunk]:
-        async for out in self.engine.generate(self._prompt(request), to_sampling_params(request.sampling), request.request_id):
+        async for out in await self._submit(request):
             for c in out.outputs:
                 if not c.delta_text and not c.delta_token_ids and not (out.finished and c.finish_reason):
                     continue

@@ -9,11 +9,34 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from deployments.protocol import ChatMessage, GenerateResponse, SamplingOptions, TokenLogprobOut, Usage
+from deployments.protocol import (
+    Bias,
+    ChatMessage,
+    GenerateResponse,
+    SamplingOptions,
+    StopString,
+    TokenId,
+    TokenLogprobOut,
+    Usage,
+)
+from inference.sampling_params import (
+    LENGTH_PENALTY_RANGE,
+    MAX_LOGIT_BIAS,
+    MAX_LOGPROBS,
+    MAX_N,
+    MAX_STOP,
+    MAX_STOP_TOKEN_IDS,
+    MAX_TOKEN_ID,
+    MAX_TOKENS_LIMIT,
+    PENALTY_RANGE,
+    SEED_LIMIT,
+    TEMPERATURE_RANGE,
+    TOP_K_MIN,
+)
 
 UNSUPPORTED_FIELDS = ("tools", "tool_choice", "functions", "function_call", "response_format", "audio", "modalities")
 
@@ -27,33 +50,33 @@ class _Common(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     model: str = Field(min_length=1)
-    max_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_LIMIT)
+    temperature: float | None = Field(default=None, ge=TEMPERATURE_RANGE[0], le=TEMPERATURE_RANGE[1])
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    n: int = Field(default=1, ge=1, le=16)
+    n: int = Field(default=1, ge=1, le=MAX_N)
+    best_of: int | None = Field(default=None, ge=1, le=MAX_N, description="Only best_of == n is supported.")
     stream: bool = False
     stream_options: StreamOptions | None = None
-    stop: str | list[str] | None = None
-    seed: int | None = Field(default=None, ge=0, lt=2**63)
-    presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
-    frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
-    user: str | None = None
+    stop: StopString | Annotated[list[StopString], Field(max_length=MAX_STOP)] | None = None
+    seed: int | None = Field(default=None, ge=0, lt=SEED_LIMIT)
+    presence_penalty: float = Field(default=0.0, ge=PENALTY_RANGE[0], le=PENALTY_RANGE[1])
+    frequency_penalty: float = Field(default=0.0, ge=PENALTY_RANGE[0], le=PENALTY_RANGE[1])
+    logit_bias: dict[TokenId, Bias] | None = Field(default=None, max_length=MAX_LOGIT_BIAS)
+    user: str | None = Field(default=None, max_length=256)
     # extensions (as in vLLM)
-    top_k: int = Field(default=0, ge=-1)
-    min_tokens: int = Field(default=0, ge=0)
+    top_k: int = Field(default=0, ge=TOP_K_MIN, le=MAX_TOKEN_ID)
+    min_tokens: int = Field(default=0, ge=0, le=MAX_TOKENS_LIMIT)
     ignore_eos: bool = False
     use_beam_search: bool = False
-    length_penalty: float = 1.0
-    stop_token_ids: list[int] = Field(default_factory=list)
+    length_penalty: float = Field(default=1.0, ge=LENGTH_PENALTY_RANGE[0], le=LENGTH_PENALTY_RANGE[1])
+    stop_token_ids: list[TokenId] = Field(default_factory=list, max_length=MAX_STOP_TOKEN_IDS)
     include_stop_str_in_output: bool = False
 
-    @field_validator("stop")
-    @classmethod
-    def _stops(cls, value: str | list[str] | None) -> str | list[str] | None:
-        stops = [value] if isinstance(value, str) else (value or [])
-        if len(stops) > 16 or any(not s for s in stops):
-            raise ValueError("stop takes at most 16 non-empty strings")
-        return value
+    @model_validator(mode="after")
+    def _best_of_is_n(self) -> _Common:
+        if self.best_of is not None and self.best_of != self.n:
+            raise ValueError(f"best_of other than n is not supported (best_of={self.best_of}, n={self.n})")
+        return self
 
     @model_validator(mode="after")
     def _no_unsupported(self) -> _Common:
@@ -82,6 +105,7 @@ class _Common(BaseModel):
             use_beam_search=self.use_beam_search,
             length_penalty=self.length_penalty,
             include_stop_str_in_output=self.include_stop_str_in_output,
+            logit_bias=dict(self.logit_bias or {}),
         )
 
     @property
@@ -91,9 +115,9 @@ class _Common(BaseModel):
 
 class ChatCompletionRequest(_Common):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_LIMIT)
     logprobs: bool = False
-    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
 
     @field_validator("messages", mode="before")
     @classmethod
@@ -117,8 +141,8 @@ class ChatCompletionRequest(_Common):
 
 
 class CompletionRequest(_Common):
-    prompt: str | list[int] | list[str] | list[list[int]]
-    logprobs: int | None = Field(default=None, ge=0, le=20)
+    prompt: str | list[TokenId] | list[str] | list[list[TokenId]]
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
     echo: bool = False
 
     @field_validator("prompt")

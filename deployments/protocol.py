@@ -8,15 +8,37 @@ Other Ray Serve applications call the router's handle with these types:
     async for chunk in handle.options(stream=True).stream.remote(GenerateRequest(messages=[...])):
         print(chunk.delta_text, end="")
 
-Pure pydantic (no Ray, no torch), so callers import it without the serving stack.
+Pure pydantic (no Ray, no torch), so callers import it without the serving stack. The sampling
+bounds are the engine's own (`inference/sampling_params.py`), imported, never restated.
 """
 
 from __future__ import annotations
 
 import uuid
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from inference.sampling_params import (
+    LENGTH_PENALTY_RANGE,
+    LOGIT_BIAS_RANGE,
+    MAX_LOGIT_BIAS,
+    MAX_LOGPROBS,
+    MAX_N,
+    MAX_STOP,
+    MAX_STOP_CHARS,
+    MAX_STOP_TOKEN_IDS,
+    MAX_TOKEN_ID,
+    MAX_TOKENS_LIMIT,
+    PENALTY_RANGE,
+    SEED_LIMIT,
+    TEMPERATURE_RANGE,
+    TOP_K_MIN,
+)
+
+TokenId = Annotated[int, Field(ge=0, le=MAX_TOKEN_ID)]
+StopString = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]
+Bias = Annotated[float, Field(ge=LOGIT_BIAS_RANGE[0], le=LOGIT_BIAS_RANGE[1])]
 
 
 class ChatMessage(BaseModel):
@@ -31,21 +53,22 @@ class SamplingOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_tokens: int | None = Field(default=256, ge=1, le=1_000_000)
-    min_tokens: int = Field(default=0, ge=0)
-    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+    max_tokens: int | None = Field(default=256, ge=1, le=MAX_TOKENS_LIMIT)
+    min_tokens: int = Field(default=0, ge=0, le=MAX_TOKENS_LIMIT)
+    temperature: float = Field(default=1.0, ge=TEMPERATURE_RANGE[0], le=TEMPERATURE_RANGE[1])
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    top_k: int = Field(default=0, ge=-1)
-    seed: int | None = Field(default=None, ge=0, lt=2**63)
-    n: int = Field(default=1, ge=1, le=16)
-    stop: list[str] = Field(default_factory=list, max_length=16)
-    stop_token_ids: list[int] = Field(default_factory=list)
+    top_k: int = Field(default=0, ge=TOP_K_MIN, le=MAX_TOKEN_ID)
+    seed: int | None = Field(default=None, ge=0, lt=SEED_LIMIT)
+    n: int = Field(default=1, ge=1, le=MAX_N)
+    stop: list[StopString] = Field(default_factory=list, max_length=MAX_STOP)
+    stop_token_ids: list[TokenId] = Field(default_factory=list, max_length=MAX_STOP_TOKEN_IDS)
     ignore_eos: bool = False
-    logprobs: int | None = Field(default=None, ge=0, le=20)
-    presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
-    frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
+    presence_penalty: float = Field(default=0.0, ge=PENALTY_RANGE[0], le=PENALTY_RANGE[1])
+    frequency_penalty: float = Field(default=0.0, ge=PENALTY_RANGE[0], le=PENALTY_RANGE[1])
     use_beam_search: bool = False
-    length_penalty: float = 1.0
+    length_penalty: float = Field(default=1.0, ge=LENGTH_PENALTY_RANGE[0], le=LENGTH_PENALTY_RANGE[1])
+    logit_bias: dict[TokenId, Bias] = Field(default_factory=dict, max_length=MAX_LOGIT_BIAS)
     include_stop_str_in_output: bool = False
 
 
@@ -54,7 +77,7 @@ class GenerateRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    prompt: str | list[int] | None = None
+    prompt: str | list[TokenId] | None = None
     messages: list[ChatMessage] | None = None
     sampling: SamplingOptions = Field(default_factory=SamplingOptions)
     request_id: str = Field(default_factory=lambda: f"req-{uuid.uuid4().hex}")

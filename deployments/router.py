@@ -6,7 +6,10 @@ Order of decisions for each request: (1) admission: a bound on requests in fligh
 controller (`set_weights`); (3) replica: affinity by session or prompt prefix, else the less
 loaded of two (deployments/request_router.py). Timeouts return 504 and abort at the replica;
 a client that goes away aborts its request. Every response names its variant (`model` field
-and `x-sloserve-variant` header). Errors are mapped to HTTP once, in deployments/errors.py.
+and `x-sloserve-variant` header). Errors are mapped to HTTP once, in deployments/errors.py; 5xx
+bodies carry the request id and the details are logged under it. Before any route runs,
+`HTTPGuard` checks API keys and the body limit (deployments/http_guard.py); prompts are bounded
+in characters here, before a replica tokenizes them.
 """
 
 
@@ -25,9 +28,11 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
 from ray.serve import Deployment
 from ray.serve.handle import DeploymentHandle
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cluster.config import AppConfig
 from deployments.errors import OverloadedError, RequestTimeoutError, UnknownModelError, classify, status_label
+from deployments.http_guard import GuardSettings, HTTPGuard
 from deployments.metrics import RouterMetrics
 from deployments.openai_api import (
     ChatCompletionRequest,
@@ -53,11 +58,31 @@ app = FastAPI(
 )
 
 
+app.add_middleware(HTTPGuard)  # type: ignore[arg-type]
+_UNION_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict"})
+
+
+def _param_of(loc: Any) -> str | None:
+    """A pydantic error location as the OpenAI `param`: field names and indices, without the
+    tags pydantic adds for union members ('list[int]', 'constrained-str') or dict keys ('[key]')."""
+    parts = []
+    for part in loc:
+        if part == "body":
+            continue
+        if isinstance(part, str) and (not part.isidentifier() or part in _UNION_TAGS):
+            break
+        parts.append(str(part))
+    return ".".join(parts) or None
+
+
+def _request_id(http: Request) -> str:
+    return str(http.scope.get("state", {}).get("request_id") or "")
+
+
 @app.exception_handler(RequestValidationError)
 async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
     first: dict[str, Any] = dict(exc.errors()[0]) if exc.errors() else {"loc": (), "msg": "invalid request"}
-    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-    param = ".".join(loc) or None
+    param = _param_of(first.get("loc", ()))
     if first.get("type") == "json_invalid":
         message, param = f"request body is not valid JSON: {first.get('ctx', {}).get('error', '')}".strip(), None
     elif first.get("type") == "missing":
@@ -67,8 +92,19 @@ async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResp
     return JSONResponse(error_body(message, "invalid_request_error", param), status_code=400)
 
 
-def _failure_response(error: BaseException, retry_after_s: int) -> JSONResponse:
-    failure = classify(error, retry_after_s)
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """404 for unknown paths, 405 for wrong methods, ... in the OpenAI error shape."""
+    kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+    return JSONResponse(error_body(str(exc.detail), kind, None, code), status_code=exc.status_code,
+                        headers=getattr(exc, "headers", None))
+
+
+def _failure_response(error: BaseException, retry_after_s: int, request_id: str = "", engine_id: str = "") -> JSONResponse:
+    failure = classify(error, retry_after_s, request_id or None)
+    if failure.status >= 500:
+        log.error("request %s (engine id %s) failed with %d: %r", request_id, engine_id or "-", failure.status, error)
     return JSONResponse(
         error_body(failure.message, failure.kind, failure.param, failure.code),
         status_code=failure.status,
@@ -82,7 +118,7 @@ def _as_invalid(error: Exception) -> Exception:
 
     if isinstance(error, ValidationError):
         first = error.errors()[0]
-        param = ".".join(str(p) for p in first["loc"]) or None
+        param = _param_of(first["loc"])
         return InvalidRequestError(f"{param}: {first['msg']}" if param else first["msg"], param or "body")
     return error
 
@@ -109,6 +145,11 @@ class Router:
         self.replica_load: dict[str, ReplicaStats] = {}
         for name, weight in self.weights.items():
             self.metrics.weight.labels(name).set(weight)
+        router = self.config.router
+        keys = router.api_keys()
+        app.state.guard = GuardSettings(keys, router.protect_ops_endpoints, router.max_body_bytes)
+        log.info("router: API keys %s (%s); body limit %d bytes", "required" if keys else "not required",
+                 router.api_keys_env or "no variable", router.max_body_bytes)
 
     def __del__(self) -> None:
         stop = getattr(self, "_metrics_stop", None)
@@ -145,7 +186,19 @@ class Router:
             return variant
         return choose_variant(self.weights, self.rng)
 
+    def _check_size(self, request: GenerateRequest) -> None:
+        """Bound the prompt before any replica tokenizes it (characters, or ids of a token prompt)."""
+        bound = self.config.router.max_prompt_chars
+        if request.messages is not None:
+            size, param = sum(len(m.content) for m in request.messages), "messages"
+        else:
+            size, param = len(request.prompt or ""), "prompt"
+        if size > bound:
+            unit = "token ids" if isinstance(request.prompt, list) else "characters"
+            raise InvalidRequestError(f"{param} has {size} {unit}; the limit is {bound}", param)
+
     def _route(self, request: GenerateRequest, model: str | None = None) -> tuple[GenerateRequest, DeploymentHandle]:
+        self._check_size(request)
         variant = self._variant_for(model, request.variant)
         text = request.prompt if isinstance(request.prompt, str) else json.dumps(
             [m.model_dump() for m in request.messages] if request.messages else request.prompt
@@ -284,8 +337,8 @@ class Router:
         try:
             request = GenerateRequest(messages=body.messages, sampling=body.to_sampling(), **self._headers(http))
         except Exception as e:
-            return _failure_response(_as_invalid(e), self.config.router.retry_after_s)
-        return await self._serve_http(request, body.model, body.stream, body.include_usage, "chat")
+            return _failure_response(_as_invalid(e), self.config.router.retry_after_s, _request_id(http))
+        return await self._serve_http(request, body.model, body.stream, body.include_usage, "chat", _request_id(http))
 
     @app.post("/v1/completions")
     async def completions(self, body: CompletionRequest, http: Request) -> Response:
@@ -293,8 +346,8 @@ class Router:
             prompt: Any = body.prompt  # validated to one prompt: text or token ids
             request = GenerateRequest(prompt=prompt, sampling=body.to_sampling(), **self._headers(http))
         except Exception as e:
-            return _failure_response(_as_invalid(e), self.config.router.retry_after_s)
-        return await self._serve_http(request, body.model, body.stream, body.include_usage, "completion")
+            return _failure_response(_as_invalid(e), self.config.router.retry_after_s, _request_id(http))
+        return await self._serve_http(request, body.model, body.stream, body.include_usage, "completion", _request_id(http))
 
     def _headers(self, http: Request) -> dict[str, Any]:
         slo_class = http.headers.get(self.config.slo.class_header)
@@ -316,19 +369,25 @@ class Router:
                 )
         return {"session_id": http.headers.get("x-session-id"), "slo_class": slo_class, "timeout_s": timeout_s}
 
-    async def _serve_http(self, request: GenerateRequest, model: str, stream: bool, include_usage: bool, kind: str) -> Response:
+    async def _serve_http(self, request: GenerateRequest, model: str, stream: bool, include_usage: bool, kind: str,
+                          http_id: str) -> Response:
         retry = self.config.router.retry_after_s
+        engine_id = request.request_id
+
+        def failed(e: BaseException) -> JSONResponse:
+            return _failure_response(e, retry, http_id, engine_id)
+
         try:
             variant = self._variant_for(model, None)
         except Exception as e:
-            return _failure_response(e, retry)
+            return failed(e)
         request = request.model_copy(update={"variant": variant})
         headers = {VARIANT_HEADER: variant}
         if not stream:
             try:
                 response = await self.generate(request)
             except Exception as e:
-                return _failure_response(e, retry)
+                return failed(e)
             build = chat_response if kind == "chat" else completion_response
             return JSONResponse(build(response, request.request_id), headers=headers)
 
@@ -337,7 +396,7 @@ class Router:
             first = await chunks.__anext__()  # errors before the first token still get a proper status
         except Exception as e:
             await chunks.aclose()
-            return _failure_response(e, retry)
+            return failed(e)
         sse = SSEFormatter("chat" if kind == "chat" else "completion", request.request_id, first.model)
 
         async def body() -> AsyncIterator[str]:
@@ -352,7 +411,9 @@ class Router:
                     chunk = await anext(chunks, None)
                 yield SSEFormatter.DONE
             except Exception as e:
-                failure = classify(e, retry)
+                failure = classify(e, retry, http_id)
+                if failure.status >= 500:
+                    log.error("request %s (engine id %s) failed mid-stream with %d: %r", http_id, engine_id, failure.status, e)
                 yield SSEFormatter.error(failure.message, failure.kind, failure.code)
             finally:
                 await chunks.aclose()

@@ -5,7 +5,8 @@ event loop; the loop thread drains new requests and aborts between steps and han
 step's outputs back with `call_soon_threadsafe`. Leaving the iterator early (a client that
 disconnects, a timeout) aborts the request and frees its KV blocks. If the loop or a
 tensor-parallel rank dies, every open request gets `EngineDeadError` and `check_health` raises,
-so the replica is replaced: an accepted request always ends with a result or an error.
+so the replica is replaced: an accepted request always ends with a result or an error. A request
+whose own processing failed gets `RequestFailedError`; the loop goes on serving the others.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from inference.config import EngineConfig
-from inference.errors import EngineDeadError
+from inference.errors import EngineDeadError, RequestFailedError
 from inference.llm_engine import EngineStats, LLMEngine, PeersFactory
 from inference.multiproc import MultiprocPeers
 from inference.outputs import RequestOutput
@@ -65,8 +66,9 @@ class AsyncLLMEngine:
         if self._dead is not None:
             raise EngineDeadError(f"engine is dead: {self._dead}")
         request_id = request_id or f"async-{next(self._ids)}"
-        prompt_ids = self.engine.encode(prompt)
-        self.engine.check_fits(prompt_ids, params)  # typed error now, before anything is queued
+        # tokenizing a long text takes a while: not on the caller's event loop
+        prompt_ids = await asyncio.to_thread(self.engine.encode, prompt) if isinstance(prompt, str) else list(prompt)
+        self.engine.check_request(prompt_ids, params)  # typed error now, before anything is queued
         stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
         with self._lock:
             if request_id in self._streams:
@@ -130,7 +132,10 @@ class AsyncLLMEngine:
                     outputs = engine.step()
                     self.last_stats = engine.stats()
                     for out in outputs:
-                        self._deliver(out.request_id, out)
+                        if out.error is not None:
+                            self._deliver(out.request_id, RequestFailedError(f"request {out.request_id} failed: {out.error}"))
+                        else:
+                            self._deliver(out.request_id, out)
         except BaseException as e:  # any loop failure kills the engine, loudly
             log.exception("engine loop died")
             self._dead = e

@@ -46,6 +46,10 @@ class RequestTooLongError(InvalidRequestError):
     """A request can never fit: its prompt plus max_tokens exceed the context or the KV pool."""
 
 
+class RequestFailedError(InferenceError):
+    """Processing this one request raised inside the engine; it was ended, the engine serves on."""
+
+
 class EngineDeadError(InferenceError):
     """The engine loop or one of its tensor-parallel ranks has died; the engine must be replaced."""
 

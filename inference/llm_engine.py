@@ -5,6 +5,12 @@ Contract: requests go in as token ids (or text, tokenized here at the edge) with
 `RequestOutput` for every request that advanced (with text deltas that never split a UTF-8
 character). Requests join and leave between steps; a finished or aborted request returns its
 KV blocks at once. Not thread-safe: `AsyncLLMEngine` drives it from one thread.
+
+Fault isolation: every id in a request is checked against the model when it is added
+(`check_request`); if processing one request's sequences still raises (sampling, stop checks,
+detokenizing), that request alone ends with `finish_reason="error"` and `RequestOutput.error`, its
+KV blocks are freed, and the step goes on for the others. Only the forward pass (a rank died,
+out of memory) or the scheduler failing is an engine failure.
 """
 
 from __future__ import annotations
@@ -22,17 +28,20 @@ from inference.beam_search import beam_step
 from inference.block_manager import BlockManager
 from inference.config import EngineConfig
 from inference.detokenizer import IncrementalDetokenizer
-from inference.errors import RequestTooLongError
+from inference.errors import InvalidRequestError, RequestTooLongError
 from inference.multiproc import MultiprocPeers, PeerRanks, free_port
 from inference.outputs import CompletionOutput, RequestMetrics, RequestOutput
-from inference.sampler import SampleRow, sample
-from inference.sampling_params import SamplingParams
+from inference.sampler import SampleResult, SampleRow, apply_logit_bias, sample
+from inference.sampling_params import SamplingParams, check_ids
 from inference.scheduler import ScheduledSeq, Scheduler, SchedulerOutput
 from inference.sequence import Sequence, SequenceGroup, SequenceStatus
 from inference.step_input import build_step_input
 from inference.worker import ModelInfo, RankWorker, RendezvousInfo
 
 log = logging.getLogger(__name__)
+
+# failures that are the engine's, never one request's: they take the replica down
+ENGINE_FAILURES: tuple[type[BaseException], ...] = (MemoryError, torch.OutOfMemoryError, KeyboardInterrupt, SystemExit)
 
 PeersFactory = Callable[[EngineConfig, RendezvousInfo], PeerRanks]
 
@@ -90,7 +99,7 @@ class LLMEngine:
         if request_id in self.groups:
             raise ValueError(f"request id {request_id!r} is already running")
         prompt_ids = self.encode(prompt)
-        max_tokens = self.check_fits(prompt_ids, params)
+        max_tokens = self.check_request(prompt_ids, params)
         generator = None
         if params.seed is not None:
             generator = torch.Generator().manual_seed(params.seed)
@@ -110,12 +119,18 @@ class LLMEngine:
         self.scheduler.add(group)
         return request_id
 
-    def check_fits(self, prompt_ids: list[int], params: SamplingParams) -> int:
+    def check_request(self, prompt_ids: list[int], params: SamplingParams) -> int:
+        """Raise a typed error naming the field if the request is invalid for this model or can never
+        fit; else return its resolved max_tokens. Runs before a request is queued and again when the
+        engine loop adds it, so nothing out of the vocabulary reaches the model or the sampler."""
         if not prompt_ids:
             raise RequestTooLongError("prompt is empty", param="prompt")
+        if not isinstance(params, SamplingParams):
+            raise InvalidRequestError(f"sampling params must be SamplingParams, got {type(params).__name__}", "sampling")
+        params.validate()  # a dataclass can be changed after __post_init__ checked it
         vocab = self.info.vocab_size
-        if min(prompt_ids) < 0 or max(prompt_ids) >= vocab:
-            raise RequestTooLongError(f"prompt has token ids outside [0, {vocab})", param="prompt")
+        check_ids("prompt", prompt_ids, vocab)
+        params.check_token_ids(vocab)
         room = self.max_model_len - len(prompt_ids)
         if room < 1:
             raise RequestTooLongError(
@@ -185,6 +200,7 @@ class LLMEngine:
             if item.group.metrics.scheduled_s is None:
                 item.group.metrics.scheduled_s = now
         touched: dict[str, SequenceGroup] = {}
+        failed: dict[str, BaseException] = {}
         plain: list[tuple[int, ScheduledSeq]] = []
         beams: dict[str, list[int]] = {}
         for row, item in enumerate(sampling):
@@ -194,24 +210,57 @@ class LLMEngine:
             else:
                 plain.append((row, item))
         if plain:
-            self._sample_plain(plain, logits)
+            self._sample_plain(plain, logits, failed)
         for request_id, rows in beams.items():
             group = touched[request_id]
-            logp = torch.log_softmax(logits[rows].float(), dim=-1)
-            self._pending_copies += beam_step(group, logp, self.block_manager, self._seq_ids)
+            try:
+                rows_logits = logits[rows].float()
+                for row in range(len(rows)):
+                    apply_logit_bias(rows_logits[row], group.params)
+                self._pending_copies += beam_step(group, torch.log_softmax(rows_logits, dim=-1), self.block_manager, self._seq_ids)
+            except ENGINE_FAILURES:
+                raise
+            except Exception as e:
+                failed[request_id] = e
         outputs = []
         for group in touched.values():
-            if group.metrics.first_token_s is None:
-                group.metrics.first_token_s = now
-            group.metrics.num_output_tokens = max(s.num_output_tokens for s in group.seqs)
-            if group.is_finished:
-                group.metrics.finished_s = now
-                self.scheduler.remove(group)
-                self.groups.pop(group.request_id, None)
-            outputs.append(self._output(group))
+            try:
+                if group.request_id in failed:
+                    raise failed[group.request_id]
+                if group.metrics.first_token_s is None:
+                    group.metrics.first_token_s = now
+                group.metrics.num_output_tokens = max(s.num_output_tokens for s in group.seqs)
+                if group.is_finished:
+                    group.metrics.finished_s = now
+                    self.scheduler.remove(group)
+                    self.groups.pop(group.request_id, None)
+                outputs.append(self._output(group))
+            except ENGINE_FAILURES:
+                raise
+            except Exception as e:
+                outputs.append(self._fail(group, e))
         return outputs
 
-    def _sample_plain(self, plain: list[tuple[int, ScheduledSeq]], logits: torch.Tensor) -> None:
+    def _fail(self, group: SequenceGroup, error: BaseException) -> RequestOutput:
+        """End one request whose processing raised: free its KV, leave the others running."""
+        log.error("request %s failed in the engine and was ended: %r", group.request_id, error, exc_info=error)
+        self.groups.pop(group.request_id, None)
+        group.aborted = True
+        self.scheduler.remove(group)
+        for seq in group.seqs:
+            if not seq.is_finished:
+                seq.status, seq.finish_reason = SequenceStatus.FINISHED, "error"
+        group.metrics.finished_s = time.monotonic()
+        message = f"{type(error).__name__}: {error}"
+        try:
+            out = self._output(group)
+        except Exception:  # the output itself cannot be built: report the error alone
+            out = RequestOutput(group.request_id, group.prompt_token_ids, [], True, group.metrics)
+        out.finished, out.error = True, message
+        return out
+
+    def _sample_plain(self, plain: list[tuple[int, ScheduledSeq]], logits: torch.Tensor,
+                      failed: dict[str, BaseException]) -> None:
         rows = []
         for _, item in plain:
             group, seq = item.group, item.seq
@@ -224,23 +273,46 @@ class LLMEngine:
         indices = [row for row, _ in plain]
         # no copy when every row samples (no beam-search rows in this step)
         picked = logits if indices == list(range(logits.shape[0])) else logits[indices]
-        results = sample(picked, rows)
+        try:
+            results = sample(picked, rows)
+        except ENGINE_FAILURES:
+            raise
+        except Exception:  # one row is bad: sample row by row, so only its request fails
+            results = []
+            for i, (row, (_, item)) in enumerate(zip(rows, plain, strict=True)):
+                try:
+                    results.extend(sample(picked[i : i + 1], [row]))
+                except ENGINE_FAILURES:
+                    raise
+                except Exception as e:
+                    failed[item.group.request_id] = e
+                    results.append(None)  # type: ignore[arg-type]
         for (_, item), result in zip(plain, results, strict=True):
             group, seq = item.group, item.seq
-            targets = [seq]
-            if len(result.token_ids) > 1:  # n > 1: fork the prompt's sequence, sharing its KV blocks
-                group.is_forked = True
-                for index in range(1, len(result.token_ids)):
-                    child = self._new_seq(group.prompt_token_ids, group.params, index)
-                    child.num_computed_tokens = seq.num_computed_tokens
-                    child.block_table, block_copy = self.block_manager.fork(seq.block_table, seq.num_computed_tokens)
-                    if block_copy:
-                        self._pending_copies.append(block_copy)
-                    group.seqs.append(child)
-                    targets.append(child)
-            for j, (target, token) in enumerate(zip(targets, result.token_ids, strict=True)):
-                logprob = result.logprobs[j] if result.logprobs else None
-                self._append_token(group, target, token, logprob)
+            if result is None or group.request_id in failed:
+                continue
+            try:
+                self._take_sample(group, seq, result)
+            except ENGINE_FAILURES:
+                raise
+            except Exception as e:
+                failed[group.request_id] = e
+
+    def _take_sample(self, group: SequenceGroup, seq: Sequence, result: SampleResult) -> None:
+        targets = [seq]
+        if len(result.token_ids) > 1:  # n > 1: fork the prompt's sequence, sharing its KV blocks
+            group.is_forked = True
+            for index in range(1, len(result.token_ids)):
+                child = self._new_seq(group.prompt_token_ids, group.params, index)
+                child.num_computed_tokens = seq.num_computed_tokens
+                child.block_table, block_copy = self.block_manager.fork(seq.block_table, seq.num_computed_tokens)
+                if block_copy:
+                    self._pending_copies.append(block_copy)
+                group.seqs.append(child)
+                targets.append(child)
+        for j, (target, token) in enumerate(zip(targets, result.token_ids, strict=True)):
+            logprob = result.logprobs[j] if result.logprobs else None
+            self._append_token(group, target, token, logprob)
 
     def _append_token(self, group: SequenceGroup, seq: Sequence, token: int, logprob) -> None:  # type: ignore[no-untyped-def]
         params = group.params

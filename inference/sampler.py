@@ -1,4 +1,4 @@
-"""`Sampler`: next tokens from a step's logits — greedy, temperature, top-k, top-p, penalties, logprobs.
+"""`Sampler`: next tokens from a step's logits — greedy, temperature, top-k, top-p, penalties, logit bias, logprobs.
 
 Rows with a seed sample with their request's own `torch.Generator`, so a seeded request gives
 the same tokens whatever else shares its batch. Greedy rows are one vectorized argmax.
@@ -48,14 +48,23 @@ def _truncate(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
         probs = sorted_logits.softmax(-1)
         # drop a token when the mass before it already reaches top_p (the first token always stays)
         drop = (probs.cumsum(-1) - probs) >= top_p
+        drop[..., 0] = False  # a top_p that rounds to 0 in float32 would otherwise drop every token
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.empty_like(logits).scatter_(-1, order, sorted_logits)
     return logits
 
 
+def apply_logit_bias(logits: torch.Tensor, params: SamplingParams) -> None:
+    """Add the request's `logit_bias` to one row of float logits, in place."""
+    if params.logit_bias:
+        ids = torch.tensor(list(params.logit_bias), device=logits.device)
+        logits[ids] += torch.tensor(list(params.logit_bias.values()), dtype=logits.dtype, device=logits.device)
+
+
 def _is_plain_greedy(row: SampleRow) -> bool:
     p = row.params
-    return p.is_greedy and row.num_samples == 1 and not p.has_penalties and not row.blocked_token_ids and p.logprobs is None
+    return (p.is_greedy and row.num_samples == 1 and not p.has_penalties and not row.blocked_token_ids
+            and p.logprobs is None and not p.logit_bias)
 
 
 def sample(logits: torch.Tensor, rows: list[SampleRow]) -> list[SampleResult]:
@@ -66,10 +75,12 @@ def sample(logits: torch.Tensor, rows: list[SampleRow]) -> list[SampleResult]:
         # pick is the same); torch.max is several times faster than argmax on bf16 on CPU, and
         # like argmax it returns the first maximal index
         return [SampleResult([t], None) for t in torch.max(logits, dim=-1).indices.tolist()]
-    logits = logits.float()
+    # a copy: the in-place masking below must not touch the model's (inference-mode) logits
+    logits = logits.to(torch.float32, copy=True)
     for i, row in enumerate(rows):
         if row.params.has_penalties:
             _apply_penalties(logits[i], row)
+        apply_logit_bias(logits[i], row.params)
         if row.blocked_token_ids:
             logits[i, row.blocked_token_ids] = float("-inf")
 

@@ -83,7 +83,14 @@ def resolve(config: AppConfig, profile: str) -> KubernetesConfig:
     check_profile_fits(config, profile)
     merged = _deep_merge(PRESETS[profile], _explicit_fields(config.kubernetes))
     try:
-        return KubernetesConfig.model_validate(merged)
+        k8s = KubernetesConfig.model_validate(merged)
     except ValidationError as e:
         lines = "\n".join(f"kubernetes.{line}" for line in describe_validation_error(e).splitlines())
         raise ConfigError(f"invalid kubernetes settings (profile {profile}):\n{lines}") from e
+    keys_env = config.router.api_keys_env
+    if keys_env is not None and keys_env not in {s.env for s in k8s.secrets}:
+        raise ConfigError(
+            f"router.api_keys_env is {keys_env!r} but no kubernetes.secrets entry fills it: the pods would "
+            "serve without API keys; add one (or set router.api_keys_env: null to run without keys)"
+        )
+    return k8s

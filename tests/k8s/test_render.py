@@ -149,3 +149,26 @@ def test_dashboard_charts_every_metric_of_the_design(rendered: Rendered) -> None
     assert len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"])
     configmap = yaml.safe_load(rendered.files["monitoring/grafana-dashboard-configmap.yaml"])
     assert json.loads(configmap["data"]["sloserve-dashboard.json"]) == dashboard
+
+
+def test_every_pod_gets_the_api_keys_variable_the_router_reads_from_the_secret(rendered: Rendered) -> None:
+    """The name the router reads (router.api_keys_env, default SLOSERVE_API_KEYS) is the one the
+    Secret fills in every pod the router may run in, under the key k8s/README.md tells users to create."""
+    embedded = AppConfig.model_validate(_serve_app(rendered)["args"]["config"])
+    assert embedded.router.api_keys_env == "SLOSERVE_API_KEYS"
+    cluster = rendered.rayservice["spec"]["rayClusterConfig"]
+    for pod in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
+        env = {e["name"]: e for e in pod["template"]["spec"]["containers"][0]["env"]}
+        ref = env[embedded.router.api_keys_env]["valueFrom"]["secretKeyRef"]
+        assert (ref["name"], ref["key"]) == ("sloserve-secrets", "api-keys")
+    readme = (ROOT / "k8s" / "README.md").read_text()
+    assert "create secret generic sloserve-secrets" in readme and "--from-literal=api-keys=" in readme
+
+
+def test_api_keys_variable_without_a_secret_is_rejected() -> None:
+    secrets = [{"env": "HF_TOKEN", "secret_name": "sloserve-secrets", "key": "hf-token"}]
+    config = config_with(PROFILE_CONFIGS["cpu-dev"], kubernetes={"secrets": secrets})
+    with pytest.raises(ConfigError, match=r"router\.api_keys_env is 'SLOSERVE_API_KEYS' but no kubernetes\.secrets"):
+        render(config, "cpu-dev", "test")
+    render(config_with(PROFILE_CONFIGS["cpu-dev"], kubernetes={"secrets": secrets}, router={"api_keys_env": None}),
+           "cpu-dev", "test")

@@ -84,3 +84,14 @@ def wait_until(predicate, timeout_s: float, interval_s: float = 0.25) -> bool:  
 
 def variant_stats(base_url: str, variant: str) -> dict:  # type: ignore[type-arg]
     return httpx.get(f"{base_url}/v1/sloserve/stats", timeout=10).json()["variants"][variant]
+
+
+def replica_actor(deployment: str, app_name: str = "sloserve") -> str:
+    """The name of a deployment's one replica actor (not its rank actors), from Ray's named actors:
+    a replaced replica has a new name."""
+    import ray
+
+    prefix = f"SERVE_REPLICA::{app_name}#{deployment}#"
+    [name] = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+              if a["name"].startswith(prefix) and "#rank" not in a["name"]]
+    return str(name)

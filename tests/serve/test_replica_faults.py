@@ -10,7 +10,7 @@ import time
 import httpx
 import ray
 
-from tests.serve.conftest import ServeApp, wait_until
+from tests.serve.conftest import ServeApp, replica_actor, wait_until
 
 
 def _stream_and_kill(serve_app: ServeApp, variant: str, kill) -> tuple[int, str, float]:  # type: ignore[no-untyped-def]
@@ -45,32 +45,26 @@ def _actor_names(prefix: str) -> list[str]:
     return sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith(prefix))
 
 
-def _replica(deployment: str) -> str:
-    """The name of the deployment's one replica actor (not its rank actors)."""
-    [name] = [n for n in _actor_names(f"SERVE_REPLICA::sloserve#{deployment}#") if "#rank" not in n]
-    return name
-
-
 def _kill(name: str) -> None:
     ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
 
 
 def test_killing_a_replica_mid_stream_errors_then_serve_replaces_it(serve_app: ServeApp) -> None:
-    replica = _replica("llm-spare")
+    replica = replica_actor("llm-spare")
     chunks, tail, seconds = _stream_and_kill(serve_app, "spare", lambda: _kill(replica))
     assert chunks >= 3
     assert "[DONE]" not in tail and ("error" in tail), tail
     assert seconds < 60
     assert _healthy_again(serve_app, "spare")
-    assert _replica("llm-spare") != replica
+    assert replica_actor("llm-spare") != replica
 
 
-def test_killing_a_tp_rank_mid_stream_errors_then_serve_replaces_the_replica(serve_app: ServeApp) -> None:
-    replica = _replica("llm-tp2")
+def test_killing_a_tp_rank_mid_stream_errors_then_serve_replaces_thereplica_actor(serve_app: ServeApp) -> None:
+    replica = replica_actor("llm-tp2")
     [rank] = _actor_names(f"{replica}#rank")
     chunks, tail, seconds = _stream_and_kill(serve_app, "tp2", lambda: _kill(rank))
     assert chunks >= 3
     assert "[DONE]" not in tail and "error" in tail, tail
     assert seconds < 60
     assert _healthy_again(serve_app, "tp2")
-    assert _replica("llm-tp2") != replica
+    assert replica_actor("llm-tp2") != replica
