@@ -59,7 +59,7 @@ def test_killing_a_replica_mid_stream_errors_then_serve_replaces_it(serve_app: S
     assert replica_actor("llm-spare") != replica
 
 
-def test_killing_a_tp_rank_mid_stream_errors_then_serve_replaces_thereplica_actor(serve_app: ServeApp) -> None:
+def test_killing_a_tp_rank_mid_stream_errors_then_serve_replaces_the_replica(serve_app: ServeApp) -> None:
     replica = replica_actor("llm-tp2")
     [rank] = _actor_names(f"{replica}#rank")
     chunks, tail, seconds = _stream_and_kill(serve_app, "tp2", lambda: _kill(rank))
