@@ -48,7 +48,7 @@ def this_process_placement(rank: int, device: str) -> RankPlacement:
     )
 
 
-@ray.remote(max_restarts=0, max_concurrency=2)  # type: ignore[call-overload]  # run() blocks a thread; pid() answers
+@ray.remote(max_restarts=0, max_concurrency=2)  # type: ignore[call-overload]  # run() blocks a thread; placement() answers
 class RankActor:
     def __init__(self, config_json: str, rank: int, rendezvous: RendezvousInfo) -> None:
         self.config = EngineConfig.model_validate_json(config_json)
@@ -116,3 +116,20 @@ class RayPeers:
             ray.kill(actor)
         self.actors.clear()
         self.runs.clear()
+
+
+def replica_placements(app_name: str, deployment: str, num_replicas: int,
+                       timeout_s: float = 60.0) -> dict[int, list[RankPlacement]]:
+    """Where every rank of a deployment's replicas runs, keyed by rank 0's pid: asks the deployment
+    (each call reaches one replica) until `num_replicas` have answered or `timeout_s` passes."""
+    import time
+
+    from ray import serve
+
+    handle = serve.get_deployment_handle(deployment, app_name=app_name)
+    found: dict[int, list[RankPlacement]] = {}
+    deadline = time.monotonic() + timeout_s
+    while len(found) < num_replicas and time.monotonic() < deadline:
+        ranks = handle.placement.remote().result(timeout_s=30)
+        found[ranks[0].pid] = ranks
+    return found

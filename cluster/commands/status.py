@@ -1,4 +1,6 @@
-"""`sloserve status`: applications, deployments and replica states of a running cluster."""
+"""`sloserve status`: applications, deployments and replica states of a running cluster; with
+`--placement`, where every rank of every variant's replicas runs (node, GPUs Ray assigned,
+CUDA_VISIBLE_DEVICES, torch device)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import argparse
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", default="auto", help="Ray address (default: auto)")
+    parser.add_argument("--placement", action="store_true", help="also show where each rank of each replica runs")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -23,4 +26,16 @@ def run(args: argparse.Namespace) -> int:
         for dep_name, dep in app.deployments.items():
             counts = ", ".join(f"{k}={v}" for k, v in dep.replica_states.items())
             print(f"  {dep_name:<20} {dep.status}  replicas: {counts}")
+            if args.placement and dep_name.startswith("llm-"):
+                _print_placement(name, dep_name, dep.replica_states.get("RUNNING", 0))
     return 0
+
+
+def _print_placement(app_name: str, deployment: str, num_replicas: int) -> None:
+    from deployments.tp_group import replica_placements
+
+    for ranks in replica_placements(app_name, deployment, num_replicas, timeout_s=30).values():
+        for r in ranks:
+            gpus = ",".join(r.gpu_ids) or "-"
+            print(f"    rank {r.rank}: node {r.node_id[:12]} pid {r.pid} gpus {gpus} "
+                  f"CUDA_VISIBLE_DEVICES={r.cuda_visible_devices} device {r.device}")

@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
+from deployments.tp_group import replica_placements
 from tests.serve.conftest import free_port, wait_until
 from tests.tiny_models import make_tiny_model_dir
 
@@ -68,23 +69,10 @@ def multinode(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MultiNode]:
         cluster.shutdown()
 
 
-def replica_placements(num_replicas: int, timeout_s: float = 60) -> dict[int, list[Any]]:
-    """Rank placements per replica (keyed by rank 0's pid), asking until `num_replicas` answered."""
-    from ray import serve
-
-    handle = serve.get_deployment_handle(f"llm-{VARIANT}", app_name="sloserve")
-    found: dict[int, list[Any]] = {}
-    deadline = time.monotonic() + timeout_s
-    while len(found) < num_replicas and time.monotonic() < deadline:
-        ranks = handle.placement.remote().result(timeout_s=30)
-        found[ranks[0].pid] = ranks
-    return found
-
-
 def test_every_rank_holds_its_own_gpu_and_a_group_never_spans_nodes(multinode: MultiNode) -> None:
     from ray.util.placement_group import placement_group_table
 
-    replicas = replica_placements(2)
+    replicas = replica_placements("sloserve", f"llm-{VARIANT}", 2)
     assert len(replicas) == 2
     for ranks in replicas.values():
         assert [r.rank for r in ranks] == [0, 1]
@@ -119,7 +107,7 @@ def _stream(base_url: str, prompt: str, outcome: dict[str, str]) -> None:
 def test_removing_a_node_mid_stream_errors_its_requests_and_serve_recovers_elsewhere(multinode: MultiNode) -> None:
     import ray
 
-    replicas = replica_placements(2)
+    replicas = replica_placements("sloserve", f"llm-{VARIANT}", 2)
     doomed_node = next(iter(replicas.values()))[0].node_id
     [doomed] = [n for n in multinode.workers if n.node_id == doomed_node]
     outcome: dict[str, str] = {}
@@ -139,7 +127,7 @@ def test_removing_a_node_mid_stream_errors_its_requests_and_serve_recovers_elsew
     assert doomed_node not in {n["NodeID"] for n in ray.nodes() if n["Alive"]}
 
     def recovered() -> bool:
-        placed = replica_placements(2, timeout_s=10)
+        placed = replica_placements("sloserve", f"llm-{VARIANT}", 2, timeout_s=10)
         return len(placed) == 2 and all(r.node_id == survivor for ranks in placed.values() for r in ranks)
 
     assert wait_until(recovered, 150, interval_s=2.0), "Serve did not bring back 2 replicas on the remaining node"
