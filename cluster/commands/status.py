@@ -15,6 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import ray
     from ray import serve
+    from ray.serve.schema import ReplicaState
 
     ray.init(address=args.address, log_to_driver=False)
     status = serve.status()
@@ -27,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
             counts = ", ".join(f"{k}={v}" for k, v in dep.replica_states.items())
             print(f"  {dep_name:<20} {dep.status}  replicas: {counts}")
             if args.placement and dep_name.startswith("llm-"):
-                _print_placement(name, dep_name, dep.replica_states.get("RUNNING", 0))
+                _print_placement(name, dep_name, dep.replica_states.get(ReplicaState.RUNNING, 0))
     return 0
 
 
