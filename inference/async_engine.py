@@ -66,6 +66,8 @@ class AsyncLLMEngine:
             raise EngineDeadError(f"engine is dead: {self._dead}")
         request_id = request_id or f"async-{next(self._ids)}"
         prompt_ids = self.engine.encode(prompt)
+        if params.guided is not None:  # compile (or find cached) off both the event loop and the engine loop
+            await asyncio.to_thread(self.engine.structured.compile, params.guided)
         self.engine.check_fits(prompt_ids, params)  # typed error now, before anything is queued
         stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
         with self._lock:

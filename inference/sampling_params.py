@@ -6,9 +6,11 @@ import math
 from dataclasses import dataclass, field
 
 from inference.errors import InvalidSamplingParamsError
+from inference.structured_output import GuidedDecoding
 
 MAX_LOGPROBS = 20
 MAX_N = 16
+MAX_LOGIT_BIAS = 100.0
 
 
 @dataclass(slots=True)
@@ -16,7 +18,7 @@ class SamplingParams:
     """Per-request decoding options. `temperature == 0` is greedy."""
 
     n: int = 1
-    max_tokens: int | None = 16  # None: up to the context limit
+    max_tokens: int | None = 16  # None: up to the context limit; 0: prompt only (with prompt_logprobs)
     min_tokens: int = 0
     temperature: float = 1.0
     top_p: float = 1.0
@@ -31,6 +33,9 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     use_beam_search: bool = False
     length_penalty: float = 1.0
+    prompt_logprobs: int | None = None  # None: none; k >= 0: each prompt token's logprob plus the top k
+    logit_bias: dict[int, float] | None = None  # token id -> added to its logit
+    guided: GuidedDecoding | None = None  # the output must match this grammar
 
     def __post_init__(self) -> None:
         self.validate()
@@ -49,8 +54,8 @@ class SamplingParams:
 
         if not 1 <= self.n <= MAX_N:
             raise bad("n", f"must be between 1 and {MAX_N}, got {self.n}")
-        if self.max_tokens is not None and self.max_tokens < 1:
-            raise bad("max_tokens", f"must be >= 1, got {self.max_tokens}")
+        if self.max_tokens is not None and self.max_tokens < 0:
+            raise bad("max_tokens", f"must be >= 0, got {self.max_tokens}")
         if self.min_tokens < 0 or (self.max_tokens is not None and self.min_tokens > self.max_tokens):
             raise bad("min_tokens", f"must be between 0 and max_tokens ({self.max_tokens}), got {self.min_tokens}")
         if not (math.isfinite(self.temperature) and 0.0 <= self.temperature <= 2.0):
@@ -76,5 +81,16 @@ class SamplingParams:
                 raise bad("use_beam_search", "beam search is deterministic: needs temperature=0, top_p=1, top_k off")
             if self.n < 2:
                 raise bad("n", f"beam search needs n (the beam width) >= 2, got {self.n}")
+        self._validate_extras(bad)
         if not math.isfinite(self.length_penalty):
             raise bad("length_penalty", f"must be finite, got {self.length_penalty}")
+
+    def _validate_extras(self, bad) -> None:  # type: ignore[no-untyped-def]
+        """prompt_logprobs, logit_bias and guided decoding."""
+        if self.prompt_logprobs is not None and not 0 <= self.prompt_logprobs <= MAX_LOGPROBS:
+            raise bad("prompt_logprobs", f"must be between 0 and {MAX_LOGPROBS}, got {self.prompt_logprobs}")
+        for token, value in (self.logit_bias or {}).items():
+            if not (math.isfinite(value) and -MAX_LOGIT_BIAS <= value <= MAX_LOGIT_BIAS):
+                raise bad("logit_bias", f"biases must be between -{MAX_LOGIT_BIAS:g} and {MAX_LOGIT_BIAS:g}, got {value} for {token}")
+        if self.use_beam_search and (self.guided is not None or self.logit_bias):
+            raise bad("use_beam_search", "beam search does not support structured output or logit_bias")
