@@ -35,12 +35,15 @@ from inference.config import EngineConfig
 from inference.errors import InvalidRequestError
 from inference.outputs import RequestOutput, TokenLogprob
 from inference.sampling_params import SamplingParams
+from inference.structured_output import GuidedDecoding
 
 log = logging.getLogger("ray.serve")
 
 
 def to_sampling_params(options: SamplingOptions) -> SamplingParams:
-    return SamplingParams(**options.model_dump())
+    g = options.guided
+    guided = None if g is None else GuidedDecoding(g.kind, g.spec, g.param)
+    return SamplingParams(**options.model_dump(exclude={"guided"}), guided=guided)
 
 
 class LLMServer:
@@ -80,13 +83,15 @@ class LLMServer:
 
     async def generate(self, request: GenerateRequest) -> GenerateResponse:
         final: RequestOutput | None = None
-        async for out in self.engine.generate(self._prompt(request), to_sampling_params(request.sampling), request.request_id):
+        prompt = self._prompt(request)
+        async for out in self.engine.generate(prompt, to_sampling_params(request.sampling), request.request_id):
             final = out
         assert final is not None and final.finished
+        echo_text, echo_logprobs = self._echo(request, prompt, final)
         choices = [
             Choice(
                 index=c.index, text=c.text, token_ids=c.token_ids, finish_reason=c.finish_reason,
-                logprobs=self._logprobs(c.logprobs),
+                logprobs=self._logprobs(c.logprobs), prompt_text=echo_text, prompt_logprobs=echo_logprobs,
             )
             for c in final.outputs
         ]
@@ -102,8 +107,17 @@ class LLMServer:
         )
 
     async def stream(self, request: GenerateRequest) -> AsyncIterator[StreamChunk]:
-        async for out in self.engine.generate(self._prompt(request), to_sampling_params(request.sampling), request.request_id):
+        prompt = self._prompt(request)
+        echoed: set[int] = set()
+        async for out in self.engine.generate(prompt, to_sampling_params(request.sampling), request.request_id):
             for c in out.outputs:
+                if request.echo and c.index not in echoed:  # the prompt first, once per output
+                    echoed.add(c.index)
+                    text, logprobs = self._echo(request, prompt, out)
+                    yield StreamChunk(
+                        request_id=out.request_id, variant=self.variant, model=self.model_name, index=c.index,
+                        delta_text=text or "", delta_token_ids=[], logprobs=logprobs, is_prompt=True,
+                    )
                 if not c.delta_text and not c.delta_token_ids and not (out.finished and c.finish_reason):
                     continue
                 yield StreamChunk(
@@ -117,6 +131,25 @@ class LLMServer:
                     delta_text="", delta_token_ids=[], finished=True, usage=_usage(out), timing=_timing(out),
                     replica=self.stats(),
                 )
+
+    def _echo(self, request: GenerateRequest, prompt: str | list[int],
+              out: RequestOutput) -> tuple[str | None, list[TokenLogprobOut] | None]:
+        """With echo: the prompt's text and (when asked) its tokens' logprobs, the first one None."""
+        if not request.echo:
+            return None, None
+        tokenizer: Any = self.engine.tokenizer
+        text = prompt if isinstance(prompt, str) else str(tokenizer.decode(prompt))
+        if out.prompt_logprobs is None:
+            return text, None
+        decode = tokenizer.decode
+        items = [
+            TokenLogprobOut(
+                token_id=token, token=decode([token]), logprob=None if lp is None else lp.logprob,
+                top={} if lp is None else {decode([i]): v for i, v in lp.top.items()},
+            )
+            for token, lp in zip(out.prompt_token_ids, out.prompt_logprobs, strict=True)
+        ]
+        return text, items
 
     def _logprobs(self, items: list[TokenLogprob] | None) -> list[TokenLogprobOut] | None:
         if items is None:

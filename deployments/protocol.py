@@ -26,12 +26,22 @@ class ChatMessage(BaseModel):
     content: str
 
 
+class GuidedOptions(BaseModel):
+    """Structured output: the text must match a JSON schema, a regex or one of a list of choices."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["json", "regex", "choice"]
+    spec: str = Field(description="The JSON schema (JSON text), the regex, or the choices as a JSON list.")
+    param: str = Field(default="guided_json", description="The request field it came from (named in errors).")
+
+
 class SamplingOptions(BaseModel):
     """Decoding options; the same bounds as the engine's SamplingParams (checked again there)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    max_tokens: int | None = Field(default=256, ge=1, le=1_000_000)
+    max_tokens: int | None = Field(default=256, ge=0, le=1_000_000)  # 0: prompt only (echo)
     min_tokens: int = Field(default=0, ge=0)
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
@@ -47,6 +57,9 @@ class SamplingOptions(BaseModel):
     use_beam_search: bool = False
     length_penalty: float = 1.0
     include_stop_str_in_output: bool = False
+    prompt_logprobs: int | None = Field(default=None, ge=0, le=20)
+    logit_bias: dict[int, float] | None = None
+    guided: GuidedOptions | None = None
 
 
 class GenerateRequest(BaseModel):
@@ -63,6 +76,7 @@ class GenerateRequest(BaseModel):
     session_id: str | None = Field(default=None, description="Requests of one session go to one replica.")
     affinity_key: str | None = Field(default=None, description="Set by the router: replica affinity key.")
     timeout_s: float | None = Field(default=None, gt=0.0, description="Abort after this long (504 over HTTP).")
+    echo: bool = Field(default=False, description="Return the prompt text (and its logprobs, if asked) with each output.")
 
     @model_validator(mode="after")
     def _one_input(self) -> GenerateRequest:
@@ -78,7 +92,7 @@ class GenerateRequest(BaseModel):
 class TokenLogprobOut(BaseModel):
     token_id: int
     token: str
-    logprob: float
+    logprob: float | None  # None only for the first prompt token (nothing before it)
     top: dict[str, float] = Field(default_factory=dict)
 
 
@@ -116,6 +130,8 @@ class Choice(BaseModel):
     token_ids: list[int]
     finish_reason: str | None
     logprobs: list[TokenLogprobOut] | None = None
+    prompt_text: str | None = None  # with echo
+    prompt_logprobs: list[TokenLogprobOut] | None = None  # with echo and logprobs
 
 
 class GenerateResponse(BaseModel):
@@ -140,6 +156,7 @@ class StreamChunk(BaseModel):
     delta_token_ids: list[int]
     finish_reason: str | None = None
     logprobs: list[TokenLogprobOut] | None = None
+    is_prompt: bool = False  # echo: this chunk carries the prompt (text and prompt logprobs), before any output
     finished: bool = False
     usage: Usage | None = None
     timing: RequestTiming | None = None
