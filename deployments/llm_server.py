@@ -159,6 +159,7 @@ class LLMServer:
             TokenLogprobOut(
                 token_id=t.token_id, token=decode([t.token_id]), logprob=t.logprob,
                 top={decode([i]): lp for i, lp in t.top.items()},
+                top_ranked=[(decode([i]), lp) for i, lp in t.top.items()],
             )
             for t in items
         ]

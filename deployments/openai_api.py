@@ -13,7 +13,7 @@ import json
 import time
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from deployments.protocol import (
     ChatMessage,
@@ -101,11 +101,13 @@ class _Common(BaseModel):
                     raise ValueError(f"biases must be between -100 and 100, got {bias} for token {key}")
         return value
 
-    @model_validator(mode="after")
-    def _best_of(self) -> _Common:
-        if self.best_of is not None and self.best_of != self.n:
-            raise ValueError(f"best_of: only best_of == n is supported (got best_of={self.best_of}, n={self.n})")
-        return self
+    @field_validator("best_of")
+    @classmethod
+    def _best_of(cls, value: int | None, info: ValidationInfo) -> int | None:
+        n = info.data.get("n", 1)
+        if value is not None and value != n:
+            raise ValueError(f"only best_of == n is supported (got best_of={value}, n={n})")
+        return value
 
     def sampling(self, logprobs: int | None, default_max_tokens: int | None) -> SamplingOptions:
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
@@ -210,7 +212,7 @@ def _chat_logprobs(items: list[TokenLogprobOut] | None) -> dict[str, Any] | None
         "content": [
             {
                 "token": t.token, "logprob": t.logprob, "bytes": list(t.token.encode()),
-                "top_logprobs": [{"token": k, "logprob": v, "bytes": list(k.encode())} for k, v in t.top.items()],
+                "top_logprobs": [{"token": k, "logprob": v, "bytes": list(k.encode())} for k, v in t.top_ranked],
             }
             for t in items
         ]

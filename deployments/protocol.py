@@ -94,6 +94,9 @@ class TokenLogprobOut(BaseModel):
     token: str
     logprob: float | None  # None only for the first prompt token (nothing before it)
     top: dict[str, float] = Field(default_factory=dict)
+    top_ranked: list[tuple[str, float]] = Field(
+        default_factory=list, description="The same alternatives in rank order; two tokens may decode to one text."
+    )
 
 
 class Usage(BaseModel):

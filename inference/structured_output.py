@@ -43,23 +43,36 @@ class GuidedDecoding:
 
 
 class GrammarState:
-    """One sequence's position in its grammar."""
+    """One sequence's position in its grammar; `extra_mask` (packed like the bitmask) is ANDed in."""
 
-    __slots__ = ("matcher",)
+    __slots__ = ("extra_mask", "matcher")
 
-    def __init__(self, matcher: Any) -> None:
+    def __init__(self, matcher: Any, extra_mask: torch.Tensor | None = None) -> None:
         self.matcher = matcher
+        self.extra_mask = extra_mask
 
     def accept(self, token_id: int) -> bool:
         return bool(self.matcher.accept_token(token_id))
 
     def fill_mask(self, bitmask: torch.Tensor, row: int) -> bool:
         """Write the allowed next tokens into `bitmask[row]`; False when every token is allowed."""
-        return bool(self.matcher.fill_next_token_bitmask(bitmask, row))
+        restricted = bool(self.matcher.fill_next_token_bitmask(bitmask, row))
+        if self.extra_mask is not None:
+            bitmask[row] &= self.extra_mask
+            return True
+        return restricted
 
     @property
     def is_terminated(self) -> bool:
         return bool(self.matcher.is_terminated())
+
+
+def pack_token_mask(allowed: torch.Tensor) -> torch.Tensor:
+    """bool [vocab] -> int32 [ceil(vocab / 32)], xgrammar's layout (token j is bit j % 32 of word j // 32)."""
+    padded = torch.zeros((allowed.numel() + 31) // 32 * 32, dtype=torch.int64)
+    padded[: allowed.numel()] = allowed.to(torch.int64)
+    words = (padded.view(-1, 32) << torch.arange(32, dtype=torch.int64)).sum(-1)
+    return words.to(torch.int32)  # wraps to two's complement, as the bitmask stores it
 
 
 def _choice_grammar(spec: str) -> str:
@@ -76,6 +89,7 @@ class StructuredOutputs:
         self.vocab_size = vocab_size
         self.stop_token_ids = stop_token_ids
         self._compiler: Any = None
+        self._no_control_chars: torch.Tensor | None = None
         self._cache: OrderedDict[tuple[str, str], Any] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -87,6 +101,12 @@ class StructuredOutputs:
                 self.tokenizer, vocab_size=self.vocab_size, stop_token_ids=self.stop_token_ids or None
             )
             self._compiler = xgr.GrammarCompiler(info, max_threads=1, cache_enabled=False)
+            # xgrammar's JSON strings take raw control characters, which JSON (and json.loads) refuse
+            allowed = torch.ones(self.vocab_size, dtype=torch.bool)
+            for token, text in enumerate(info.decoded_vocab[: self.vocab_size]):
+                if any(b < 0x20 for b in text):
+                    allowed[token] = False
+            self._no_control_chars = pack_token_mask(allowed)
         return self._compiler
 
     def compile(self, guided: GuidedDecoding) -> Any:
@@ -122,7 +142,10 @@ class StructuredOutputs:
     def new_state(self, guided: GuidedDecoding) -> GrammarState:
         import xgrammar as xgr
 
-        return GrammarState(xgr.GrammarMatcher(self.compile(guided)))
+        compiled = self.compile(guided)  # builds the compiler and the masks on first use
+        # compact JSON never needs a control character (no newlines or tabs between tokens either)
+        extra = self._no_control_chars if guided.kind == "json" else None
+        return GrammarState(xgr.GrammarMatcher(compiled), extra)
 
 
 def apply_grammar_masks(logits: torch.Tensor, states: list[GrammarState | None]) -> None:
