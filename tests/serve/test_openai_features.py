@@ -82,6 +82,10 @@ def test_echo_logprobs_max_tokens_0_score_prompts_like_an_eval_harness(client: O
     c = more.choices[0]
     assert c.text.startswith(contexts[0]) and len(c.logprobs.tokens) == more.usage.prompt_tokens + 3
     assert c.logprobs.text_offset == sorted(c.logprobs.text_offset)
+    streamed = list(client.completions.create(model="tiny", prompt=contexts[0], max_tokens=3, echo=True, logprobs=2,
+                                              temperature=0, stream=True, extra_body={"ignore_eos": True}))
+    assert "".join(s.choices[0].text for s in streamed if s.choices) == c.text
+    assert [t for s in streamed if s.choices and s.choices[0].logprobs for t in s.choices[0].logprobs.tokens] == c.logprobs.tokens
 
 
 def test_chat_logprobs_streamed_and_not_agree_with_the_model(client: OpenAI, tokenizer, hf_model) -> None:
