@@ -37,6 +37,7 @@ from deployments.tp_group import RankPlacement, this_process_placement
 from inference.async_engine import AsyncLLMEngine
 from inference.config import EngineConfig
 from inference.errors import InvalidRequestError
+from inference.guided import GuidedDecoding
 from inference.outputs import RequestOutput, TokenLogprob
 from inference.sampling_params import SamplingParams
 
@@ -45,7 +46,9 @@ LOAD_REPORT_INTERVAL_S = 1.0
 
 
 def to_sampling_params(options: SamplingOptions) -> SamplingParams:
-    return SamplingParams(**options.model_dump())
+    g = options.guided
+    guided = None if g is None else GuidedDecoding(g.kind, g.spec, g.param)
+    return SamplingParams(**options.model_dump(exclude={"guided"}), guided=guided)
 
 
 class LLMServer:
@@ -93,13 +96,15 @@ class LLMServer:
 
     async def generate(self, request: GenerateRequest) -> GenerateResponse:
         final: RequestOutput | None = None
+        prompt: str | list[int] = request.prompt if request.prompt is not None else []  # the echo's text
         async for out in await self._submit(request):
             final = out
         assert final is not None and final.finished
+        echo_text, echo_logprobs = self._echo(request, prompt, final)
         choices = [
             Choice(
                 index=c.index, text=c.text, token_ids=c.token_ids, finish_reason=c.finish_reason,
-                logprobs=self._logprobs(c.logprobs),
+                logprobs=self._logprobs(c.logprobs), prompt_text=echo_text, prompt_logprobs=echo_logprobs,
             )
             for c in final.outputs
         ]
@@ -115,8 +120,17 @@ class LLMServer:
         )
 
     async def stream(self, request: GenerateRequest) -> AsyncIterator[StreamChunk]:
+        prompt: str | list[int] = request.prompt if request.prompt is not None else []  # the echo's text
+        echoed: set[int] = set()
         async for out in await self._submit(request):
             for c in out.outputs:
+                if request.echo and c.index not in echoed:  # the prompt first, once per output
+                    echoed.add(c.index)
+                    text, logprobs = self._echo(request, prompt, out)
+                    yield StreamChunk(
+                        request_id=out.request_id, variant=self.variant, model=self.model_name, index=c.index,
+                        delta_text=text or "", delta_token_ids=[], logprobs=logprobs, is_prompt=True,
+                    )
                 if not c.delta_text and not c.delta_token_ids and not (out.finished and c.finish_reason):
                     continue
                 yield StreamChunk(
@@ -131,6 +145,25 @@ class LLMServer:
                     replica=self.stats(),
                 )
 
+    def _echo(self, request: GenerateRequest, prompt: str | list[int],
+              out: RequestOutput) -> tuple[str | None, list[TokenLogprobOut] | None]:
+        """With echo: the prompt's text and (when asked) its tokens' logprobs, the first one None."""
+        if not request.echo:
+            return None, None
+        tokenizer: Any = self.engine.tokenizer
+        text = prompt if isinstance(prompt, str) else str(tokenizer.decode(prompt))
+        if out.prompt_logprobs is None:
+            return text, None
+        decode = tokenizer.decode
+        items = [
+            TokenLogprobOut(
+                token_id=token, token=decode([token]), logprob=None if lp is None else lp.logprob,
+                top={} if lp is None else {decode([i]): v for i, v in lp.top.items()},
+            )
+            for token, lp in zip(out.prompt_token_ids, out.prompt_logprobs, strict=True)
+        ]
+        return text, items
+
     def _logprobs(self, items: list[TokenLogprob] | None) -> list[TokenLogprobOut] | None:
         if items is None:
             return None
@@ -139,6 +172,7 @@ class LLMServer:
             TokenLogprobOut(
                 token_id=t.token_id, token=decode([t.token_id]), logprob=t.logprob,
                 top={decode([i]): lp for i, lp in t.top.items()},
+                top_ranked=[(decode([i]), lp) for i, lp in t.top.items()],
             )
             for t in items
         ]

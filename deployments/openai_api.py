@@ -1,8 +1,10 @@
 """The OpenAI-compatible wire format: request models (validated, bounded) and response builders.
 
-Requests become a `GenerateRequest`; engine results become OpenAI response objects and SSE
-chunks. Unknown request fields are ignored, as OpenAI-compatible servers do; fields we do not
-support (tools, response_format, ...) get a 400 naming them rather than being silently dropped.
+Requests become `GenerateRequest`s (one per prompt of a batched completion); engine results
+become OpenAI response objects and SSE chunks. Every field is either implemented, or one of
+IGNORED_FIELDS (OpenAI fields that ask nothing of generation), or refused with a 400 naming it
+(`extra="forbid"`): a client never gets output that silently ignores what it asked for. An
+unknown field sent as null asks for nothing and is dropped.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from deployments.protocol import (
     Bias,
     ChatMessage,
+    GenerateRequest,
     GenerateResponse,
     SamplingOptions,
     StopString,
@@ -23,6 +26,7 @@ from deployments.protocol import (
     TokenLogprobOut,
     Usage,
 )
+from deployments.structured_request import ResponseFormat, guided_options
 from inference.sampling_params import (
     LENGTH_PENALTY_RANGE,
     MAX_LOGIT_BIAS,
@@ -38,16 +42,25 @@ from inference.sampling_params import (
     TOP_K_MIN,
 )
 
-UNSUPPORTED_FIELDS = ("tools", "tool_choice", "functions", "function_call", "response_format", "audio", "modalities")
+# OpenAI fields accepted and ignored by design: none of them changes what is generated.
+IGNORED_FIELDS = {
+    "user": "an end-user id for OpenAI's abuse monitoring",
+    "safety_identifier": "the same, under its newer name",
+    "store": "OpenAI-side storage of the completion: nothing is stored here",
+    "metadata": "tags for stored completions: nothing is stored here",
+    "service_tier": "OpenAI's processing tiers: there is one here",
+    "parallel_tool_calls": "only means something with tools, which are refused",
+    "prompt_cache_key": "prefix reuse is routed by prompt prefix already",
+}
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
     include_usage: bool = False
 
 
 class _Common(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="forbid")
 
     model: str = Field(min_length=1)
     max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_LIMIT)
@@ -63,6 +76,10 @@ class _Common(BaseModel):
     frequency_penalty: float = Field(default=0.0, ge=PENALTY_RANGE[0], le=PENALTY_RANGE[1])
     logit_bias: dict[TokenId, Bias] | None = Field(default=None, max_length=MAX_LOGIT_BIAS)
     user: str | None = Field(default=None, max_length=256)
+    response_format: ResponseFormat | None = None
+    guided_json: dict[str, Any] | str | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
     # extensions (as in vLLM)
     top_k: int = Field(default=0, ge=TOP_K_MIN, le=MAX_TOKEN_ID)
     min_tokens: int = Field(default=0, ge=0, le=MAX_TOKENS_LIMIT)
@@ -78,13 +95,13 @@ class _Common(BaseModel):
             raise ValueError(f"best_of other than n is not supported (best_of={self.best_of}, n={self.n})")
         return self
 
-    @model_validator(mode="after")
-    def _no_unsupported(self) -> _Common:
-        extra = self.model_extra or {}
-        for name in UNSUPPORTED_FIELDS:
-            if extra.get(name) not in (None, [], {}):
-                raise ValueError(f"'{name}' is not supported by this server")
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_ignored(cls, data: Any) -> Any:
+        """IGNORED_FIELDS and unknown fields sent as null go; any other unknown field is refused."""
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if k in cls.model_fields or (k not in IGNORED_FIELDS and v is not None)}
+        return data
 
     def sampling(self, logprobs: int | None, default_max_tokens: int | None) -> SamplingOptions:
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
@@ -106,6 +123,7 @@ class _Common(BaseModel):
             length_penalty=self.length_penalty,
             include_stop_str_in_output=self.include_stop_str_in_output,
             logit_bias=dict(self.logit_bias or {}),
+            guided=guided_options(self.response_format, self.guided_json, self.guided_regex, self.guided_choice),
         )
 
     @property
@@ -134,6 +152,12 @@ class ChatCompletionRequest(_Common):
                     message["content"] = ""
         return value
 
+    @model_validator(mode="after")
+    def _top_logprobs_needs_logprobs(self) -> ChatCompletionRequest:
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs: needs logprobs: true")
+        return self
+
     def to_sampling(self) -> SamplingOptions:
         if self.max_completion_tokens is not None and self.max_tokens is None:
             self.max_tokens = self.max_completion_tokens
@@ -142,31 +166,33 @@ class ChatCompletionRequest(_Common):
 
 class CompletionRequest(_Common):
     prompt: str | list[TokenId] | list[str] | list[list[TokenId]]
+    max_tokens: int | None = Field(default=None, ge=0, le=MAX_TOKENS_LIMIT)  # 0 with echo: score the prompt only
     logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
     echo: bool = False
 
     @field_validator("prompt")
     @classmethod
-    def _single_prompt(cls, value: Any) -> str | list[int]:
-        if isinstance(value, list) and value and isinstance(value[0], (str, list)):
-            if len(value) != 1:
-                raise ValueError("batched prompts are not supported: send one prompt per request")
-            value = value[0]
-        if isinstance(value, str) and not value:
-            raise ValueError("prompt must not be empty")
-        if isinstance(value, list) and not value:
-            raise ValueError("prompt must not be empty")
-        return value  # type: ignore[no-any-return]
-
-    @field_validator("echo")
-    @classmethod
-    def _no_echo(cls, value: bool) -> bool:
-        if value:
-            raise ValueError("echo is not supported")
+    def _prompts(cls, value: Any) -> Any:
+        batch = value if isinstance(value, list) and value and isinstance(value[0], (str, list)) else [value]
+        if any(not p for p in batch):
+            raise ValueError("prompt must not be empty (nor any prompt of a batch)")
         return value
 
+    @property
+    def prompts(self) -> list[str | list[int]]:
+        """One prompt (text or token ids) per choice group: a batch fans out into several requests."""
+        p: Any = self.prompt
+        return list(p) if isinstance(p, list) and isinstance(p[0], (str, list)) else [p]
+
     def to_sampling(self) -> SamplingOptions:
-        return self.sampling(self.logprobs, default_max_tokens=16)  # OpenAI's completions default
+        options = self.sampling(self.logprobs, default_max_tokens=16)  # OpenAI's completions default
+        if self.echo and self.logprobs is not None:
+            options.prompt_logprobs = self.logprobs
+        return options
+
+    def to_generate_requests(self, headers: dict[str, Any]) -> list[GenerateRequest]:
+        sampling = self.to_sampling()
+        return [GenerateRequest(prompt=p, sampling=sampling, echo=self.echo, **headers) for p in self.prompts]
 
 
 def error_body(message: str, kind: str = "invalid_request_error", param: str | None = None, code: str | None = None) -> dict[str, Any]:
@@ -180,22 +206,31 @@ def _chat_logprobs(items: list[TokenLogprobOut] | None) -> dict[str, Any] | None
         "content": [
             {
                 "token": t.token, "logprob": t.logprob, "bytes": list(t.token.encode()),
-                "top_logprobs": [{"token": k, "logprob": v, "bytes": list(k.encode())} for k, v in t.top.items()],
+                "top_logprobs": [{"token": k, "logprob": v, "bytes": list(k.encode())} for k, v in t.top_ranked],
             }
             for t in items
         ]
     }
 
 
-def _completion_logprobs(items: list[TokenLogprobOut] | None) -> dict[str, Any] | None:
+def _completion_logprobs(items: list[TokenLogprobOut] | None, text_offset: int = 0) -> dict[str, Any] | None:
+    """The legacy shape (vLLM's too); text_offset: where each token starts in the choice's text."""
     if items is None:
         return None
+    offsets = []
+    for t in items:
+        offsets.append(text_offset)
+        text_offset += len(t.token)
     return {
         "tokens": [t.token for t in items],
         "token_logprobs": [t.logprob for t in items],
-        "top_logprobs": [t.top for t in items],
-        "text_offset": [],
+        "top_logprobs": [None if t.logprob is None else t.top for t in items],  # the first prompt token: null
+        "text_offset": offsets,
     }
+
+
+def _echoed(prompt: list[TokenLogprobOut] | None, output: list[TokenLogprobOut] | None) -> list[TokenLogprobOut] | None:
+    return None if prompt is None and output is None else (prompt or []) + (output or [])
 
 
 def chat_response(resp: GenerateResponse, request_id: str) -> dict[str, Any]:
@@ -224,7 +259,10 @@ def completion_response(resp: GenerateResponse, request_id: str) -> dict[str, An
         "created": int(time.time()),
         "model": resp.model,
         "choices": [
-            {"index": c.index, "text": c.text, "finish_reason": c.finish_reason, "logprobs": _completion_logprobs(c.logprobs)}
+            {
+                "index": c.index, "text": (c.prompt_text or "") + c.text, "finish_reason": c.finish_reason,
+                "logprobs": _completion_logprobs(_echoed(c.prompt_logprobs, c.logprobs)),
+            }
             for c in resp.choices
         ],
         "usage": resp.usage.model_dump(),
@@ -240,6 +278,7 @@ class SSEFormatter:
         self.model = model
         self.created = int(time.time())
         self.started: set[int] = set()
+        self.text_offsets: dict[int, int] = {}  # completions: characters sent so far per choice
 
     def _event(self, choices: list[dict[str, Any]], usage: Usage | None = None) -> str:
         payload: dict[str, Any] = {
@@ -261,7 +300,10 @@ class SSEFormatter:
                 self.started.add(index)
             choice = {"index": index, "delta": delta, "finish_reason": finish_reason, "logprobs": _chat_logprobs(logprobs)}
         else:
-            choice = {"index": index, "text": text, "finish_reason": finish_reason, "logprobs": _completion_logprobs(logprobs)}
+            offset = self.text_offsets.get(index, 0)
+            self.text_offsets[index] = offset + len(text)
+            choice = {"index": index, "text": text, "finish_reason": finish_reason,
+                      "logprobs": _completion_logprobs(logprobs, offset)}
         return self._event([choice])
 
     def usage(self, usage: Usage) -> str:

@@ -48,12 +48,22 @@ class ChatMessage(BaseModel):
     content: str
 
 
+class GuidedOptions(BaseModel):
+    """Structured output: the text must match a JSON schema, a regex or one of a list of choices."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["json", "regex", "choice"]
+    spec: str = Field(description="The JSON schema (JSON text), the regex, or the choices as a JSON list.")
+    param: str = Field(default="guided_json", description="The request field it came from (named in errors).")
+
+
 class SamplingOptions(BaseModel):
     """Decoding options; the same bounds as the engine's SamplingParams (checked again there)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    max_tokens: int | None = Field(default=256, ge=1, le=MAX_TOKENS_LIMIT)
+    max_tokens: int | None = Field(default=256, ge=0, le=MAX_TOKENS_LIMIT)  # 0: prompt only (echo)
     min_tokens: int = Field(default=0, ge=0, le=MAX_TOKENS_LIMIT)
     temperature: float = Field(default=1.0, ge=TEMPERATURE_RANGE[0], le=TEMPERATURE_RANGE[1])
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
@@ -70,6 +80,8 @@ class SamplingOptions(BaseModel):
     length_penalty: float = Field(default=1.0, ge=LENGTH_PENALTY_RANGE[0], le=LENGTH_PENALTY_RANGE[1])
     logit_bias: dict[TokenId, Bias] = Field(default_factory=dict, max_length=MAX_LOGIT_BIAS)
     include_stop_str_in_output: bool = False
+    prompt_logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
+    guided: GuidedOptions | None = None
 
 
 class GenerateRequest(BaseModel):
@@ -86,6 +98,7 @@ class GenerateRequest(BaseModel):
     session_id: str | None = Field(default=None, description="Requests of one session go to one replica.")
     affinity_key: str | None = Field(default=None, description="Set by the router: replica affinity key.")
     timeout_s: float | None = Field(default=None, gt=0.0, description="Abort after this long (504 over HTTP).")
+    echo: bool = Field(default=False, description="Return the prompt text (and its logprobs, if asked) with each output.")
 
     @model_validator(mode="after")
     def _one_input(self) -> GenerateRequest:
@@ -101,8 +114,11 @@ class GenerateRequest(BaseModel):
 class TokenLogprobOut(BaseModel):
     token_id: int
     token: str
-    logprob: float
+    logprob: float | None  # None only for the first prompt token (nothing before it)
     top: dict[str, float] = Field(default_factory=dict)
+    top_ranked: list[tuple[str, float]] = Field(
+        default_factory=list, description="The same alternatives in rank order; two tokens may decode to one text."
+    )
 
 
 class Usage(BaseModel):
@@ -139,6 +155,8 @@ class Choice(BaseModel):
     token_ids: list[int]
     finish_reason: str | None
     logprobs: list[TokenLogprobOut] | None = None
+    prompt_text: str | None = None  # with echo
+    prompt_logprobs: list[TokenLogprobOut] | None = None  # with echo and logprobs
 
 
 class GenerateResponse(BaseModel):
@@ -163,6 +181,7 @@ class StreamChunk(BaseModel):
     delta_token_ids: list[int]
     finish_reason: str | None = None
     logprobs: list[TokenLogprobOut] | None = None
+    is_prompt: bool = False  # echo: this chunk carries the prompt (text and prompt logprobs), before any output
     finished: bool = False
     usage: Usage | None = None
     timing: RequestTiming | None = None

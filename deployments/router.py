@@ -31,6 +31,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cluster.config import AppConfig
+from deployments.completions_fanout import generate_all, stream_all
 from deployments.errors import OverloadedError, RequestTimeoutError, UnknownModelError, classify, status_label
 from deployments.http_guard import GuardSettings, HTTPGuard
 from deployments.metrics import RouterMetrics
@@ -85,6 +86,8 @@ async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResp
     param = _param_of(first.get("loc", ()))
     if first.get("type") == "json_invalid":
         message, param = f"request body is not valid JSON: {first.get('ctx', {}).get('error', '')}".strip(), None
+    elif first.get("type") == "extra_forbidden":
+        message = f"'{param}' is not supported by this server"
     elif first.get("type") == "missing":
         message = f"'{param}' is required"
     else:
@@ -275,7 +278,7 @@ class Router:
             try:
                 async with asyncio.timeout(self._timeout_s(routed)):
                     async for chunk in chunks:
-                        if first_token_s is None and chunk.delta_text:
+                        if first_token_s is None and chunk.delta_text and not chunk.is_prompt:
                             first_token_s = time.monotonic() - start
                         if chunk.finished:
                             finished = True
@@ -343,11 +346,14 @@ class Router:
     @app.post("/v1/completions")
     async def completions(self, body: CompletionRequest, http: Request) -> Response:
         try:
-            prompt: Any = body.prompt  # validated to one prompt: text or token ids
-            request = GenerateRequest(prompt=prompt, sampling=body.to_sampling(), **self._headers(http))
+            requests = body.to_generate_requests(self._headers(http))  # one per prompt of a batch
+            if len(requests) > self.config.router.max_in_flight:
+                raise InvalidRequestError(f"prompt: a batch of {len(requests)} prompts is more than the "
+                                          f"{self.config.router.max_in_flight} requests this server takes at once")
         except Exception as e:
             return _failure_response(_as_invalid(e), self.config.router.retry_after_s, _request_id(http))
-        return await self._serve_http(request, body.model, body.stream, body.include_usage, "completion", _request_id(http))
+        return await self._serve_http(requests[0], body.model, body.stream, body.include_usage, "completion",
+                                      _request_id(http), batch=requests if len(requests) > 1 else None)
 
     def _headers(self, http: Request) -> dict[str, Any]:
         slo_class = http.headers.get(self.config.slo.class_header)
@@ -370,7 +376,7 @@ class Router:
         return {"session_id": http.headers.get("x-session-id"), "slo_class": slo_class, "timeout_s": timeout_s}
 
     async def _serve_http(self, request: GenerateRequest, model: str, stream: bool, include_usage: bool, kind: str,
-                          http_id: str) -> Response:
+                          http_id: str, batch: list[GenerateRequest] | None = None) -> Response:
         retry = self.config.router.retry_after_s
         engine_id = request.request_id
 
@@ -382,16 +388,18 @@ class Router:
         except Exception as e:
             return failed(e)
         request = request.model_copy(update={"variant": variant})
+        batch = [r.model_copy(update={"variant": variant}) for r in batch] if batch else None
         headers = {VARIANT_HEADER: variant}
+        n = request.sampling.n
         if not stream:
             try:
-                response = await self.generate(request)
+                response = await (generate_all(self.generate, batch, n) if batch else self.generate(request))
             except Exception as e:
                 return failed(e)
             build = chat_response if kind == "chat" else completion_response
             return JSONResponse(build(response, request.request_id), headers=headers)
 
-        chunks = self.stream(request)
+        chunks = stream_all(self.stream, batch, n) if batch else self.stream(request)
         try:
             first = await chunks.__anext__()  # errors before the first token still get a proper status
         except Exception as e:

@@ -68,6 +68,8 @@ class AsyncLLMEngine:
         request_id = request_id or f"async-{next(self._ids)}"
         # tokenizing a long text takes a while: not on the caller's event loop
         prompt_ids = await asyncio.to_thread(self.engine.encode, prompt) if isinstance(prompt, str) else list(prompt)
+        if params.guided is not None:  # compile (or find cached) off both the event loop and the engine loop
+            await asyncio.to_thread(self.engine.structured.compile, params.guided)
         self.engine.check_request(prompt_ids, params)  # typed error now, before anything is queued
         stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
         with self._lock:

@@ -29,13 +29,16 @@ from inference.block_manager import BlockManager
 from inference.config import EngineConfig
 from inference.detokenizer import IncrementalDetokenizer
 from inference.errors import InvalidRequestError, RequestTooLongError
+from inference.logits_processing import process_logits
 from inference.multiproc import MultiprocPeers, PeerRanks, free_port
 from inference.outputs import CompletionOutput, RequestMetrics, RequestOutput
+from inference.prompt_logprobs import PromptLogprobSpan, prompt_logprob_spans, record_prompt_logprobs
 from inference.sampler import SampleResult, SampleRow, apply_logit_bias, sample
 from inference.sampling_params import SamplingParams, check_ids
 from inference.scheduler import ScheduledSeq, Scheduler, SchedulerOutput
 from inference.sequence import Sequence, SequenceGroup, SequenceStatus
 from inference.step_input import build_step_input
+from inference.structured_output import StructuredOutputs
 from inference.worker import ModelInfo, RankWorker, RendezvousInfo
 
 log = logging.getLogger(__name__)
@@ -81,6 +84,7 @@ class LLMEngine:
         self._request_ids = itertools.count()
         self._pending_copies: list[tuple[int, int]] = []
         self.num_preemptions = 0
+        self.structured = StructuredOutputs(self.tokenizer, self.info.vocab_size, self.info.eos_token_ids)
 
     # ---- requests in -------------------------------------------------------------------------
     def encode(self, prompt: str | list[int]) -> list[int]:
@@ -114,6 +118,7 @@ class LLMEngine:
             max_tokens=max_tokens,
             generator=generator,
             eos_token_ids=eos,
+            prompt_logprobs=[] if params.prompt_logprobs is not None else None,
         )
         self.groups[request_id] = group
         self.scheduler.add(group)
@@ -142,7 +147,7 @@ class LLMEngine:
                 f"context limit of {self.max_model_len} tokens",
                 param="max_tokens",
             )
-        max_tokens = params.max_tokens or room
+        max_tokens = room if params.max_tokens is None else params.max_tokens
         blocks = params.n * self.block_manager.blocks_needed(len(prompt_ids) + max_tokens)
         if blocks > self.block_manager.num_blocks:
             raise RequestTooLongError(
@@ -163,6 +168,7 @@ class LLMEngine:
             num_prompt_tokens=len(prompt_ids),
             detokenizer=detok,
             logprobs=[] if params.logprobs is not None else None,
+            grammar=self.structured.new_state(params.guided) if params.guided is not None else None,
         )
 
     def abort(self, request_id: str) -> RequestOutput | None:
@@ -188,13 +194,19 @@ class LLMEngine:
         if sched.is_empty:
             return []
         copies, self._pending_copies = self._pending_copies, []
-        step = build_step_input(sched, self.config.block_size, copies)
+        spans = prompt_logprob_spans(sched)
+        step = build_step_input(sched, self.config.block_size, copies, spans)
         logits = self.worker.execute(step)
-        return self._postprocess(sched, logits)
+        return self._postprocess(sched, logits, spans)
 
-    def _postprocess(self, sched: SchedulerOutput, logits: torch.Tensor) -> list[RequestOutput]:
+    def _postprocess(
+        self, sched: SchedulerOutput, logits: torch.Tensor, spans: Seq[PromptLogprobSpan] = ()
+    ) -> list[RequestOutput]:
         now = time.monotonic()
         sampling = [item for item in sched.decodes + sched.prefills if item.completes_prefill]
+        if spans:  # prompt-logprob rows come after the sampling rows
+            record_prompt_logprobs(spans, logits[len(sampling) :])
+            logits = logits[: len(sampling)]
         for item in sched.decodes + sched.prefills:
             item.seq.num_computed_tokens += item.num_tokens
             if item.group.metrics.scheduled_s is None:
@@ -205,7 +217,10 @@ class LLMEngine:
         beams: dict[str, list[int]] = {}
         for row, item in enumerate(sampling):
             touched[item.group.request_id] = item.group
-            if item.group.params.use_beam_search:
+            if item.group.max_tokens == 0:  # prompt only (echo / prompt logprobs): nothing to sample
+                item.seq.status, item.seq.finish_reason = SequenceStatus.FINISHED, "length"
+                self.block_manager.free(item.seq.block_table)
+            elif item.group.params.use_beam_search:
                 beams.setdefault(item.group.request_id, []).append(row)
             else:
                 plain.append((row, item))
@@ -266,22 +281,24 @@ class LLMEngine:
             group, seq = item.group, item.seq
             params = group.params
             blocked = []
-            if seq.num_output_tokens < params.min_tokens:
+            if seq.num_output_tokens < params.min_tokens and seq.grammar is None:  # a grammar decides its own end
                 blocked = sorted(set(params.stop_token_ids) | (set() if params.ignore_eos else group.eos_token_ids))
             fork_n = params.n if (params.n > 1 and not group.is_forked) else 1
             rows.append(SampleRow(params, group.generator, seq.output_token_ids, blocked, fork_n))
         indices = [row for row, _ in plain]
         # no copy when every row samples (no beam-search rows in this step)
         picked = logits if indices == list(range(logits.shape[0])) else logits[indices]
+        params_rows = [item.group.params for _, item in plain]
+        grammars = [item.seq.grammar for _, item in plain]
         try:
-            results = sample(picked, rows)
+            results = sample(process_logits(picked, params_rows, grammars), rows)
         except ENGINE_FAILURES:
             raise
         except Exception:  # one row is bad: sample row by row, so only its request fails
             results = []
             for i, (row, (_, item)) in enumerate(zip(rows, plain, strict=True)):
                 try:
-                    results.extend(sample(picked[i : i + 1], [row]))
+                    results.extend(sample(process_logits(picked[i : i + 1], [params_rows[i]], [grammars[i]]), [row]))
                 except ENGINE_FAILURES:
                     raise
                 except Exception as e:
@@ -317,6 +334,8 @@ class LLMEngine:
     def _append_token(self, group: SequenceGroup, seq: Sequence, token: int, logprob) -> None:  # type: ignore[no-untyped-def]
         params = group.params
         seq.token_ids.append(token)
+        if seq.grammar is not None:
+            seq.grammar.accept(token)
         if logprob is not None and seq.logprobs is not None:
             seq.logprobs.append(logprob)
             seq.cumulative_logprob += logprob.logprob
@@ -328,6 +347,8 @@ class LLMEngine:
             reason, seq.stop_reason = "stop", token
         elif seq.num_output_tokens >= group.max_tokens or seq.num_tokens >= self.max_model_len:
             reason = "length"
+        elif seq.grammar is not None and seq.grammar.is_terminated:
+            reason = "stop"  # the grammar is complete and took its stop token
         if reason is not None:
             seq.status, seq.finish_reason = SequenceStatus.FINISHED, reason
             self.block_manager.free(seq.block_table)
@@ -367,7 +388,9 @@ class LLMEngine:
                     delta_logprobs=delta_lp,
                 )
             )
-        return RequestOutput(group.request_id, group.prompt_token_ids, completions, finished, group.metrics)
+        prompt_lps = None if group.prompt_logprobs is None else [None, *group.prompt_logprobs]
+        return RequestOutput(group.request_id, group.prompt_token_ids, completions, finished, group.metrics,
+                             prompt_logprobs=prompt_lps)
 
     def _decode(self, ids: list[int]) -> str:
         return str(self.tokenizer.decode(ids, skip_special_tokens=True))  # type: ignore[attr-defined]

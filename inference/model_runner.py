@@ -6,7 +6,7 @@ inside their forward. This runner drives the decoder layers itself instead of ca
 forward, so that the KV cache is our paged pool and a step is one flattened batch of tokens:
 plain linear shards of q/k/v and of gate/up are fused into one matmul each; any other linear
 type (bitsandbytes, torch quantized) is called as a module. Logits are computed only for the
-rows that sample.
+rows that sample (and the prompt rows of requests that ask for prompt logprobs).
 """
 
 from __future__ import annotations

@@ -71,3 +71,4 @@ class RequestOutput:
     finished: bool
     metrics: RequestMetrics
     error: str | None = None
+    prompt_logprobs: list[TokenLogprob | None] | None = None  # one per prompt token, the first None

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from inference.errors import InvalidRequestError, InvalidSamplingParamsError
+from inference.guided import GuidedDecoding
 
 MAX_N = 16  # outputs per request; also the widest beam (beam width = n)
 MAX_TOKENS_LIMIT = 1_000_000  # a hard ceiling; the model's context is the real bound
@@ -37,7 +38,7 @@ class SamplingParams:
     """Per-request decoding options. `temperature == 0` is greedy."""
 
     n: int = 1
-    max_tokens: int | None = 16  # None: up to the context limit
+    max_tokens: int | None = 16  # None: up to the context limit; 0: prompt only (with prompt_logprobs)
     min_tokens: int = 0
     temperature: float = 1.0
     top_p: float = 1.0
@@ -53,6 +54,8 @@ class SamplingParams:
     use_beam_search: bool = False
     length_penalty: float = 1.0
     logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its logit
+    prompt_logprobs: int | None = None  # None: none; k >= 0: each prompt token's logprob plus the top k
+    guided: GuidedDecoding | None = None  # the output must match this grammar
 
     def __post_init__(self) -> None:
         self.validate()
@@ -74,9 +77,9 @@ class SamplingParams:
 
         if not 1 <= self.n <= MAX_N:
             raise bad("n", f"must be between 1 and {MAX_N}, got {self.n}")
-        if self.max_tokens is not None and not 1 <= self.max_tokens <= MAX_TOKENS_LIMIT:
-            raise bad("max_tokens", f"must be between 1 and {MAX_TOKENS_LIMIT}, got {self.max_tokens}")
-        if not 0 <= self.min_tokens <= (self.max_tokens or MAX_TOKENS_LIMIT):
+        if self.max_tokens is not None and not 0 <= self.max_tokens <= MAX_TOKENS_LIMIT:
+            raise bad("max_tokens", f"must be between 0 and {MAX_TOKENS_LIMIT}, got {self.max_tokens}")
+        if not 0 <= self.min_tokens <= (MAX_TOKENS_LIMIT if self.max_tokens is None else self.max_tokens):
             raise bad("min_tokens", f"must be between 0 and max_tokens ({self.max_tokens}), got {self.min_tokens}")
         if not in_range(self.temperature, TEMPERATURE_RANGE):
             raise bad("temperature", f"must be between {TEMPERATURE_RANGE[0]} and {TEMPERATURE_RANGE[1]}, got {self.temperature}")
@@ -112,6 +115,10 @@ class SamplingParams:
                 raise bad("n", f"beam search needs n (the beam width) >= 2, got {self.n}")
         if not in_range(self.length_penalty, LENGTH_PENALTY_RANGE):
             raise bad("length_penalty", f"must be between {LENGTH_PENALTY_RANGE[0]} and {LENGTH_PENALTY_RANGE[1]}, got {self.length_penalty}")
+        if self.prompt_logprobs is not None and not 0 <= self.prompt_logprobs <= MAX_LOGPROBS:
+            raise bad("prompt_logprobs", f"must be between 0 and {MAX_LOGPROBS}, got {self.prompt_logprobs}")
+        if self.use_beam_search and (self.guided is not None or self.logit_bias):
+            raise bad("use_beam_search", "beam search does not support structured output or logit_bias")
 
     def check_token_ids(self, vocab_size: int) -> None:
         """Every id-like field names a token of a model with `vocab_size` tokens."""

@@ -17,6 +17,7 @@ from inference.outputs import RequestMetrics, TokenLogprob
 if TYPE_CHECKING:
     from inference.detokenizer import IncrementalDetokenizer
     from inference.sampling_params import SamplingParams
+    from inference.structured_output import GrammarState
 
 
 class SequenceStatus(enum.Enum):
@@ -42,6 +43,7 @@ class Sequence:
     # what was already handed out to a stream (for deltas)
     num_tokens_emitted: int = 0
     num_logprobs_emitted: int = 0
+    grammar: GrammarState | None = None  # structured output: where this sequence is in its grammar
 
     @property
     def num_tokens(self) -> int:
@@ -79,6 +81,7 @@ class SequenceGroup:
     finished_beams: list[Sequence] = field(default_factory=list)
     is_forked: bool = False  # n > 1: the first sequence has been forked
     aborted: bool = False
+    prompt_logprobs: list[TokenLogprob] | None = None  # of prompt tokens 1.. (when asked), filled per chunk
 
     @property
     def live_seqs(self) -> list[Sequence]:

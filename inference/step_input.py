@@ -8,11 +8,16 @@ an earlier chunk. Rank 0 broadcasts this object to the other ranks of its tensor
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from inference.scheduler import SchedulerOutput
+
+if TYPE_CHECKING:
+    from inference.prompt_logprobs import PromptLogprobSpan
 
 
 @dataclass(slots=True)
@@ -35,7 +40,7 @@ class StepInput:
     decode_tables: torch.Tensor | None  # [num_decodes, max_blocks] int64 block tables (padded with 0)
     decode_lens: torch.Tensor | None  # [num_decodes] int64 context length including the new token
     prefills: list[PrefillSegment]
-    logits_indices: torch.Tensor  # [S] rows of the batch whose next-token logits are needed
+    logits_indices: torch.Tensor  # [S + P] rows whose logits are needed: S that sample, then P prompt-logprob rows
     block_size: int = 16
     block_copies: list[tuple[int, int]] = field(default_factory=list)
 
@@ -49,7 +54,8 @@ def _slots(block_table: list[int], start: int, stop: int, block_size: int) -> li
 
 
 def build_step_input(
-    sched: SchedulerOutput, block_size: int, block_copies: list[tuple[int, int]]
+    sched: SchedulerOutput, block_size: int, block_copies: list[tuple[int, int]],
+    prompt_spans: Sequence[PromptLogprobSpan] = (),
 ) -> StepInput:
     input_ids: list[int] = []
     positions: list[int] = []
@@ -93,6 +99,10 @@ def build_step_input(
         prefills.append(PrefillSegment(start, n, start_pos, context, mask))
         if item.completes_prefill:
             logits_indices.append(len(input_ids) - 1)
+    for span in prompt_spans:  # after every sampling row, so those keep their order
+        segment = prefills[span.prefill_index]
+        first = segment.start + span.start_pos - segment.num_context
+        logits_indices.extend(range(first, first + span.num_rows))
 
     return StepInput(
         input_ids=torch.tensor(input_ids, dtype=torch.int64),

@@ -222,7 +222,7 @@ def test_preemption_under_a_tiny_pool_still_gives_hf_tokens(tiny_model_dir: Path
         ({"top_p": 0.0}, "top_p"),
         ({"top_p": 1.5}, "top_p"),
         ({"top_k": -3}, "top_k"),
-        ({"max_tokens": 0}, "max_tokens"),
+        ({"max_tokens": -1}, "max_tokens"),
         ({"n": 0}, "n"),
         ({"logprobs": 21}, "logprobs"),
         ({"stop": [""]}, "stop"),

@@ -1,0 +1,29 @@
+"""`GuidedDecoding`: what a request's output must match (structured output), as plain data.
+
+The sampling parameters carry it; `structured_output.py` compiles it into a grammar (xgrammar,
+torch). Kept apart so the engine's schemas import no torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+GuidedKind = Literal["json", "regex", "choice"]
+
+
+@dataclass(frozen=True, slots=True)
+class GuidedDecoding:
+    """What a sequence's output must match.
+
+    kind "json": `spec` is a JSON schema (JSON text); "regex": a regular expression; "choice": a
+    JSON list of the allowed strings. `param` is the request field it came from, named in errors.
+    """
+
+    kind: GuidedKind
+    spec: str
+    param: str = "guided_json"
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.kind, self.spec)
