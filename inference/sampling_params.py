@@ -117,8 +117,8 @@ class SamplingParams:
             raise bad("length_penalty", f"must be between {LENGTH_PENALTY_RANGE[0]} and {LENGTH_PENALTY_RANGE[1]}, got {self.length_penalty}")
         if self.prompt_logprobs is not None and not 0 <= self.prompt_logprobs <= MAX_LOGPROBS:
             raise bad("prompt_logprobs", f"must be between 0 and {MAX_LOGPROBS}, got {self.prompt_logprobs}")
-        if self.use_beam_search and (self.guided is not None or self.logit_bias):
-            raise bad("use_beam_search", "beam search does not support structured output or logit_bias")
+        if self.use_beam_search and self.guided is not None:
+            raise bad("use_beam_search", "beam search does not support structured output")
 
     def check_token_ids(self, vocab_size: int) -> None:
         """Every id-like field names a token of a model with `vocab_size` tokens."""

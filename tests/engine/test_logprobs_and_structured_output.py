@@ -106,7 +106,7 @@ def test_a_huge_logit_bias_forces_a_token_and_ids_are_checked(engine: LLMEngine)
     [out] = engine.generate(["Hello"], SamplingParams(max_tokens=4, temperature=1.0, seed=1, ignore_eos=True,
                                                        logit_bias={forced: 100.0}))
     assert out.outputs[0].token_ids == [forced] * 4
-    with pytest.raises(InvalidSamplingParamsError) as info:
+    with pytest.raises(InvalidRequestError) as info:  # checked against this model's vocabulary
         engine.add_request("Hello", SamplingParams(max_tokens=2, logit_bias={engine.info.vocab_size + 5: 1.0}))
     assert info.value.param == "logit_bias"
     with pytest.raises(InvalidSamplingParamsError):

@@ -41,12 +41,14 @@ def _healthy_again(serve_app: ServeApp, variant: str) -> bool:
     return wait_until(ok, 120, interval_s=1.0)
 
 
-def _actor_names(prefix: str) -> list[str]:
-    return sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith(prefix))
+def _named_actors(prefix: str) -> dict[str, str]:
+    """name -> namespace of the named actors whose name starts with `prefix`."""
+    return {a["name"]: a["namespace"] for a in ray.util.list_named_actors(all_namespaces=True)
+            if a["name"].startswith(prefix)}
 
 
 def _kill(name: str) -> None:
-    ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
+    ray.kill(ray.get_actor(name, namespace=_named_actors(name)[name]), no_restart=True)
 
 
 def test_killing_a_replica_mid_stream_errors_then_serve_replaces_it(serve_app: ServeApp) -> None:
@@ -61,7 +63,7 @@ def test_killing_a_replica_mid_stream_errors_then_serve_replaces_it(serve_app: S
 
 def test_killing_a_tp_rank_mid_stream_errors_then_serve_replaces_the_replica(serve_app: ServeApp) -> None:
     replica = replica_actor("llm-tp2")
-    [rank] = _actor_names(f"{replica}#rank")
+    [rank] = _named_actors(f"{replica}#rank")
     chunks, tail, seconds = _stream_and_kill(serve_app, "tp2", lambda: _kill(rank))
     assert chunks >= 3
     assert "[DONE]" not in tail and "error" in tail, tail
