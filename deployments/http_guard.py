@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
-from deployments.openai_api import error_body
+from deployments.errors import error_body
 
 log = logging.getLogger("ray.serve")
 

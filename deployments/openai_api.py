@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from deployments.errors import error_body
 from deployments.protocol import (
     Bias,
     ChatMessage,
@@ -193,10 +194,6 @@ class CompletionRequest(_Common):
     def to_generate_requests(self, headers: dict[str, Any]) -> list[GenerateRequest]:
         sampling = self.to_sampling()
         return [GenerateRequest(prompt=p, sampling=sampling, echo=self.echo, **headers) for p in self.prompts]
-
-
-def error_body(message: str, kind: str = "invalid_request_error", param: str | None = None, code: str | None = None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
 def _chat_logprobs(items: list[TokenLogprobOut] | None) -> dict[str, Any] | None:

@@ -23,16 +23,24 @@ from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
 from ray.serve import Deployment
 from ray.serve.handle import DeploymentHandle
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cluster.config import AppConfig
 from deployments.completions_fanout import generate_all, stream_all
-from deployments.errors import OverloadedError, RequestTimeoutError, UnknownModelError, classify, status_label
+from deployments.errors import (
+    OverloadedError,
+    RequestTimeoutError,
+    UnknownModelError,
+    as_invalid,
+    classify,
+    failure_response,
+    register_error_handlers,
+    request_id_of,
+    status_label,
+)
 from deployments.http_guard import GuardSettings, HTTPGuard
 from deployments.metrics import RouterMetrics
 from deployments.openai_api import (
@@ -41,7 +49,6 @@ from deployments.openai_api import (
     SSEFormatter,
     chat_response,
     completion_response,
-    error_body,
 )
 from deployments.protocol import GenerateRequest, GenerateResponse, ReplicaStats, StreamChunk
 from deployments.routing import affinity_key, choose_variant, normalize_weights
@@ -60,70 +67,7 @@ app = FastAPI(
 
 
 app.add_middleware(HTTPGuard)  # type: ignore[arg-type]
-_UNION_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict"})
-
-
-def _param_of(loc: Any) -> str | None:
-    """A pydantic error location as the OpenAI `param`: field names and indices, without the
-    tags pydantic adds for union members ('list[int]', 'constrained-str') or dict keys ('[key]')."""
-    parts = []
-    for part in loc:
-        if part == "body":
-            continue
-        if isinstance(part, str) and (not part.isidentifier() or part in _UNION_TAGS):
-            break
-        parts.append(str(part))
-    return ".".join(parts) or None
-
-
-def _request_id(http: Request) -> str:
-    return str(http.scope.get("state", {}).get("request_id") or "")
-
-
-@app.exception_handler(RequestValidationError)
-async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-    first: dict[str, Any] = dict(exc.errors()[0]) if exc.errors() else {"loc": (), "msg": "invalid request"}
-    param = _param_of(first.get("loc", ()))
-    if first.get("type") == "json_invalid":
-        message, param = f"request body is not valid JSON: {first.get('ctx', {}).get('error', '')}".strip(), None
-    elif first.get("type") == "extra_forbidden":
-        message = f"'{param}' is not supported by this server"
-    elif first.get("type") == "missing":
-        message = f"'{param}' is required"
-    else:
-        message = f"{param}: {first.get('msg')}" if param else str(first.get("msg"))
-    return JSONResponse(error_body(message, "invalid_request_error", param), status_code=400)
-
-
-@app.exception_handler(StarletteHTTPException)
-async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-    """404 for unknown paths, 405 for wrong methods, ... in the OpenAI error shape."""
-    kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
-    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
-    return JSONResponse(error_body(str(exc.detail), kind, None, code), status_code=exc.status_code,
-                        headers=getattr(exc, "headers", None))
-
-
-def _failure_response(error: BaseException, retry_after_s: int, request_id: str = "", engine_id: str = "") -> JSONResponse:
-    failure = classify(error, retry_after_s, request_id or None)
-    if failure.status >= 500:
-        log.error("request %s (engine id %s) failed with %d: %r", request_id, engine_id or "-", failure.status, error)
-    return JSONResponse(
-        error_body(failure.message, failure.kind, failure.param, failure.code),
-        status_code=failure.status,
-        headers=failure.headers,
-    )
-
-
-def _as_invalid(error: Exception) -> Exception:
-    """A pydantic error while building the GenerateRequest, as a 400 naming the field."""
-    from pydantic import ValidationError
-
-    if isinstance(error, ValidationError):
-        first = error.errors()[0]
-        param = _param_of(first["loc"])
-        return InvalidRequestError(f"{param}: {first['msg']}" if param else first["msg"], param or "body")
-    return error
+register_error_handlers(app)
 
 
 @serve.ingress(app)
@@ -340,8 +284,8 @@ class Router:
         try:
             request = GenerateRequest(messages=body.messages, sampling=body.to_sampling(), **self._headers(http))
         except Exception as e:
-            return _failure_response(_as_invalid(e), self.config.router.retry_after_s, _request_id(http))
-        return await self._serve_http(request, body.model, body.stream, body.include_usage, "chat", _request_id(http))
+            return failure_response(as_invalid(e), self.config.router.retry_after_s, request_id_of(http))
+        return await self._serve_http(request, body.model, body.stream, body.include_usage, "chat", request_id_of(http))
 
     @app.post("/v1/completions")
     async def completions(self, body: CompletionRequest, http: Request) -> Response:
@@ -351,9 +295,9 @@ class Router:
                 raise InvalidRequestError(f"prompt: a batch of {len(requests)} prompts is more than the "
                                           f"{self.config.router.max_in_flight} requests this server takes at once")
         except Exception as e:
-            return _failure_response(_as_invalid(e), self.config.router.retry_after_s, _request_id(http))
+            return failure_response(as_invalid(e), self.config.router.retry_after_s, request_id_of(http))
         return await self._serve_http(requests[0], body.model, body.stream, body.include_usage, "completion",
-                                      _request_id(http), batch=requests if len(requests) > 1 else None)
+                                      request_id_of(http), batch=requests if len(requests) > 1 else None)
 
     def _headers(self, http: Request) -> dict[str, Any]:
         slo_class = http.headers.get(self.config.slo.class_header)
@@ -381,7 +325,7 @@ class Router:
         engine_id = request.request_id
 
         def failed(e: BaseException) -> JSONResponse:
-            return _failure_response(e, retry, http_id, engine_id)
+            return failure_response(e, retry, http_id, engine_id)
 
         try:
             variant = self._variant_for(model, None)

@@ -31,8 +31,9 @@ from inference.detokenizer import IncrementalDetokenizer
 from inference.errors import InvalidRequestError, RequestTooLongError
 from inference.logits_processing import process_logits
 from inference.multiproc import MultiprocPeers, PeerRanks, free_port
-from inference.outputs import CompletionOutput, RequestMetrics, RequestOutput
+from inference.outputs import RequestMetrics, RequestOutput
 from inference.prompt_logprobs import PromptLogprobSpan, prompt_logprob_spans, record_prompt_logprobs
+from inference.request_output import build_request_output
 from inference.sampler import SampleResult, SampleRow, apply_logit_bias, sample
 from inference.sampling_params import SamplingParams, check_ids
 from inference.scheduler import ScheduledSeq, Scheduler, SchedulerOutput
@@ -173,16 +174,22 @@ class LLMEngine:
 
     def abort(self, request_id: str) -> RequestOutput | None:
         """Stop a request now and free its KV blocks; returns its last output (finish_reason 'abort')."""
-        group = self.groups.pop(request_id, None)
+        group = self.groups.get(request_id)
         if group is None:
             return None
+        self._end(group, "abort")
+        return self._output(group)
+
+    def _end(self, group: SequenceGroup, finish_reason: str) -> None:
+        """Take a request out of the engine now: unscheduled, its KV blocks freed, unfinished outputs
+        ended with `finish_reason`."""
+        self.groups.pop(group.request_id, None)
         group.aborted = True
         self.scheduler.remove(group)
         for seq in group.seqs:
             if not seq.is_finished:
-                seq.status, seq.finish_reason = SequenceStatus.FINISHED, "abort"
+                seq.status, seq.finish_reason = SequenceStatus.FINISHED, finish_reason
         group.metrics.finished_s = time.monotonic()
-        return self._output(group)
 
     # ---- the loop ----------------------------------------------------------------------------
     def has_unfinished(self) -> bool:
@@ -259,13 +266,7 @@ class LLMEngine:
     def _fail(self, group: SequenceGroup, error: BaseException) -> RequestOutput:
         """End one request whose processing raised: free its KV, leave the others running."""
         log.error("request %s failed in the engine and was ended: %r", group.request_id, error, exc_info=error)
-        self.groups.pop(group.request_id, None)
-        group.aborted = True
-        self.scheduler.remove(group)
-        for seq in group.seqs:
-            if not seq.is_finished:
-                seq.status, seq.finish_reason = SequenceStatus.FINISHED, "error"
-        group.metrics.finished_s = time.monotonic()
+        self._end(group, "error")
         message = f"{type(error).__name__}: {error}"
         try:
             out = self._output(group)
@@ -355,42 +356,7 @@ class LLMEngine:
 
     # ---- results out -------------------------------------------------------------------------
     def _output(self, group: SequenceGroup) -> RequestOutput:
-        finished = group.is_finished
-        completions = []
-        stream_beams = not group.params.use_beam_search
-        for seq in sorted(group.seqs, key=lambda s: s.index):
-            done = seq.is_finished
-            if stream_beams or finished:
-                text_delta = seq.detokenizer.take_delta(done) if stream_beams else ""
-                text = seq.detokenizer.text if stream_beams else self._decode(seq.output_token_ids)
-                if not stream_beams:
-                    text_delta = text
-            else:
-                text, text_delta = "", ""
-            out_ids = seq.output_token_ids
-            delta_ids = out_ids[seq.num_tokens_emitted :] if (stream_beams or finished) else []
-            seq.num_tokens_emitted = len(out_ids)
-            delta_lp = None
-            if seq.logprobs is not None:
-                delta_lp = seq.logprobs[seq.num_logprobs_emitted :]
-                seq.num_logprobs_emitted = len(seq.logprobs)
-            completions.append(
-                CompletionOutput(
-                    index=seq.index,
-                    text=text,
-                    token_ids=list(out_ids),
-                    finish_reason=seq.finish_reason,
-                    stop_reason=seq.stop_reason,
-                    cumulative_logprob=seq.cumulative_logprob,
-                    logprobs=list(seq.logprobs) if seq.logprobs is not None else None,
-                    delta_text=text_delta,
-                    delta_token_ids=list(delta_ids),
-                    delta_logprobs=delta_lp,
-                )
-            )
-        prompt_lps = None if group.prompt_logprobs is None else [None, *group.prompt_logprobs]
-        return RequestOutput(group.request_id, group.prompt_token_ids, completions, finished, group.metrics,
-                             prompt_logprobs=prompt_lps)
+        return build_request_output(group, self._decode)
 
     def _decode(self, ids: list[int]) -> str:
         return str(self.tokenizer.decode(ids, skip_special_tokens=True))  # type: ignore[attr-defined]
