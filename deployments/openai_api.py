@@ -13,7 +13,7 @@ import json
 import time
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from deployments.errors import error_body
 from deployments.protocol import (
@@ -90,11 +90,13 @@ class _Common(BaseModel):
     stop_token_ids: list[TokenId] = Field(default_factory=list, max_length=MAX_STOP_TOKEN_IDS)
     include_stop_str_in_output: bool = False
 
-    @model_validator(mode="after")
-    def _best_of_is_n(self) -> _Common:
-        if self.best_of is not None and self.best_of != self.n:
-            raise ValueError(f"best_of other than n is not supported (best_of={self.best_of}, n={self.n})")
-        return self
+    @field_validator("best_of")
+    @classmethod
+    def _best_of_is_n(cls, value: int | None, info: ValidationInfo) -> int | None:
+        n = info.data.get("n", 1)  # `n` is declared before `best_of`, so it is validated first
+        if value is not None and value != n:
+            raise ValueError(f"only best_of == n is supported (got best_of={value}, n={n})")
+        return value
 
     @model_validator(mode="before")
     @classmethod

@@ -1,10 +1,14 @@
 """The soak's verdict (pure): outcomes attributed to faults, RSS growth, the report and its failures.
 
 An error is *attributed* to a kill when the request was in flight at that moment (sent before it,
-ended after it): those are the requests a killed replica may fail. Any other error — and any
-error during a redeploy, whose graceful drain must let in-flight requests finish — is a failure.
-Targets: 0 lost, 0 hung, 0 unattributed errors, every KV pool whole at the end, and every
-replica's RSS growth from its warm-up sample to its last below the limit.
+ended after it), or was sent in the `KILL_DETECT_S` after it and failed because its replica had
+failed (the router may pick a dead replica until Serve notices): those are the requests a killed
+replica may fail. Any other error — and any error during a redeploy, whose graceful drain must let
+in-flight requests finish — is a failure. A 429 is no error but load shed at admission (the router's
+bound, with Retry-After): while a killed replica is being replaced the cluster has less capacity than
+the soak's rate needs, and shedding, not queueing without bound, is the promised answer; the report
+counts them. Targets: 0 lost, 0 hung, 0 unattributed errors, every KV pool whole at the end, and
+every replica's RSS growth from its warm-up sample to its last below the limit.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
+
+from deployments.slo.windows import percentile
 
 OutcomeStatus = Literal["ok", "error", "hung", "lost"]
 
@@ -54,23 +60,33 @@ class RssSample:
     rss_bytes: int
 
 
+KILL_DETECT_S = 10.0  # after a kill, how long the router may still send to the dead replica
+
+
+def is_shed(o: Outcome) -> bool:
+    return o.status == "error" and o.http_status == 429
+
+
+def _replica_failed(o: Outcome) -> bool:
+    return o.http_status == 503 or "replica" in (o.error or "")
+
+
 def attribute(outcomes: list[Outcome], faults: list[Fault]) -> None:
-    """Mark each error that was in flight at a kill; leave the others unattributed."""
+    """Mark each error that was in flight at a kill, or sent just after one to the dead replica."""
     kills = [f for f in faults if f.kind == "kill" and f.error is None]
     for o in outcomes:
-        if o.status != "error" or o.end_s is None:
+        if o.status != "error" or o.end_s is None or is_shed(o):
             continue
         for kill in kills:
-            if o.send_s <= kill.start_s <= o.end_s:
+            in_flight = o.send_s <= kill.start_s <= o.end_s
+            routed_to_dead = kill.start_s < o.send_s <= kill.start_s + KILL_DETECT_S and _replica_failed(o)
+            if in_flight or routed_to_dead:
                 o.attributed_to = f"kill@{kill.start_s:.1f}s"
                 break
 
 
 def _percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+    return percentile(sorted(values), q) if values else None
 
 
 def rss_growth(samples: list[RssSample], warmup_s: float) -> list[dict[str, Any]]:
@@ -98,7 +114,8 @@ def build_report(outcomes: list[Outcome], faults: list[Fault], rss: list[RssSamp
     """The report (JSON-ready) with `verdict.failures` naming every missed target."""
     attribute(outcomes, faults)
     counts = Counter(o.status for o in outcomes)
-    errors = [o for o in outcomes if o.status == "error"]
+    shed = [o for o in outcomes if is_shed(o)]
+    errors = [o for o in outcomes if o.status == "error" and not is_shed(o)]
     unattributed = [o for o in errors if o.attributed_to is None]
     ok = [o for o in outcomes if o.status == "ok"]
     kills = [f for f in faults if f.kind == "kill"]
@@ -135,7 +152,7 @@ def build_report(outcomes: list[Outcome], faults: list[Fault], rss: list[RssSamp
     return {
         "duration_s": round(duration_s, 1),
         "requests": {
-            "sent": len(outcomes), "ok": counts["ok"], "errors": len(errors),
+            "sent": len(outcomes), "ok": counts["ok"], "shed_429": len(shed), "errors": len(errors),
             "errors_in_flight_on_kill": len(errors) - len(unattributed), "errors_unattributed": len(unattributed),
             "hung": counts["hung"], "lost": counts["lost"],
             "error_kinds": dict(Counter((o.error or "")[:120] for o in errors).most_common(10)),

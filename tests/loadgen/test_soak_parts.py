@@ -43,19 +43,24 @@ def _report(outcomes: list[Outcome], faults: list[Fault], kv: list[dict] = WHOLE
     return build_report(outcomes, faults, rss or [], kv, warmup_s=10, max_rss_growth_pct=5, duration_s=60)
 
 
-def test_only_errors_in_flight_at_a_kill_are_attributed() -> None:
+def test_only_errors_a_kill_explains_are_attributed_and_429s_are_shed_load() -> None:
     kill = Fault("kill", 20.0, 20.0, "SERVE_REPLICA::sloserve#llm-full#a")
     outcomes = [
         Outcome(0, 1.0, 2.0, "ok"),
         Outcome(1, 19.0, 20.5, "error", "stream error: replica died"),  # in flight at the kill
-        Outcome(2, 21.0, 22.0, "error", "HTTP 429: bound"),  # sent after it
+        Outcome(2, 21.0, 22.0, "error", "HTTP 429: bound", http_status=429),  # shed at admission
+        Outcome(3, 22.0, 23.0, "error", "stream error: the replica serving this request failed"),  # sent to the dead one
+        Outcome(4, 24.0, 25.0, "error", "HTTP 500: internal error", http_status=500),  # nothing explains it
+        Outcome(5, 40.0, 41.0, "error", "stream error: the replica serving this request failed"),  # long after
     ]
     report = _report(outcomes, [kill])
-    assert report["requests"]["errors_in_flight_on_kill"] == 1 and report["requests"]["errors_unattributed"] == 1
-    assert report["kills"][0]["in_flight"] == 1 and report["kills"][0]["errors"] == 1
+    assert report["requests"]["shed_429"] == 1 and report["requests"]["errors"] == 4
+    assert report["requests"]["errors_in_flight_on_kill"] == 2 and report["requests"]["errors_unattributed"] == 2
+    assert report["kills"][0]["in_flight"] == 1
     assert not report["verdict"]["passed"]
-    assert any("1 errors not in flight on a killed replica" in f for f in report["verdict"]["failures"])
-    assert outcomes[1].attributed_to == "kill@20.0s" and outcomes[2].attributed_to is None
+    assert any("2 errors not in flight on a killed replica" in f for f in report["verdict"]["failures"])
+    assert outcomes[1].attributed_to == outcomes[3].attributed_to == "kill@20.0s"
+    assert outcomes[2].attributed_to is None and outcomes[4].attributed_to is None and outcomes[5].attributed_to is None
 
 
 def test_errors_during_a_redeploy_hung_lost_and_a_broken_pool_each_fail_the_verdict() -> None:

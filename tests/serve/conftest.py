@@ -86,12 +86,22 @@ def variant_stats(base_url: str, variant: str) -> dict:  # type: ignore[type-arg
     return httpx.get(f"{base_url}/v1/sloserve/stats", timeout=10).json()["variants"][variant]
 
 
-def replica_actor(deployment: str, app_name: str = "sloserve") -> str:
-    """The name of a deployment's one replica actor (not its rank actors), from Ray's named actors:
-    a replaced replica has a new name."""
+def replica_actors(deployment: str, app_name: str = "sloserve") -> list[str]:
+    """Names of a deployment's replica actors (not their rank actors), from Ray's named actors: a
+    replacement replica has a new name; a killed one may be listed until Serve has cleaned it up."""
     import ray
 
     prefix = f"SERVE_REPLICA::{app_name}#{deployment}#"
-    [name] = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-              if a["name"].startswith(prefix) and "#rank" not in a["name"]]
-    return str(name)
+    return sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                  if a["name"].startswith(prefix) and "#rank" not in a["name"])
+
+
+def replica_actor(deployment: str, app_name: str = "sloserve") -> str:
+    """The name of a one-replica deployment's replica actor."""
+    [name] = replica_actors(deployment, app_name)
+    return name
+
+
+def replaced(deployment: str, old: str, timeout_s: float = 60.0) -> bool:
+    """Whether Serve has replaced replica `old` with a new one within `timeout_s`."""
+    return wait_until(lambda: old not in (now := replica_actors(deployment)) and bool(now), timeout_s)

@@ -10,7 +10,7 @@ import time
 import httpx
 import ray
 
-from tests.serve.conftest import ServeApp, replica_actor, wait_until
+from tests.serve.conftest import ServeApp, replaced, replica_actor, wait_until
 
 
 def _stream_and_kill(serve_app: ServeApp, variant: str, kill) -> tuple[int, str, float]:  # type: ignore[no-untyped-def]
@@ -58,7 +58,7 @@ def test_killing_a_replica_mid_stream_errors_then_serve_replaces_it(serve_app: S
     assert "[DONE]" not in tail and ("error" in tail), tail
     assert seconds < 60
     assert _healthy_again(serve_app, "spare")
-    assert replica_actor("llm-spare") != replica
+    assert replaced("llm-spare", replica)
 
 
 def test_killing_a_tp_rank_mid_stream_errors_then_serve_replaces_the_replica(serve_app: ServeApp) -> None:
@@ -69,4 +69,4 @@ def test_killing_a_tp_rank_mid_stream_errors_then_serve_replaces_the_replica(ser
     assert "[DONE]" not in tail and "error" in tail, tail
     assert seconds < 60
     assert _healthy_again(serve_app, "tp2")
-    assert replica_actor("llm-tp2") != replica
+    assert replaced("llm-tp2", replica)
