@@ -10,7 +10,7 @@ PORT   ?= 8000
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: install serve test bench gpu-check render-k8s clean
+.PHONY: install serve test bench variants gpu-check render-k8s clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,13 @@ bench: install
 gpu-check: install
 	$(PY) -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'gpu-check: torch sees no CUDA device')"
 	$(PY) -m pytest -q -rs -s tests/gpu
+
+# compressed variants of the packaged model (int8, and distilled students of 24 and 20 layers), each
+# measured; resumable: run again to continue a distillation. ~40 min on 2 cores with the default budget.
+BUDGET_MINUTES ?= 9
+variants: install
+	$(VENV)/bin/sloserve compress --model packaged:smollm2-135m-instruct --methods torch-int8,distill-24,distill-20 \
+		--out variants/ --budget-minutes $(BUDGET_MINUTES)
 
 # re-render the committed KubeRay manifests after a config change (a test checks they match)
 render-k8s: install
