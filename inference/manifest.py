@@ -89,7 +89,9 @@ class Measurement(BaseModel):
     when: str = Field(min_length=1, description="ISO date and time of the measurement (UTC).")
     how: str = Field(min_length=1, description="The command or path measured: engine in-process or served stack.")
     load_avg_before: float = Field(ge=0.0, description="1-minute load average before measuring (quiet: < 0.5).")
-    load_avg_after: float | None = Field(default=None, ge=0.0, description="1-minute load average when done.")
+    load_avg_after: float | None = Field(
+        default=None, ge=0.0, description="1-minute load average when done (includes the measurement's own work)."
+    )
     repeats: int = Field(default=1, ge=1, description="Runs per concurrency; figures are their medians.")
     warmed_up: bool = Field(default=True, description="Each concurrency ran once untimed first.")
 

@@ -91,6 +91,10 @@ def run_compress(job: CompressJob) -> VariantManifest:
         quick=job.quick, seed=job.seed, work_dir=job.out_dir / ".work",
     )
     started = time.monotonic()
+    # before any work of ours: afterwards the 1-minute average counts our own compression too
+    load_before, when = load_average(), datetime.now(UTC).isoformat(timespec="seconds")
+    if load_before >= 0.5:
+        log.warning("load average %.2f: other work is running, speed figures will be low and noisy", load_before)
     full_dir = job.out_dir / "full"
     if not (job.reuse and (full_dir / "config.json").is_file()):
         save_variant(load_base_model(base_dir), base_dir, full_dir, VariantRecipe("none"), torch.bfloat16)
@@ -111,9 +115,6 @@ def run_compress(job: CompressJob) -> VariantManifest:
         if variant not in variants:
             variants.append(variant)
     data = _eval_data(tokenizer, full_dir, job.quick)
-    load_before, when = load_average(), datetime.now(UTC).isoformat(timespec="seconds")
-    if load_before >= 0.5:
-        log.warning("load average %.2f: other work is running, speed figures will be low and noisy", load_before)
     entries = [_measure(v, job, data) for v in variants]
     measured = Measurement(
         when=when, how=f"in-process engine, `sloserve compress` ({torch.get_num_threads()} torch threads)",
