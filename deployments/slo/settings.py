@@ -43,25 +43,26 @@ class SLOTargets:
 
 @dataclass(frozen=True, slots=True)
 class ControllerSettings:
-    """How often and how cautiously the policy acts (see `ControllerConfig` for each field's meaning)."""
+    """How often and how cautiously the policy acts. No defaults: `of(ControllerConfig)` is the one
+    source of the values (their defaults, bounds and meanings live there)."""
 
-    interval_s: float = 5.0
-    window_s: float = 30.0
-    restore_hold_s: float = 60.0
-    quality_floor: float = 0.8
-    max_total_replicas: int = 4
-    recent_window_s: float = 5.0
-    min_samples: int = 20
-    target_utilization: float = 0.8
-    restore_utilization: float = 0.65
-    degrade_at_ratio: float = 0.9
-    restore_below_ratio: float = 0.6
-    restore_step: float = 0.25
-    scale_down_hold_s: float = 300.0
-    replica_cold_start_s: float = 30.0
-    burst_ratio: float = 1.5
-    quality_budget: float = 0.02
-    quality_budget_window_s: float = 3600.0
+    interval_s: float
+    window_s: float
+    restore_hold_s: float
+    quality_floor: float
+    max_total_replicas: int
+    recent_window_s: float
+    min_samples: int
+    target_utilization: float
+    restore_utilization: float
+    degrade_at_ratio: float
+    restore_below_ratio: float
+    restore_step: float
+    scale_down_hold_s: float
+    replica_cold_start_s: float
+    burst_ratio: float
+    quality_budget: float
+    quality_budget_window_s: float
 
     @classmethod
     def of(cls, controller: Any) -> Self:
