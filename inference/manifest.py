@@ -12,6 +12,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from inference.validation import describe_validation_error
+
 
 class ManifestError(ValueError):
     """A manifest file is missing, not JSON, or does not match the schema (the message names the field)."""
@@ -136,15 +138,8 @@ class VariantManifest(BaseModel):
         try:
             return cls.model_validate(raw)
         except ValidationError as e:
-            raise ManifestError(f"manifest {path} is invalid: {_describe(e)}") from e
+            raise ManifestError(f"manifest {path} is invalid: {describe_validation_error(e, sep='; ')}") from e
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(self.model_dump_json(indent=2, exclude_none=True) + "\n")
 
-
-def _describe(error: ValidationError) -> str:
-    parts = []
-    for item in error.errors():
-        where = ".".join(str(p) for p in item["loc"]) or "<root>"
-        parts.append(f"{where}: {item['msg']} (got {item.get('input')!r})")
-    return "; ".join(parts)

@@ -67,6 +67,27 @@ def prefetch_models(config: AppConfig) -> None:
         try:
             location = resolve_model_dir(source)
         except ModelSourceError as e:
-            print(f"sloserve: {e}", file=sys.stderr)
+            users = [v.name for v in config.variants if (v.source or config.model.source) == source]
+            print(f"sloserve: variant {', '.join(users)}: {e}", file=sys.stderr)
+            hint = missing_variant_hint(source, config.model.source)
+            if hint:
+                print(hint, file=sys.stderr)
             raise SystemExit(2) from e
         print(f"model {source}: {location}", flush=True)
+
+
+def missing_variant_hint(source: str, full_model: str) -> str | None:
+    """What to run when a variant directory that `sloserve compress` makes is missing: its last
+    path component names the method (`distill-20`, `prune-structured`, ...)."""
+    from inference.compression.methods import is_known
+
+    path = Path(source).expanduser()
+    if not is_known(path.name):
+        return None
+    command = f"sloserve compress --model {full_model} --methods {path.name} --out {path.parent}"
+    return (
+        f"  {path} is a compressed variant that has not been built on this machine. Build it with\n"
+        f"    {command}\n"
+        "  (in a checkout: `make variants` builds the variants of cluster/configs/local-slo.yaml; "
+        "distillation takes minutes: see the README)"
+    )

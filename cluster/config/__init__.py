@@ -32,6 +32,8 @@ from cluster.config.kubernetes import (
     TolerationConfig,
     WorkerGroupConfig,
 )
+from inference.validation import describe_validation_error
+
 from cluster.config.serving import ClusterConfig, EngineSettings, ModelConfig, RouterConfig, VariantConfig
 from cluster.config.slo import ControllerConfig, SLOConfig, SLOTarget
 
@@ -85,17 +87,6 @@ class AppConfig(StrictModel):
         raise KeyError(f"no variant {name!r} (have {[v.name for v in self.variants]})")
 
 
-def describe_validation_error(error: ValidationError) -> str:
-    """One line per problem, each naming the field path and the value given."""
-    lines = []
-    for item in error.errors():
-        where = ".".join(str(p) for p in item["loc"]) or "<root>"
-        given = item.get("input")
-        shown = "" if isinstance(given, dict) else f" (got {given!r})"
-        lines.append(f"{where}: {item['msg']}{shown}")
-    return "\n".join(lines)
-
-
 def parse_config(raw: dict[str, Any] | None, origin: str = "<config>") -> AppConfig:
     try:
         return AppConfig.model_validate(raw or {})
@@ -116,4 +107,17 @@ def load_config(path: str | Path | None = None) -> AppConfig:
         raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
     if raw is not None and not isinstance(raw, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top, got {type(raw).__name__}")
-    return parse_config(raw, str(path))
+    return _resolve_variant_sources(parse_config(raw, str(path)), path)
+
+
+def _resolve_variant_sources(config: AppConfig, path: Path) -> AppConfig:
+    """A variant `source` written as a relative path ('./x', '../x') is read beside the config file,
+    like `controller.manifest`, so the config works from any working directory."""
+    base = path.resolve().parent
+    variants = [
+        v.model_copy(update={"source": str((base / v.source).resolve())})
+        if v.source is not None and v.source.startswith(("./", "../"))
+        else v
+        for v in config.variants
+    ]
+    return config.model_copy(update={"variants": variants})

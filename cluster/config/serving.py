@@ -61,7 +61,9 @@ class VariantConfig(StrictModel):
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,39}$", description="Variant name, e.g. 'full', 'int8'.")
     source: str | None = Field(
-        default=None, description="Model of this variant (a variant directory); default: model.source."
+        default=None,
+        description="Model of this variant (a variant directory, e.g. one `sloserve compress` wrote); a path "
+        "starting with './' or '../' is read beside the config file; default: model.source.",
     )
     quantization: LoadTimeQuantization = Field(
         default="none", description="Compression applied at load time (for variants without a directory)."

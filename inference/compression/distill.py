@@ -25,6 +25,7 @@ from inference.compression.base import (
     Compressor,
     Option,
     VariantRecipe,
+    compute_dtype,
     load_base_model,
     save_variant,
 )
@@ -95,7 +96,7 @@ class DistillCompressor(Compressor):
         return keep, removals
 
     def compress(self, ctx: CompressionContext, out_dir: Path) -> CompressedVariant:
-        teacher = load_base_model(ctx.base_dir, torch.bfloat16)
+        teacher = load_base_model(ctx.base_dir, compute_dtype())
         student = self.make_student(ctx.base_dir, ctx.calib_prompts, ctx.work_dir)
         pad = int(getattr(teacher.config, "pad_token_id", None) or 0)
         cache = None if ctx.work_dir is None else ctx.work_dir / "teacher_sequences.pt"

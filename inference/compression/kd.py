@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from inference.compression.base import compute_dtype
 from inference.compression.quality import greedy_generate
 
 
@@ -52,7 +53,8 @@ def teacher_sequences(
         saved = torch.load(cache)
         if saved["prompts"] == prompts and saved["max_new_tokens"] == max_new_tokens:
             return list(saved["sequences"])
-    continuations = greedy_generate(teacher, prompts, max_new_tokens, pad_id, batch_size=32)
+    continuations = greedy_generate(teacher, prompts, max_new_tokens, pad_id, batch_size=32,
+                                    desc="teacher continuations")
     sequences = [p + c for p, c in zip(prompts, continuations, strict=True)]
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
@@ -114,6 +116,7 @@ def train_student(
     def elapsed() -> float:
         return before_s + time.monotonic() - started
 
+    autocast = compute_dtype() == torch.bfloat16  # mixed precision only where bf16 is native
     student.train()
     bar = tqdm(total=budget.max_steps, initial=step, desc=desc, unit="step", dynamic_ncols=True)
     while step < budget.max_steps and elapsed() < budget.max_seconds:
@@ -123,7 +126,7 @@ def train_student(
         mask = torch.zeros_like(ids)
         for row, seq in enumerate(batch):
             ids[row, : len(seq)], mask[row, : len(seq)] = torch.tensor(seq), 1
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             with torch.no_grad():
                 teacher_logits = teacher(input_ids=ids, attention_mask=mask).logits
             student_logits = student(input_ids=ids, attention_mask=mask).logits

@@ -25,6 +25,7 @@ from inference.compression.base import (
     CompressionContext,
     Compressor,
     VariantRecipe,
+    compute_dtype,
     count_params,
     load_base_model,
     resident_bytes,
@@ -137,7 +138,7 @@ def _with_torch_int8(variant: CompressedVariant, out_dir: Path) -> CompressedVar
 
 
 def _eval_data(tokenizer: Any, full_dir: Path, quick: bool) -> EvalData:
-    full = load_base_model(full_dir, torch.bfloat16)
+    full = load_base_model(full_dir, compute_dtype())
     prompts = load_prompts("eval")[: 4 if quick else None]
     reference = build_reference(full, tokenizer, prompts, max_new_tokens=8 if quick else 32)
     qa = load_qa()[: 8 if quick else None]
@@ -149,7 +150,7 @@ def _measure(variant: CompressedVariant, job: CompressJob, data: EvalData) -> Va
 
     quantization = recipe_quantization(variant.path)
     log.warning("measuring %s (%s)", variant.name, variant.recipe.method)
-    model: Any = load_model(str(variant.path), torch.bfloat16).model
+    model: Any = load_model(str(variant.path), compute_dtype()).model
     params = count_params(model)
     model = apply_load_time_quantization(model, quantization)
     agreement, kl = compare_to_reference(model, data.reference)

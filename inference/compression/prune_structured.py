@@ -23,6 +23,7 @@ from inference.compression.base import (
     Compressor,
     Option,
     VariantRecipe,
+    compute_dtype,
     load_base_model,
     save_variant,
 )
@@ -92,7 +93,7 @@ class StructuredPruneCompressor(Compressor):
         keep_layers_(student, keep)
         prune_ffn_(student, [channel[i].topk(width).indices for i in keep])
         if self.heal is not None and self.heal.max_steps > 0:
-            teacher = load_base_model(ctx.base_dir, torch.bfloat16)
+            teacher = load_base_model(ctx.base_dir, compute_dtype())
             pad = int(getattr(model.config, "pad_token_id", None) or 0)
             cache = None if ctx.work_dir is None else ctx.work_dir / "teacher_sequences.pt"
             sequences = teacher_sequences(teacher, ctx.calib_prompts, 16 if ctx.quick else 64, pad, cache)

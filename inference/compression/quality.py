@@ -61,10 +61,15 @@ def continuation_logits(model: Any, sequences: list[list[int]], prompt_lens: lis
 
 
 @torch.inference_mode()
-def greedy_generate(model: Any, prompts: list[list[int]], max_new_tokens: int, pad_id: int, batch_size: int = 16) -> list[list[int]]:
-    """Greedy continuations with HF `generate` (left-padded batches); stops at EOS."""
+def greedy_generate(model: Any, prompts: list[list[int]], max_new_tokens: int, pad_id: int, batch_size: int = 16,
+                    desc: str | None = None) -> list[list[int]]:
+    """Greedy continuations with HF `generate` (left-padded batches); stops at EOS. `desc`: show a
+    progress bar over the batches under that name (for long runs)."""
+    from tqdm import tqdm
+
     results: list[list[int]] = []
-    for start in range(0, len(prompts), batch_size):
+    starts = range(0, len(prompts), batch_size)
+    for start in tqdm(starts, desc=desc, unit="batch", disable=desc is None, dynamic_ncols=True):
         batch = prompts[start : start + batch_size]
         width = max(len(p) for p in batch)
         ids = torch.full((len(batch), width), pad_id, dtype=torch.long)

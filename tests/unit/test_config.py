@@ -93,3 +93,27 @@ def test_every_cli_subcommand_imports() -> None:
     parser = build_parser()
     choices = next(a for a in parser._actions if a.dest == "command").choices
     assert set(choices) == set(COMMANDS)  # type: ignore[arg-type]
+
+
+def test_relative_variant_sources_are_read_beside_the_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "configs").mkdir()
+    path = tmp_path / "configs" / "c.yaml"
+    path.write_text("variants:\n  - name: full\n  - name: small\n    source: ../variants/distill-20\n"
+                    "  - name: hub\n    source: org/model\n")
+    monkeypatch.chdir(ROOT)  # not the config's folder
+    config = load_config(path)
+    assert config.variant("small").source == str((tmp_path / "variants" / "distill-20").resolve())
+    assert config.variant("hub").source == "org/model"  # a hub id is not a path
+    assert config.variant("full").source is None
+
+
+def test_sloserve_up_says_how_to_build_a_missing_compressed_variant(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("variants:\n  - name: full\n  - name: small\n    source: ./variants/distill-20\n    weight: 0\n")
+    result = subprocess.run([sys.executable, "-m", "cluster.cli", "up", "--config", str(path)],
+                            capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert result.returncode == 2, result.stdout
+    assert "variant small: model path not found" in result.stderr
+    assert (f"sloserve compress --model packaged:smollm2-135m-instruct --methods distill-20 "
+            f"--out {tmp_path / 'variants'}") in result.stderr
+    assert "starting a local Ray" not in result.stdout  # it stops before Ray
