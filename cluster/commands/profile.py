@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
                                                 levels, args.input_len, args.output_len, args.repeats))
             source = quality.get(mapping.get(variant.name, variant.name))
             entries.append(source.model_copy(update={
-                "name": variant.name, "path": variant.source or config.model.source, "speed": speed,
+                "name": variant.name, "path": _manifest_path(variant.source or config.model.source, args.out), "speed": speed,
                 "quantization": variant.quantization, "dtype": variant.dtype,
                 "options": {**source.options, "quality_from": f"{args.quality}:{source.name}"},
             }))
@@ -116,3 +116,10 @@ def run(args: argparse.Namespace) -> int:
         ray.shutdown()
     print(f"wrote {args.out} (load average {measured.load_avg_before} -> {measured.load_avg_after})")
     return 0
+
+
+def _manifest_path(source: str, out: Path) -> str:
+    """A variant directory is written relative to the manifest (absolute paths of one machine would be
+    committed otherwise); other sources (packaged names, hub ids) as given."""
+    path = Path(source)
+    return os.path.relpath(path, out.resolve().parent) if path.is_absolute() else source

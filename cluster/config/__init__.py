@@ -32,10 +32,9 @@ from cluster.config.kubernetes import (
     TolerationConfig,
     WorkerGroupConfig,
 )
-from inference.validation import describe_validation_error
-
 from cluster.config.serving import ClusterConfig, EngineSettings, ModelConfig, RouterConfig, VariantConfig
 from cluster.config.slo import ControllerConfig, SLOConfig, SLOTarget
+from inference.validation import describe_validation_error
 
 __all__ = [
     "API_KEYS_ENV", "DEFAULT_MODEL", "AppConfig", "ClusterConfig", "ConfigError", "ControllerConfig", "DType",

@@ -118,7 +118,10 @@ def train_student(
 
     autocast = compute_dtype() == torch.bfloat16  # mixed precision only where bf16 is native
     student.train()
-    bar = tqdm(total=budget.max_steps, initial=step, desc=desc, unit="step", dynamic_ncols=True)
+    # a bar over the step budget only when that is the limit that will end the run; under a time
+    # budget (`--budget-minutes`) the count, the rate and the ETA postfix tell the progress
+    total = budget.max_steps if budget.max_steps < 100_000 else None
+    bar = tqdm(total=total, initial=step, desc=desc, unit="step", dynamic_ncols=True)
     while step < budget.max_steps and elapsed() < budget.max_seconds:
         batch = _batch(sequences, step, budget.batch_size, seed)
         width = max(len(s) for s in batch)
