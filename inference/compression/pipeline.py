@@ -104,13 +104,16 @@ def run_compress(job: CompressJob) -> VariantManifest:
     for method in job.methods:
         base_method, _, suffix = method.partition("+")
         existing = VariantRecipe.load(job.out_dir / base_method) if job.reuse else None
-        if base_method not in made and existing is not None and existing.method == base_method:
+        # a directory is named after its method (`distill-20` holds a `distill` recipe)
+        same = existing is not None and (base_method == existing.method or base_method.startswith(existing.method + "-"))
+        if base_method not in made and existing is not None and same:
             log.warning("reusing: %s", base_method)
             made[base_method] = CompressedVariant(base_method, job.out_dir / base_method, existing)
         elif base_method not in made:
             log.warning("compressing: %s", base_method)
             compressor: Compressor = build_compressor(base_method, job.quick, job.budget_minutes)
-            made[base_method] = compressor.compress(ctx, job.out_dir / base_method)
+            done = compressor.compress(ctx, job.out_dir / base_method)
+            made[base_method] = CompressedVariant(base_method, done.path, done.recipe)  # named as asked
         name = f"{base_method}-int8" if suffix else base_method
         variant = made[base_method] if not suffix else _with_torch_int8(made[base_method], job.out_dir / name)
         if variant not in variants:

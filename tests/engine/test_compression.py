@@ -126,17 +126,23 @@ def test_distillation_resumes_from_its_checkpoint(ctx: CompressionContext, tmp_p
 
 
 def test_cli_quick_writes_a_valid_manifest_and_plot(tiny4_dir: Path, tmp_path: Path) -> None:
+    """Two students of one method in one run are two variants named as asked (not both `distill`),
+    and a second run with --reuse measures the same directories again without retraining."""
     parser = argparse.ArgumentParser()
     cli.add_arguments(parser)
-    args = parser.parse_args(["--model", str(tiny4_dir), "--methods", "distill+torch-int8", "--out", str(tmp_path), "--quick"])
-    assert cli.run(args) == 0
+    argv = ["--model", str(tiny4_dir), "--methods", "distill-3,distill-2+torch-int8", "--out", str(tmp_path), "--quick"]
+    assert cli.run(parser.parse_args(argv)) == 0
     manifest = VariantManifest.load(tmp_path / "variants.json")
-    assert [v.name for v in manifest.variants] == ["full", "distill-int8"]
+    assert [v.name for v in manifest.variants] == ["full", "distill-3", "distill-2-int8"]
     assert manifest.get("full").quality.agreement == 1.0
-    assert manifest.get("distill-int8").quantization == "torch-int8"
-    assert manifest.get("distill-int8").params < manifest.get("full").params
+    assert manifest.get("distill-2-int8").quantization == "torch-int8"
+    assert manifest.get("distill-2-int8").params < manifest.get("distill-3").params < manifest.get("full").params
     assert (tmp_path / "quality_vs_speed.png").stat().st_size > 1000
-    assert json.loads((tmp_path / "distill-int8" / "sloserve_variant.json").read_text())["load_time_quantization"] == "torch-int8"
+    assert json.loads((tmp_path / "distill-2-int8" / "sloserve_variant.json").read_text())["load_time_quantization"] == "torch-int8"
+    trained = (tmp_path / "distill-3" / "model.safetensors").stat().st_mtime_ns
+    assert cli.run(parser.parse_args([*argv, "--reuse"])) == 0
+    assert (tmp_path / "distill-3" / "model.safetensors").stat().st_mtime_ns == trained  # reused, not retrained
+    assert [v.name for v in VariantManifest.load(tmp_path / "variants.json").variants] == [v.name for v in manifest.variants]
 
 
 @pytest.mark.parametrize("method", ["torch-int8", "bnb-int8"])
