@@ -30,7 +30,7 @@ def compute(bm: BlockManager, s: Sequence) -> None:
 
 
 def test_chain_hash_names_the_whole_prefix() -> None:
-    a, b = list(range(12)), [99] + list(range(1, 12))
+    a, b = list(range(12)), [99, *range(1, 12)]
     ha: list[bytes] = []
     extend_block_hashes(ha, a, BS, 3)
     hb: list[bytes] = []
@@ -44,7 +44,7 @@ def test_a_shared_prefix_is_reused_and_refcounted() -> None:
     first = seq(list(range(20)))
     compute(bm, first)
     assert bm.num_cached_blocks == 5
-    second = seq(list(range(12)) + [50, 51, 52])
+    second = seq([*range(12), 50, 51, 52])
     assert bm.reuse_cached_prefix(second) == 12
     assert second.block_table == first.block_table[:3]
     bm.free(first.block_table)
@@ -52,7 +52,7 @@ def test_a_shared_prefix_is_reused_and_refcounted() -> None:
     bm.check_consistent()
     bm.free(second.block_table)
     bm.check_whole()
-    again = seq(list(range(20)) + [7])
+    again = seq([*range(20), 7])
     assert bm.reuse_cached_prefix(again) == 20  # from evictable blocks nobody references
     bm.free(again.block_table)
     bm.check_whole()
@@ -77,10 +77,10 @@ def test_lru_eviction_takes_the_least_recent_and_tails_first() -> None:
     fresh: list[int] = []
     bm.grow(fresh, 4)  # no free block left: evicts one cached block, the tail of the least recent prompt
     assert bm.num_cached_blocks == 5
-    probe = seq(list(range(12)) + [1])
+    probe = seq([*range(12), 1])
     assert bm.reuse_cached_prefix(probe) == 8  # `old` lost its last block only
     bm.free(probe.block_table)
-    probe = seq(list(range(100, 112)) + [1])
+    probe = seq([*range(100, 112), 1])
     assert bm.reuse_cached_prefix(probe) == 12
     bm.free(probe.block_table)
     bm.free(fresh)
@@ -159,9 +159,9 @@ def test_scheduler_admits_at_the_cached_prefix_and_counts_hits() -> None:
     bm = BlockManager(32, BS, enable_prefix_caching=True)
     sched = Scheduler(bm, max_num_seqs=8, max_num_batched_tokens=100, watermark=0.0)
     system = list(range(40))
-    sched.add(_group("a", system + [1, 2]))
+    sched.add(_group("a", [*system, 1, 2]))
     _run_prefill(sched)
-    sched.add(_group("b", system + [3, 4, 5]))
+    sched.add(_group("b", [*system, 3, 4, 5]))
     out = sched.schedule()
     assert [(p.group.request_id, p.seq.num_computed_tokens, p.num_tokens) for p in out.prefills] == [("b", 40, 3)]
     assert sched.num_prefix_queried_tokens == 42 + 43 and sched.num_prefix_hit_tokens == 40
@@ -170,7 +170,7 @@ def test_scheduler_admits_at_the_cached_prefix_and_counts_hits() -> None:
 def test_scheduler_gives_cached_blocks_back_when_it_cannot_admit() -> None:
     bm = BlockManager(12, BS, enable_prefix_caching=True)
     sched = Scheduler(bm, max_num_seqs=8, max_num_batched_tokens=100, watermark=0.0)
-    sched.add(_group("a", list(range(16)) + [1]))
+    sched.add(_group("a", [*range(16), 1]))
     _run_prefill(sched)  # 5 blocks, 4 of them cached
     sched.add(_group("big", list(range(16)) + list(range(100, 130))))  # needs 8 more blocks: 7 are free
     assert not sched.schedule().prefills
@@ -187,6 +187,6 @@ def test_prompt_logprobs_requests_compute_their_whole_prompt() -> None:
     sched = Scheduler(bm, max_num_seqs=8, max_num_batched_tokens=100, watermark=0.0)
     sched.add(_group("a", list(range(20))))
     _run_prefill(sched)
-    sched.add(_group("echo", list(range(20)) + [1], prompt_logprobs=1))
+    sched.add(_group("echo", [*range(20), 1], prompt_logprobs=1))
     out = sched.schedule()
     assert [(p.seq.num_computed_tokens, p.num_tokens) for p in out.prefills] == [(0, 21)]
