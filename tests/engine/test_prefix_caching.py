@@ -17,9 +17,9 @@ from inference.sampling_params import SamplingParams
 
 
 def make_engine(model_dir: Path, cache: bool, **overrides: int) -> LLMEngine:
-    settings = dict(kv_cache_tokens=1024, block_size=8, max_num_batched_tokens=32, max_num_seqs=8)
-    settings.update(overrides)
-    return LLMEngine(EngineConfig(model=str(model_dir), dtype="float32", enable_prefix_caching=cache, **settings))
+    settings = {"kv_cache_tokens": 1024, "block_size": 8, "max_num_batched_tokens": 32, "max_num_seqs": 8, **overrides}
+    return LLMEngine(EngineConfig.model_validate(
+        {"model": str(model_dir), "dtype": "float32", "enable_prefix_caching": cache, **settings}))
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +95,7 @@ def test_n_samples_beam_search_and_prompt_logprobs_are_the_same_with_the_cache(e
 
 
 def test_lru_eviction_and_preemption_in_a_small_pool_keep_outputs_the_same(tiny_model_dir: Path) -> None:
-    small = dict(kv_cache_tokens=160, block_size=8, max_num_batched_tokens=48, max_num_seqs=4)
+    small = {"kv_cache_tokens": 160, "block_size": 8, "max_num_batched_tokens": 48, "max_num_seqs": 4}
     cached, plain = make_engine(tiny_model_dir, True, **small), make_engine(tiny_model_dir, False, **small)
     try:
         vocab = cached.info.vocab_size

@@ -143,8 +143,9 @@ def test_random_reuse_fork_free_keeps_the_pool_consistent() -> None:
     assert bm.num_cached_blocks > 0
 
 
-def _group(rid: str, ids: list[int], **params: object) -> SequenceGroup:
-    return SequenceGroup(rid, ids, SamplingParams(max_tokens=4, **params), [seq(ids)], RequestMetrics(0.0), 4)
+def _group(rid: str, ids: list[int], prompt_logprobs: int | None = None) -> SequenceGroup:
+    params = SamplingParams(max_tokens=4, prompt_logprobs=prompt_logprobs)
+    return SequenceGroup(rid, ids, params, [seq(ids)], RequestMetrics(0.0), 4)
 
 
 def _run_prefill(sched: Scheduler) -> None:
