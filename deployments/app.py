@@ -51,7 +51,10 @@ def server_options(config: AppConfig, variant: VariantConfig) -> dict[str, Any]:
         "max_ongoing_requests": variant.max_ongoing_requests,
         # a bounded queue in front of the replicas: past it Serve raises BackPressureError -> 429
         "max_queued_requests": config.router.max_in_flight,
-        "request_router_config": RequestRouterConfig(request_router_class=AffinityRequestRouter),  # type: ignore[arg-type]
+        "request_router_config": RequestRouterConfig(
+            request_router_class=AffinityRequestRouter,  # type: ignore[arg-type]
+            request_router_kwargs={"max_load_gap": config.router.affinity_max_load_gap},
+        ),
         # rank 0 runs in this actor: it fills bundle 0 exactly (its GPU on CUDA)
         "ray_actor_options": replica_actor_options(variant),
         "placement_group_bundles": placement_bundles(variant),

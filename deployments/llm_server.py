@@ -193,12 +193,17 @@ class LLMServer:
     async def _report_load(self) -> None:
         """Export this replica's load to Ray's metrics every LOAD_REPORT_INTERVAL_S, while it lives."""
         m, series = self.metrics, self._series
+        queried = hits = 0  # the engine's prefix-cache totals at the previous report
+        hit_ratio = 0.0
         while True:
             s = self.engine.stats()
             m.queue_depth.labels(*series).set(s.num_waiting)
             m.running.labels(*series).set(s.num_running)
             m.kv_used.labels(*series).set(s.kv_used_ratio)
-            m.prefix_cache_hits.labels(*series).set(0.0)  # no prefix cache in the engine yet
+            if s.prefix_cache_queried_tokens > queried:  # else no prompt was admitted: keep the last share
+                hit_ratio = (s.prefix_cache_hit_tokens - hits) / (s.prefix_cache_queried_tokens - queried)
+            queried, hits = s.prefix_cache_queried_tokens, s.prefix_cache_hit_tokens
+            m.prefix_cache_hits.labels(*series).set(hit_ratio)
             await asyncio.sleep(LOAD_REPORT_INTERVAL_S)
 
     def check_health(self) -> None:

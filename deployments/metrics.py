@@ -148,5 +148,6 @@ class ReplicaMetrics:
         self.kv_used = Metric("gauge", "sloserve_kv_blocks_used_ratio", "Share of a replica's KV blocks in use.", tags)
         self.prefix_cache_hits = Metric(
             "gauge", "sloserve_prefix_cache_hit_ratio",
-            "Share of prompt tokens served from a prefix cache (0: the engine has no prefix cache yet).", tags,
+            "Share of the prompt tokens admitted since the replica's previous report (every second) whose KV "
+            "came from the engine's prefix cache (the last share while none are admitted).", tags,
         )

@@ -15,7 +15,6 @@ in characters here, before a replica tokenizes them.
 
 import asyncio
 import contextlib
-import json
 import logging
 import random
 import time
@@ -51,7 +50,7 @@ from deployments.openai_api import (
     completion_response,
 )
 from deployments.protocol import GenerateRequest, GenerateResponse, ReplicaStats, StreamChunk
-from deployments.routing import affinity_key, choose_variant, normalize_weights
+from deployments.routing import affinity_key, chat_prefix_text, choose_variant, normalize_weights
 from deployments.slo.observation import Observation, RequestRecord, VariantLoad
 from deployments.slo.windows import LatencyWindows
 from inference.errors import InvalidRequestError
@@ -147,10 +146,11 @@ class Router:
     def _route(self, request: GenerateRequest, model: str | None = None) -> tuple[GenerateRequest, DeploymentHandle]:
         self._check_size(request)
         variant = self._variant_for(model, request.variant)
-        text = request.prompt if isinstance(request.prompt, str) else json.dumps(
-            [m.model_dump() for m in request.messages] if request.messages else request.prompt
-        )
-        key = affinity_key(request.session_id, text, self.config.router.affinity, self.config.router.prefix_chars)
+        prompt = request.prompt if request.prompt is not None else chat_prefix_text(
+            [(m.role, m.content) for m in request.messages or []])
+        router = self.config.router
+        block_size = next(v.engine.block_size for v in self.config.variants if v.name == variant)
+        key = affinity_key(request.session_id, prompt, router.affinity, block_size, router.prefix_blocks)
         routed = request.model_copy(update={"variant": variant, "affinity_key": key})
         return routed, self.servers[variant]
 

@@ -2,8 +2,11 @@
 
 Variant: weighted random by the controller's weights (per SLO class when it gives them), or
 the variant the request names. Affinity: requests of one session (`x-session-id`) or with the
-same prompt prefix hash to the same replica, so its KV for that prefix can be reused;
-requests with neither go to the less loaded of two random replicas (deployments/request_router.py).
+same prompt prefix hash to the same replica, so the engine's prefix cache there serves that
+prefix; the prefix is the engine's own notion, the chain hash of the prompt's first full KV
+blocks (inference/prefix_hash.py). A preferred replica busier than the least loaded by more
+than a bound yields to it (`affinity_order`); requests with neither key go to the less loaded
+of two random replicas (deployments/request_router.py).
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from __future__ import annotations
 import hashlib
 import random
 from collections.abc import Mapping, Sequence
+
+from inference.prefix_hash import prefix_hash
 
 
 def choose_variant(weights: Mapping[str, float], rng: random.Random) -> str:
@@ -40,15 +45,47 @@ def normalize_weights(weights: Mapping[str, float], known: Sequence[str]) -> dic
     return {name: weights.get(name, 0.0) / total for name in known}
 
 
-def affinity_key(session_id: str | None, prompt_text: str, mode: str, prefix_chars: int) -> str | None:
+CHARS_PER_TOKEN = 4  # text prompts only: the router holds no tokenizer, so a block is this many chars a token
+
+
+def prefix_key(prompt: str | Sequence[int], block_size: int, num_blocks: int) -> str | None:
+    """The prefix-affinity key: the chain hash of the prompt's first `num_blocks` full KV blocks, or
+    None if it has fewer. Token ids: exactly the engine's block hash, so one key = one cached prefix.
+    Text (the router has no tokenizer): the same chain over the code points of blocks of
+    `block_size * CHARS_PER_TOKEN` characters, about as long as the token blocks."""
+    if isinstance(prompt, str):
+        block_hash = prefix_hash([ord(c) for c in prompt[: num_blocks * block_size * CHARS_PER_TOKEN]],
+                                 block_size * CHARS_PER_TOKEN, num_blocks)
+    else:
+        block_hash = prefix_hash(prompt, block_size, num_blocks)
+    return None if block_hash is None else "prefix:" + block_hash.hex()
+
+
+def chat_prefix_text(messages: Sequence[tuple[str, str]]) -> str:
+    """Chat messages as one text for `prefix_key` (roles and contents in order; no JSON formatting)."""
+    return "".join(f"<{role}>{content}\n" for role, content in messages)
+
+
+def affinity_key(session_id: str | None, prompt: str | Sequence[int], mode: str, block_size: int,
+                 num_blocks: int) -> str | None:
     """The replica-affinity key of a request, or None for load-based choice."""
     if mode == "none":
         return None
     if session_id:
         return f"session:{session_id}"
-    if mode == "prefix" and len(prompt_text) >= min(prefix_chars, 32):
-        return "prefix:" + hashlib.blake2b(prompt_text[:prefix_chars].encode(), digest_size=8).hexdigest()
+    if mode == "prefix":
+        return prefix_key(prompt, block_size, num_blocks)
     return None
+
+
+def affinity_order(ranked: Sequence[str], loads: Mapping[str, int], max_load_gap: int) -> list[str]:
+    """Replicas in the order to try for a request with an affinity key: `ranked` (its rendezvous
+    order) unless the first is busier than the least loaded by more than `max_load_gap` requests;
+    then least loaded first (the key's later choices break ties). Missing loads count as 0."""
+    least = min(loads.get(r, 0) for r in ranked)
+    if loads.get(ranked[0], 0) - least <= max_load_gap:
+        return list(ranked)
+    return sorted(ranked, key=lambda r: loads.get(r, 0))  # stable: rendezvous order among equals
 
 
 def rendezvous_rank(key: str, replica_ids: Sequence[str]) -> list[str]:

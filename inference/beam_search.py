@@ -26,6 +26,7 @@ def _clone(parent: Sequence, seq_id: int) -> Sequence:
     child.seq_id = seq_id
     child.token_ids = list(parent.token_ids)
     child.block_table = []
+    child.block_hashes = list(parent.block_hashes)  # the same tokens so far; they part from here
     child.detokenizer = copy.copy(parent.detokenizer)
     child.detokenizer.ids = list(parent.detokenizer.ids)
     return child

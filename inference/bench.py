@@ -7,7 +7,9 @@ Scenarios (output lengths forced with ignore_eos / min_new_tokens so both do the
   uniform32  32 requests, 64-token prompts, 128 new tokens each: engine (all submitted at once,
              continuous batching) vs HF `generate` with one static batch of 32;
   mixed64    64 requests with seeded prompt lengths and output lengths 16..256: engine vs HF in
-             static batches of 32, left-padded, each batch running until its longest request ends.
+             static batches of 32, left-padded, each batch running until its longest request ends;
+  shared_prefix  32 requests sharing a 1,000-token system prompt, TTFT p50 with the prefix cache
+             on vs off (inference/bench_prefix.py; `python -m inference.bench_prefix` runs it alone).
 Also prints the memory-bound limit for batch 1 on CPU: bytes of weights read per token / measured
 read bandwidth of this machine (not measured on CUDA).
 """
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
+from inference.bench_prefix import print_shared_prefix, run_shared_prefix
 from inference.config import DTypeName, EngineConfig
 from inference.dtypes import resolve_dtype
 from inference.llm_engine import LLMEngine
@@ -173,6 +176,7 @@ def run(model_source: str, dtype_name: DTypeName, quick: bool, threads: int | No
         r = results[key]
         r["speedup"] = round(r["engine"] / r["hf_generate"], 2) if r["hf_generate"] else None
     engine.shutdown()
+    results["shared_prefix"] = run_shared_prefix(engine.config, num_requests=n_uniform, log=log)
     return results
 
 
@@ -187,6 +191,7 @@ def print_table(r: dict) -> None:  # type: ignore[type-arg]
             f"batch-1 memory-bound limit: {r['limit_bs1_tok_s']} tok/s "
             f"({r['weight_bytes'] / 1e6:.0f} MB of weights / {r['read_bandwidth_gbs']} GB/s measured read bandwidth)"
         )
+    print_shared_prefix(r["shared_prefix"])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -54,6 +54,11 @@ class EngineConfig(BaseModel):
         default=None, ge=1024, le=65535, description="Rendezvous port of the TP group; default: a free port."
     )
     seed: int = Field(default=0, ge=0, description="Seed for requests that give none.")
+    enable_prefix_caching: bool = Field(
+        default=True,
+        description="Reuse the KV of full blocks whose prompt prefix was computed before (hashed by content, "
+        "least recently used evicted first); requests asking for prompt logprobs always compute their prompt.",
+    )
 
     @model_validator(mode="after")
     def _checks(self) -> EngineConfig:

@@ -58,6 +58,8 @@ class EngineStats:
     num_blocks: int
     kv_used_ratio: float
     num_preemptions: int
+    prefix_cache_queried_tokens: int = 0  # since start: tokens of sequences admitted with prefix caching on
+    prefix_cache_hit_tokens: int = 0  # since start: of those, tokens whose KV was reused
 
 
 class LLMEngine:
@@ -78,7 +80,7 @@ class LLMEngine:
             raise
         self.tokenizer = self.worker.tokenizer
         self.max_model_len = self.info.max_model_len
-        self.block_manager = BlockManager(config.num_kv_blocks, config.block_size)
+        self.block_manager = BlockManager(config.num_kv_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens)
         self.groups: dict[str, SequenceGroup] = {}
         self._seq_ids = [0]  # shared counter (beam search forks take ids from it too)
@@ -216,6 +218,7 @@ class LLMEngine:
             logits = logits[: len(sampling)]
         for item in sched.decodes + sched.prefills:
             item.seq.num_computed_tokens += item.num_tokens
+            self.block_manager.cache_full_blocks(item.seq, item.seq.num_computed_tokens - item.num_tokens)
             if item.group.metrics.scheduled_s is None:
                 item.group.metrics.scheduled_s = now
         touched: dict[str, SequenceGroup] = {}
@@ -323,6 +326,7 @@ class LLMEngine:
             for index in range(1, len(result.token_ids)):
                 child = self._new_seq(group.prompt_token_ids, group.params, index)
                 child.num_computed_tokens = seq.num_computed_tokens
+                child.block_hashes = list(seq.block_hashes)  # the same prompt
                 child.block_table, block_copy = self.block_manager.fork(seq.block_table, seq.num_computed_tokens)
                 if block_copy:
                     self._pending_copies.append(block_copy)
@@ -382,6 +386,8 @@ class LLMEngine:
             num_blocks=bm.num_blocks,
             kv_used_ratio=bm.used_ratio,
             num_preemptions=self.num_preemptions,
+            prefix_cache_queried_tokens=self.scheduler.num_prefix_queried_tokens,
+            prefix_cache_hit_tokens=self.scheduler.num_prefix_hit_tokens,
         )
 
     def dead_ranks(self) -> list[int]:

@@ -5,7 +5,10 @@ running sequence (decode) or the next chunk of a prompt still being prefilled, t
 waiting requests, first come first served, while sequences (`max_num_seqs`) and free KV blocks
 allow. Long prompts are chunked so a new request never stalls running ones for long. When the
 pool runs out mid-decode, the newest running request is preempted: its blocks are freed and it
-goes back to the front of `waiting`, to be recomputed (its tokens so far are kept).
+goes back to the front of `waiting`, to be recomputed (its tokens so far are kept). With prefix
+caching, a sequence being admitted (new or recomputed) first reuses the cached KV blocks of its
+longest cached prefix and starts its prefill after them; a request asking for prompt logprobs
+computes its whole prompt (those logits are needed).
 """
 
 from __future__ import annotations
@@ -60,6 +63,8 @@ class Scheduler:
         self.watermark_blocks = int(watermark * block_manager.num_blocks)
         self.waiting: deque[SequenceGroup] = deque()
         self.running: list[SequenceGroup] = []
+        self.num_prefix_queried_tokens = 0  # tokens of sequences admitted while prefix caching is on
+        self.num_prefix_hit_tokens = 0  # of those, tokens whose KV came from the prefix cache
 
     @property
     def num_unfinished(self) -> int:
@@ -101,14 +106,30 @@ class Scheduler:
             group = self.waiting[0]
             if num_seqs + len(group.live_seqs) > self.max_num_seqs:
                 break
+            reusing = self._reuse_cached_prefixes(group)
             planned = self._plan(group, budget)
             if not planned or not self._fits(planned, reserve=self.watermark_blocks):
+                for seq in reusing:  # not admitted after all: give the cached blocks back
+                    self.block_manager.free(seq.block_table)
+                    seq.num_computed_tokens = 0
                 break
+            self.num_prefix_queried_tokens += sum(seq.num_tokens for seq in reusing)
+            self.num_prefix_hit_tokens += sum(seq.num_computed_tokens for seq in reusing)
             self.waiting.popleft()
             self.running.append(group)
             num_seqs += len(group.live_seqs)
             budget -= self._commit(planned, out)
         return out
+
+    def _reuse_cached_prefixes(self, group: SequenceGroup) -> list[Sequence]:
+        """Start each live sequence of a waiting group that has no KV at its longest cached prefix;
+        returns the sequences that looked (empty when prefix caching is off or prompt logprobs are asked)."""
+        if not self.block_manager.enable_prefix_caching or group.params.prompt_logprobs is not None:
+            return []
+        reusing = [seq for seq in group.live_seqs if not seq.block_table and seq.num_computed_tokens == 0]
+        for seq in reusing:
+            self.block_manager.reuse_cached_prefix(seq)
+        return reusing
 
     def _plan(self, group: SequenceGroup, budget: int) -> list[ScheduledSeq]:
         live = group.live_seqs

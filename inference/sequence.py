@@ -44,6 +44,7 @@ class Sequence:
     num_tokens_emitted: int = 0
     num_logprobs_emitted: int = 0
     grammar: GrammarState | None = None  # structured output: where this sequence is in its grammar
+    block_hashes: list[bytes] = field(default_factory=list)  # chain hashes of its first full blocks (prefix cache)
 
     @property
     def num_tokens(self) -> int:

@@ -126,8 +126,17 @@ class RouterConfig(StrictModel):
         default="prefix",
         description="Replica choice: by x-session-id, else by prompt-prefix hash ('prefix'), or never.",
     )
-    prefix_chars: int = Field(
-        default=256, ge=1, le=65536, description="Prompt characters hashed for prefix affinity."
+    prefix_blocks: int = Field(
+        default=4, ge=1, le=4096,
+        description="Prefix affinity hashes the prompt's first this many full KV blocks (model.block_size "
+        "tokens each; text prompts: 4 characters a token, the router has no tokenizer); a shorter prompt "
+        "gets no prefix key and goes to a less loaded replica.",
+    )
+    affinity_max_load_gap: int = Field(
+        default=4, ge=0, le=100_000,
+        description="A request with an affinity key (session or prefix) goes to its preferred replica unless "
+        "that replica has more than this many requests in flight above the least loaded one (Serve's "
+        "queue-length view); then the least loaded takes it. 0: any imbalance breaks affinity.",
     )
     num_replicas: int = Field(default=1, ge=1, le=64, description="Router replicas.")
     api_keys_env: str | None = Field(

@@ -1,7 +1,8 @@
 """Property-based tests of the real engine (hypothesis): random sampling parameters, stop strings and
-stop token ids, n > 1, beam search, logit bias, staggered arrivals and aborts. Whatever the mix,
-every request ends (finished or aborted, never an error), bounds hold, and the KV pool is whole
-after. Derandomized, so CI runs the same cases every time."""
+stop token ids, n > 1, beam search, logit bias, staggered arrivals and aborts, prompts sharing
+prefixes (prefix cache hits and evictions). Whatever the mix, every request ends (finished or
+aborted, never an error), bounds hold, the KV pool is consistent at every step and whole after.
+Derandomized, so CI runs the same cases every time."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ from inference.config import EngineConfig
 from inference.llm_engine import LLMEngine
 from inference.sampling_params import SamplingParams
 
-PROMPTS = ["The quick brown fox", "Serving", "0123456789 + - *", "Héllo wörld 🙂", "What is the capital of France?"]
+SHARED = "The quick brown fox jumps over the lazy dog. What is the capital of France? "  # prefix cache hits
+PROMPTS = ["The quick brown fox", "Serving", "0123456789 + - *", "Héllo wörld 🙂", "What is the capital of France?",
+           SHARED + "Paris", SHARED * 2 + "Serving", SHARED]
 STOPS = ["e", "the", " ", "o w", "🙂", "\n"]
 MAX_STEPS = 400
 
@@ -100,6 +103,7 @@ def test_any_mix_of_requests_ends_and_leaves_the_pool_whole(engine: LLMEngine) -
                     if out is not None:
                         ended[ids[i]] = "abort"
             STEPS.append(1)
+            engine.block_manager.check_consistent()
             for out in engine.step():
                 assert out.error is None, out.error
                 if out.finished:

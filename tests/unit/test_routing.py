@@ -7,7 +7,16 @@ from collections import Counter
 
 import pytest
 
-from deployments.routing import affinity_key, choose_variant, normalize_weights, rendezvous_rank
+from deployments.routing import (
+    affinity_key,
+    affinity_order,
+    chat_prefix_text,
+    choose_variant,
+    normalize_weights,
+    prefix_key,
+    rendezvous_rank,
+)
+from inference.prefix_hash import extend_block_hashes
 
 
 def test_weighted_choice_follows_the_weights_and_skips_zero() -> None:
@@ -32,12 +41,40 @@ def test_normalize_rejects_unknown_and_negative_and_fills_missing() -> None:
 
 def test_affinity_prefers_the_session_then_the_prefix() -> None:
     long_prompt = "system: you are helpful. " * 20
-    assert affinity_key("s1", long_prompt, "prefix", 256) == "session:s1"
-    key = affinity_key(None, long_prompt, "prefix", 256)
-    assert key is not None and key == affinity_key(None, long_prompt + " a different question", "prefix", 256)
-    assert affinity_key(None, "hi", "prefix", 256) is None  # too short to be worth pinning
-    assert affinity_key("s1", long_prompt, "none", 256) is None
-    assert affinity_key(None, long_prompt, "session", 256) is None
+    assert affinity_key("s1", long_prompt, "prefix", 16, 4) == "session:s1"
+    key = affinity_key(None, long_prompt, "prefix", 16, 4)
+    assert key is not None and key == affinity_key(None, long_prompt + " a different question", "prefix", 16, 4)
+    assert affinity_key(None, "hi", "prefix", 16, 4) is None  # shorter than the blocks: no pinning
+    assert affinity_key("s1", long_prompt, "none", 16, 4) is None
+    assert affinity_key(None, long_prompt, "session", 16, 4) is None
+
+
+def test_a_token_prompt_key_is_the_engines_hash_of_its_first_blocks() -> None:
+    rng = random.Random(0)
+    system = [rng.randrange(1000) for _ in range(70)]
+    a, b = [*system, 1, 2, 3], [*system, 9]
+    hashes: list[bytes] = []
+    extend_block_hashes(hashes, a, 16, 4)  # what the engine registers for a's first 4 blocks
+    assert prefix_key(a, 16, 4) == "prefix:" + hashes[3].hex() == prefix_key(b, 16, 4)
+    assert prefix_key([7, *system[1:]], 16, 4) != prefix_key(a, 16, 4)  # the first token differs
+    assert prefix_key(system[:63], 16, 4) is None  # fewer than 4 full blocks
+    assert prefix_key(a, 16, 5) != prefix_key(a, 16, 4)
+
+
+def test_chat_messages_sharing_a_system_prompt_share_a_key() -> None:
+    system = ("system", "You are a careful assistant for a shipping company. " * 8)
+    one = affinity_key(None, chat_prefix_text([system, ("user", "where is my parcel?")]), "prefix", 16, 4)
+    two = affinity_key(None, chat_prefix_text([system, ("user", "cancel my order")]), "prefix", 16, 4)
+    other = affinity_key(None, chat_prefix_text([("system", "x" * 400), ("user", "cancel my order")]), "prefix", 16, 4)
+    assert one is not None and one == two != other
+
+
+def test_affinity_keeps_the_preferred_replica_within_the_load_gap() -> None:
+    ranked = ["a", "b", "c"]
+    assert affinity_order(ranked, {"a": 5, "b": 1, "c": 3}, max_load_gap=4) == ranked
+    assert affinity_order(ranked, {"a": 6, "b": 1, "c": 3}, max_load_gap=4) == ["b", "c", "a"]
+    assert affinity_order(ranked, {"a": 1}, max_load_gap=0) == ["b", "c", "a"]  # unknown loads count as 0
+    assert affinity_order(ranked, {"a": 2, "b": 2, "c": 2}, max_load_gap=0) == ranked
 
 
 def test_rendezvous_ranking_is_stable_and_moves_few_keys_when_a_replica_leaves() -> None:
