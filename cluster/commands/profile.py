@@ -83,13 +83,14 @@ def run(args: argparse.Namespace) -> int:
     from load_tests.profile import profile_variant
 
     port = _free_port()
+    # read before any of our own work: after the replicas start, the 1-minute average counts their loading
+    load_before, when = round(os.getloadavg()[0], 2), datetime.now(UTC).isoformat(timespec="seconds")
+    if load_before >= 0.5:
+        print(f"warning: load average {load_before} before starting: other work is running", flush=True)
     ray.init(address="local", num_cpus=args.num_cpus or config.cluster.num_cpus, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(application, **serve_run_options(config))
-        load_before, when = round(os.getloadavg()[0], 2), datetime.now(UTC).isoformat(timespec="seconds")
-        if load_before >= 0.5:
-            print(f"warning: load average {load_before} before measuring: other work is running", flush=True)
         entries = []
         for variant in config.variants:
             started = time.monotonic()
