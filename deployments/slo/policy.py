@@ -26,6 +26,7 @@ from deployments.slo.plan import (
     blend_to_floor,
     capacity_rps,
     plan_weights,
+    share_of,
     step_toward,
     total_variation,
     traffic_quality,
@@ -36,6 +37,7 @@ from deployments.slo.signals import Signals, read_signals
 from inference.manifest import VariantManifest
 
 MIN_MOVE = 0.02  # a split change smaller than this share of traffic is noise
+MIN_RESTORE = 0.1  # a restore moves at least this share of traffic (or all that is left): each move is a change
 QUALITY_EPS = 1e-3
 RISK_BACKOFF = 0.85  # a variant seen at risk keeps at most this share of its current load
 
@@ -73,13 +75,17 @@ def _seen_at_risk(sig: Signals, state: PolicyState, current: Weights, controller
 
 def _at_risk(sig: Signals, current: Weights, seen: set[str], controller: ControllerSettings) -> list[str]:
     """Variants carrying traffic whose SLO is at risk: seen, or at risk with a backlog now, or
-    running more requests than the SLO allows, or predicted (their share of the surely-risen rate
-    passes `degrade_at_ratio` of their ready replicas' capacity), or without a ready replica."""
+    running more requests than the SLO allows while their share leaves no room to work that off,
+    or predicted (their share of the surely-risen rate passes `degrade_at_ratio` of their ready
+    replicas' capacity), or without a ready replica. A backlog that the current split drains is no
+    new risk: it outlives the degrade that answered it by a request's lifetime."""
     limit = capacity_rps(sig.ready, sig.caps, controller.degrade_at_ratio)
+    room = _room(sig, controller.degrade_at_ratio)
     backlogged = {
         n
-        for n in current
-        if (sig.queue_depth[n] > 0 and sig.risk[n] >= controller.degrade_at_ratio) or sig.excess[n] > 0
+        for n, w in current.items()
+        if (sig.queue_depth[n] > 0 and sig.risk[n] >= controller.degrade_at_ratio)
+        or (sig.excess[n] > 0 and w * sig.rate_plan_rps > room[n] + 1e-9)
     }
     return [
         n
@@ -89,11 +95,18 @@ def _at_risk(sig: Signals, current: Weights, seen: set[str], controller: Control
     ]
 
 
-def _room(sig: Signals, utilization: float, drain_s: float) -> dict[str, float]:
-    """Rate each variant's ready replicas take at `utilization`, less what drains its backlog
-    (requests waiting for a batch slot, or running beyond the SLO's concurrency) within `drain_s`."""
+def _room(sig: Signals, utilization: float) -> dict[str, float]:
+    """Rate each variant's ready replicas take at `utilization`, less what works off its backlog
+    (requests waiting, or running beyond that utilization's concurrency) within one request's
+    lifetime at capacity: a running request leaves only when it finishes, so a surge's requests
+    slow everything the variant admits until then."""
     full = capacity_rps(sig.ready, sig.caps, utilization)
-    return {n: max(0.0, full[n] - (sig.queue_depth[n] + sig.excess[n]) / drain_s) for n in full}
+    room = {}
+    for n, rps in full.items():
+        planned = sig.caps[n].concurrency * sig.ready[n] * utilization
+        backlog = sig.queue_depth[n] + max(0.0, sig.ongoing[n] - planned)
+        room[n] = max(0.0, rps - backlog / sig.caps[n].lifetime_s)
+    return room
 
 
 def _floor_applies(targets: dict[str, int], sig: Signals, controller: ControllerSettings) -> bool:
@@ -115,14 +128,13 @@ def _move_traffic(
     quality, floor = sig.quality, controller.quality_floor
     raw = capacity_rps(sig.ready, sig.caps)  # what ready replicas take at all: routable if > 0
     if risky:
-        drain_s = controller.recent_window_s
-        safe, room = _room(sig, controller.target_utilization, drain_s), _room(sig, 1.0, drain_s)
+        safe, room = _room(sig, controller.target_utilization), _room(sig, 1.0)
         for n in seen:  # seen at risk although the model may say it fits: believe the latency
             believed = current[n] * sig.rate_plan_rps * RISK_BACKOFF
             safe[n], room[n] = min(safe[n], believed), min(room[n], believed)
         plan = plan_weights(sig.rate_plan_rps, safe, {n: max(room[n], 1e-9 * raw[n]) for n in raw}, quality)
-        if floor_applies:  # the floor outranks draining a backlog
-            plan = blend_to_floor(plan, quality, floor, raw)
+        if floor_applies:  # the floor, within what each variant carries safely
+            plan = blend_to_floor(plan, quality, floor, share_of(safe, sig.rate_plan_rps))
         stranded = any(sig.ready[n] == 0 for n in risky)
         if plan and (total_variation(plan, current) >= MIN_MOVE or stranded):
             worse = traffic_quality(plan, quality) < traffic_quality(current, quality) - 1e-9
@@ -133,18 +145,19 @@ def _move_traffic(
     safe_restore = capacity_rps(sig.ready, sig.caps, controller.restore_utilization)
     target = plan_weights(sig.rate_calm_rps, safe_restore, raw, quality)
     if floor_applies and target:
-        target = blend_to_floor(target, quality, floor, raw)
+        target = blend_to_floor(target, quality, floor, share_of(safe_restore, sig.rate_calm_rps))
     busiest = max((sig.risk[n] for n, w in current.items() if w > 0), default=0.0)
     calm = (
         not risky
         and bool(target)
         and busiest <= controller.restore_below_ratio
         and traffic_quality(target, quality) > traffic_quality(current, quality) + QUALITY_EPS
+        and (total_variation(target, current) >= MIN_RESTORE or traffic_quality(target, quality) >= 1.0 - QUALITY_EPS)
     )
     if not calm:
         return current, None, "", None
     calm_since = state.calm_since_s if state.calm_since_s is not None else sig.now_s
-    held = min(sig.now_s - calm_since, sig.now_s - state.last_degrade_s)
+    held = min(sig.now_s - calm_since, sig.now_s - max(state.last_degrade_s, state.last_restore_s))
     if held < controller.restore_hold_s:
         return current, None, "", calm_since
     moved = step_toward(current, target, controller.restore_step)
