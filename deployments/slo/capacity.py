@@ -118,11 +118,6 @@ class ReplicaCapacity:
     rps: float  # requests per second it sustains there
     meets_slo: bool  # False: even one request at a time misses the targets
 
-    @property
-    def lifetime_s(self) -> float:
-        """A request's predicted time in the replica at that concurrency (Little's law)."""
-        return self.concurrency / self.rps if self.rps > 0 else float("inf")
-
 
 def replica_capacity(
     variant: str,

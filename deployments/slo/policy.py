@@ -75,17 +75,13 @@ def _seen_at_risk(sig: Signals, state: PolicyState, current: Weights, controller
 
 def _at_risk(sig: Signals, current: Weights, seen: set[str], controller: ControllerSettings) -> list[str]:
     """Variants carrying traffic whose SLO is at risk: seen, or at risk with a backlog now, or
-    running more requests than the SLO allows while their share leaves no room to work that off,
-    or predicted (their share of the surely-risen rate passes `degrade_at_ratio` of their ready
-    replicas' capacity), or without a ready replica. A backlog that the current split drains is no
-    new risk: it outlives the degrade that answered it by a request's lifetime."""
+    running more requests than the SLO allows, or predicted (their share of the surely-risen rate
+    passes `degrade_at_ratio` of their ready replicas' capacity), or without a ready replica."""
     limit = capacity_rps(sig.ready, sig.caps, controller.degrade_at_ratio)
-    room = _room(sig, controller.degrade_at_ratio)
     backlogged = {
         n
-        for n, w in current.items()
-        if (sig.queue_depth[n] > 0 and sig.risk[n] >= controller.degrade_at_ratio)
-        or (sig.excess[n] > 0 and w * sig.rate_plan_rps > room[n] + 1e-9)
+        for n in current
+        if (sig.queue_depth[n] > 0 and sig.risk[n] >= controller.degrade_at_ratio) or sig.excess[n] > 0
     }
     return [
         n
@@ -95,18 +91,11 @@ def _at_risk(sig: Signals, current: Weights, seen: set[str], controller: Control
     ]
 
 
-def _room(sig: Signals, utilization: float) -> dict[str, float]:
-    """Rate each variant's ready replicas take at `utilization`, less what works off its backlog
-    (requests waiting, or running beyond that utilization's concurrency) within one request's
-    lifetime at capacity: a running request leaves only when it finishes, so a surge's requests
-    slow everything the variant admits until then."""
+def _room(sig: Signals, utilization: float, drain_s: float) -> dict[str, float]:
+    """Rate each variant's ready replicas take at `utilization`, less what drains its backlog
+    (requests waiting for a batch slot, or running beyond the SLO's concurrency) within `drain_s`."""
     full = capacity_rps(sig.ready, sig.caps, utilization)
-    room = {}
-    for n, rps in full.items():
-        planned = sig.caps[n].concurrency * sig.ready[n] * utilization
-        backlog = sig.queue_depth[n] + max(0.0, sig.ongoing[n] - planned)
-        room[n] = max(0.0, rps - backlog / sig.caps[n].lifetime_s)
-    return room
+    return {n: max(0.0, full[n] - (sig.queue_depth[n] + sig.excess[n]) / drain_s) for n in full}
 
 
 def _floor_applies(targets: dict[str, int], sig: Signals, controller: ControllerSettings) -> bool:
@@ -128,7 +117,8 @@ def _move_traffic(
     quality, floor = sig.quality, controller.quality_floor
     raw = capacity_rps(sig.ready, sig.caps)  # what ready replicas take at all: routable if > 0
     if risky:
-        safe, room = _room(sig, controller.target_utilization), _room(sig, 1.0)
+        drain_s = controller.recent_window_s
+        safe, room = _room(sig, controller.target_utilization, drain_s), _room(sig, 1.0, drain_s)
         for n in seen:  # seen at risk although the model may say it fits: believe the latency
             believed = current[n] * sig.rate_plan_rps * RISK_BACKOFF
             safe[n], room[n] = min(safe[n], believed), min(room[n], believed)

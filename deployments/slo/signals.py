@@ -29,6 +29,7 @@ from deployments.slo.settings import ClassTarget, ControllerSettings, SLOTargets
 from inference.manifest import VariantManifest
 
 Z_NOISE = 2.0  # standard deviations of Poisson noise a rate change must clear
+Z_EXCESS = 1.5  # ... running requests must clear over the SLO's concurrency (a count, not a rate estimate)
 Z_SURE = 3.0  # ... for the short window to justify new replicas (slow, costly to undo)
 Z_CALM = 1.0  # ... a restore's rate estimate (upper bound; the hysteresis band is the rest of the margin)
 SPEED_EWMA = 0.2  # weight of a new latency-correction sample
@@ -53,7 +54,6 @@ class Signals:
     risk: dict[str, float]
     ready: dict[str, int]
     queue_depth: dict[str, int]
-    ongoing: dict[str, int]  # requests in a batch now
     excess: dict[str, float]  # requests running beyond the SLO's concurrency (past the noise)
     caps: dict[str, ReplicaCapacity]
     quality: dict[str, float]
@@ -141,7 +141,7 @@ def _excess(variant: VariantObservation, cap: ReplicaCapacity) -> float:
     """Requests running beyond the concurrency at which the variant meets the SLO, less Poisson
     noise: a timely overload signal where latency samples are still few."""
     allowed = cap.concurrency * variant.replicas.num_replicas_ready
-    limit = allowed + Z_NOISE * math.sqrt(allowed)
+    limit = allowed + Z_EXCESS * math.sqrt(allowed)
     return max(0.0, variant.replicas.num_ongoing - limit) if allowed > 0 else 0.0
 
 
@@ -154,11 +154,17 @@ def _ewma(previous: float | None, value: float | None, dt_s: float, tau_s: float
     return keep * previous + (1.0 - keep) * value
 
 
-def _rate_to_plan(rate: float, recent: float, recent_lower: float) -> float:
-    """The window's rate, or the recent one when it surely rose above it. Not extrapolated along the
-    rise: a short window's few arrivals make a slope mostly noise, and a split sized for a rate that
-    never comes costs a second traffic move to undo."""
-    return recent if recent_lower > rate else rate
+def _rate_to_plan(
+    rate: float, recent: float, recent_lower: float, window_s: float, recent_s: float, controller: ControllerSettings
+) -> float:
+    """The window's rate, or, when the recent rate surely rose above it, the recent rate carried
+    along the rise to the next decision (the two windows' centres are (window - recent) / 2 apart):
+    a step keeps rising through the short window, and a split sized for where it was half a window
+    ago is degraded twice."""
+    if recent_lower <= rate or window_s <= recent_s:
+        return rate
+    ahead = (recent_s / 2.0 + controller.interval_s) / ((window_s - recent_s) / 2.0)
+    return recent + (recent - rate) * ahead
 
 
 def read_signals(
@@ -213,14 +219,13 @@ def read_signals(
         rate_rps=rate,
         rate_rise_rps=rise,
         rate_sure_rps=max(window_lower, recent_sure),
-        rate_plan_rps=_rate_to_plan(rate, recent, recent_lower),
+        rate_plan_rps=_rate_to_plan(rate, recent, recent_lower, obs.window_s, obs.recent_window_s, controller),
         rate_calm_rps=max(window_calm, recent_lower),
         long_rate_rps=long_rate,
         in_burst=in_burst,
         risk={n: observed_risk(obs.variant(n), slo, controller.min_samples) for n in names},
         ready={n: obs.variant(n).replicas.num_replicas_ready for n in names},
         queue_depth={n: obs.variant(n).replicas.queue_depth for n in names},
-        ongoing={n: obs.variant(n).replicas.num_ongoing for n in names},
         excess={n: _excess(obs.variant(n), caps[n]) for n in names},
         caps=caps,
         quality=quality,

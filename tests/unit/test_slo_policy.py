@@ -161,9 +161,10 @@ def test_the_floor_buys_capacity_instead_of_overloading_the_best_variant() -> No
     variants = [FULL, DISTILLED.model_copy(update={"num_replicas": 1, "min_replicas": 1})]
     controller = CTL.model_copy(update={"quality_floor": 0.9})
     state = PolicyState.initial(variants)
-    decision, _ = step(observe(5.0, state, 7.0, {"full": 1, "distilled": 1}), state, controller, variants)
+    # 6 rps: within the two replicas' raw capacity (2.32 + 4.18), beyond their safe one at 80%
+    decision, _ = step(observe(5.0, state, 6.0, {"full": 1, "distilled": 1}), state, controller, variants)
     assert decision.at_risk and decision.expected_quality < 0.9  # one full replica cannot carry the floor's share
-    assert decision.weights["full"] * 7.0 <= 2.33 + 1e-9  # ... and is not pushed past what it carries
+    assert decision.weights["full"] * 6.0 <= 2.33 + 1e-9  # ... and is not pushed past what it carries
     assert sum(decision.replica_targets.values()) > 2  # capacity for the floor is on its way
     ready = {"full": decision.replica_targets["full"], "distilled": 1}
     state = replace(state, replica_targets=decision.replica_targets, last_degrade_s=-1000.0)
@@ -196,7 +197,12 @@ def test_bounds_budget_floor_and_routable_weights(seed: int) -> None:
             starting = any(targets[n] > ready_now[n] for n in names)
             better_room = any(targets[v.name] < v.max_replicas and MANIFEST.get(v.name).quality.agreement
                               > decision.expected_quality for v in VARIANTS)
-            assert starting or sum(targets.values()) == budget or not better_room
+            # The floor yields to the SLO (a slow variant pushed past its safe capacity misses the SLO for
+            # every request it runs): the traffic move plans on the rate to plan and believes backlogs
+            # and observed latency, the replica planner on the confident (lower) rate, so a split at
+            # risk may sit below the floor until the rise is sure, and the split it left holds until the
+            # restore hold has passed; no other move goes below it.
+            assert decision.at_risk or not decision.weights_changed or starting or sum(targets.values()) == budget or not better_room
 
 
 def test_decisions_are_deterministic() -> None:
