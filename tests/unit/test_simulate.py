@@ -43,10 +43,22 @@ def test_short_trace_output_structure(tmp_path: Path, capsys: pytest.CaptureFixt
     assert summary["policies"]["static-full"]["provisioned"] == {"full": 2}
     assert summary["policies"]["static-compressed"]["provisioned"] == {"distilled": 2}
     assert summary["policies"]["sloserve"]["recovery_s"] is not None  # the trace has a step
+    [(up, back)] = summary["policies"]["sloserve"]["mix_changes_per_step"]  # one step: during it, after it
+    assert up >= 0 and back >= 0
     assert {t["target"] for t in summary["targets"]} >= {"sloserve SLO attainment >= 99%"}
     assert (out / "short-step.png").stat().st_size > 10_000
     assert (out / "summary.json").is_file() and (out / "short-step-decisions.jsonl").is_file()
     assert report["variants"] == {"full": [1, 4], "int8": [1, 4], "distilled": [0, 4]}
+
+
+def test_ray_default_sweep_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    trace = tmp_path / "short.yaml"
+    trace.write_text(SHORT_TRACE)
+    assert main(["--trace", str(trace), "--policies", "static-full", "--ray-sweep", "1,16"]) == 0
+    out = capsys.readouterr().out
+    assert "ray-default sweep vs sloserve" in out  # sloserve is added: the sweep is against it
+    assert "ray-default:1 " in out and "ray-default:16 " in out
+    assert ">= 5x fewer violations than every ray-default at <= 1.1x replica-s" in out
 
 
 def test_csv_trace_and_requests_are_reproducible(tmp_path: Path) -> None:
@@ -76,6 +88,11 @@ def test_main_targets_on_the_example_manifest(trace: str, capsys: pytest.Capture
     assert checks["sloserve SLO attainment >= 99%"]
     assert checks["quality loss <= 1/3 of static-compressed's"]
     assert checks[">= 30% fewer replica-seconds than static-full"]
+
+
+def test_steady_trace_is_constant_for_an_hour() -> None:
+    trace = load_trace("steady")
+    assert trace.duration_s == 3600 and len(trace.segments) == 1 and trace.steps() == []
 
 
 def test_steady_noisy_keeps_the_variant_mix(capsys: pytest.CaptureFixture[str]) -> None:
