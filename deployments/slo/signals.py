@@ -167,6 +167,14 @@ def _rate_to_plan(
     return recent + (recent - rate) * ahead
 
 
+def _rate_to_restore(window_calm: float, long_calm: float, recent_lower: float) -> float:
+    """At most this rate, for a restore: the larger of the window's and the long-run rate's upper
+    bounds, and any rise the recent window is sure of. At a steady few requests per second the
+    window's bound alone swings by tens of percent, wider than the restore band: a restore sized on
+    one low swing is undone by the next degrade (two mix changes for nothing)."""
+    return max(window_calm, long_calm, recent_lower)
+
+
 def read_signals(
     obs: Observation,
     state: PolicyState,
@@ -184,7 +192,9 @@ def read_signals(
     recent_sure, _ = rate_bounds(recent, obs.recent_window_s, Z_SURE)
     rise = max(window_lower, recent_lower)
     previous_long = state.long_rate_rps if state.long_rate_rps is not None else rate
-    long_rate = _ewma(previous_long, rate, dt_s, max(controller.scale_down_hold_s, controller.window_s)) or 0.0
+    long_tau_s = max(controller.scale_down_hold_s, controller.window_s)
+    long_rate = _ewma(previous_long, rate, dt_s, long_tau_s) or 0.0
+    _, long_calm = rate_bounds(long_rate, long_tau_s, Z_CALM)
     in_burst = recent_lower > controller.burst_ratio * previous_long and previous_long > 0
 
     names = [v.name for v in variants]
@@ -220,7 +230,7 @@ def read_signals(
         rate_rise_rps=rise,
         rate_sure_rps=max(window_lower, recent_sure),
         rate_plan_rps=_rate_to_plan(rate, recent, recent_lower, obs.window_s, obs.recent_window_s, controller),
-        rate_calm_rps=max(window_calm, recent_lower),
+        rate_calm_rps=_rate_to_restore(window_calm, long_calm, recent_lower),
         long_rate_rps=long_rate,
         in_burst=in_burst,
         risk={n: observed_risk(obs.variant(n), slo, controller.min_samples) for n in names},
