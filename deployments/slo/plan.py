@@ -3,8 +3,8 @@
 Weights are dicts variant -> share of traffic summing to 1. `plan_weights` pours the arrival rate
 into variants best quality first, each up to its safe capacity — with each variant's capacity its
 own, that greedy split is the one of highest traffic-weighted quality — and spreads any excess by
-spare raw capacity. `blend_to_floor` pulls a plan toward the best variant until it meets the
-quality floor; `step_toward` moves weights by at most one step (total-variation distance).
+spare raw capacity. `blend_to_floor` moves traffic to better variants, within their capacity,
+until the split meets the quality floor; `step_toward` moves weights by at most one step (total-variation distance).
 `plan_for` evaluates a replica vector: the quality and unserved rate of its best plan.
 """
 
@@ -60,22 +60,33 @@ def plan_weights(
 
 
 def blend_to_floor(
-    weights: Mapping[str, float], quality: Mapping[str, float], floor: float, routable: Mapping[str, float]
+    weights: Mapping[str, float], quality: Mapping[str, float], floor: float, room_share: Mapping[str, float]
 ) -> Weights:
-    """Mix `weights` with all traffic on the best routable variant (`routable[n] > 0`: it has
-    capacity) just enough to reach `floor`."""
-    current = traffic_quality(weights, quality)
-    candidates = [n for n in weights if routable.get(n, 0.0) > 0]
-    if current >= floor or not candidates:
-        return dict(weights)
-    best = best_first(candidates, quality)[0]
-    top = {n: (1.0 if n == best else 0.0) for n in weights}
-    if quality[best] <= current:
-        return dict(weights)
-    if quality[best] <= floor:
-        return top
-    keep = (quality[best] - floor) / (quality[best] - current)
-    return {n: keep * weights[n] + (1.0 - keep) * top[n] for n in weights}
+    """Move traffic from worse to better variants, best receiver and worst donor first, until the
+    split reaches `floor` — but no variant beyond `room_share` (the share of traffic it carries
+    under the SLO; 0: it cannot serve). The floor never overloads the best variant: what it cannot
+    reach within capacity is the replica planner's to buy (a slow variant pushed past its capacity
+    misses the SLO for every request it runs, not just the extra ones)."""
+    out = dict(weights)
+    current = traffic_quality(out, quality)
+    receivers = best_first([n for n in out if room_share.get(n, 0.0) > out[n]], quality)
+    for r in receivers:
+        for d in sorted(out, key=lambda n: (quality[n], n)):
+            if current >= floor - 1e-12:
+                return out
+            gain = quality[r] - quality[d]
+            if gain <= 0 or out[d] <= 0:
+                continue
+            move = min((floor - current) / gain, out[d], room_share[r] - out[r])
+            out[d] -= move
+            out[r] += move
+            current += move * gain
+    return out
+
+
+def share_of(capacity_rps: Mapping[str, float], rate_rps: float) -> dict[str, float]:
+    """The share of `rate_rps` each capacity carries (unbounded at no load)."""
+    return {n: (c / rate_rps if rate_rps > 0 else (math.inf if c > 0 else 0.0)) for n, c in capacity_rps.items()}
 
 
 def step_toward(current: Mapping[str, float], target: Mapping[str, float], max_step: float) -> Weights:
@@ -109,7 +120,7 @@ def plan_for(
     if not weights:
         return 0.0, rate_rps
     if floor is not None:
-        weights = blend_to_floor(weights, quality, floor, raw)
+        weights = blend_to_floor(weights, quality, floor, share_of(safe, rate_rps))
     over_rps = sum(max(0.0, weights[n] * rate_rps - safe[n]) for n in weights)
     return traffic_quality(weights, quality), over_rps
 

@@ -26,6 +26,7 @@ from deployments.slo.plan import (
     blend_to_floor,
     capacity_rps,
     plan_weights,
+    share_of,
     step_toward,
     total_variation,
     traffic_quality,
@@ -36,6 +37,7 @@ from deployments.slo.signals import Signals, read_signals
 from inference.manifest import VariantManifest
 
 MIN_MOVE = 0.02  # a split change smaller than this share of traffic is noise
+MIN_RESTORE = 0.1  # a restore moves at least this share of traffic (or all that is left): each move is a change
 QUALITY_EPS = 1e-3
 RISK_BACKOFF = 0.85  # a variant seen at risk keeps at most this share of its current load
 
@@ -121,8 +123,8 @@ def _move_traffic(
             believed = current[n] * sig.rate_plan_rps * RISK_BACKOFF
             safe[n], room[n] = min(safe[n], believed), min(room[n], believed)
         plan = plan_weights(sig.rate_plan_rps, safe, {n: max(room[n], 1e-9 * raw[n]) for n in raw}, quality)
-        if floor_applies:  # the floor outranks draining a backlog
-            plan = blend_to_floor(plan, quality, floor, raw)
+        if floor_applies:  # the floor, within what each variant carries safely
+            plan = blend_to_floor(plan, quality, floor, share_of(safe, sig.rate_plan_rps))
         stranded = any(sig.ready[n] == 0 for n in risky)
         if plan and (total_variation(plan, current) >= MIN_MOVE or stranded):
             worse = traffic_quality(plan, quality) < traffic_quality(current, quality) - 1e-9
@@ -133,18 +135,19 @@ def _move_traffic(
     safe_restore = capacity_rps(sig.ready, sig.caps, controller.restore_utilization)
     target = plan_weights(sig.rate_calm_rps, safe_restore, raw, quality)
     if floor_applies and target:
-        target = blend_to_floor(target, quality, floor, raw)
+        target = blend_to_floor(target, quality, floor, share_of(safe_restore, sig.rate_calm_rps))
     busiest = max((sig.risk[n] for n, w in current.items() if w > 0), default=0.0)
     calm = (
         not risky
         and bool(target)
         and busiest <= controller.restore_below_ratio
         and traffic_quality(target, quality) > traffic_quality(current, quality) + QUALITY_EPS
+        and (total_variation(target, current) >= MIN_RESTORE or traffic_quality(target, quality) >= 1.0 - QUALITY_EPS)
     )
     if not calm:
         return current, None, "", None
     calm_since = state.calm_since_s if state.calm_since_s is not None else sig.now_s
-    held = min(sig.now_s - calm_since, sig.now_s - state.last_degrade_s)
+    held = min(sig.now_s - calm_since, sig.now_s - max(state.last_degrade_s, state.last_restore_s))
     if held < controller.restore_hold_s:
         return current, None, "", calm_since
     moved = step_toward(current, target, controller.restore_step)

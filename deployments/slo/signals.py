@@ -28,8 +28,10 @@ from deployments.slo.observation import LatencyStats, Observation, VariantObserv
 from deployments.slo.settings import ClassTarget, ControllerSettings, SLOTargets, VariantBounds
 from inference.manifest import VariantManifest
 
-Z_NOISE = 1.5  # standard deviations of Poisson noise a rate change must clear
+Z_NOISE = 2.0  # standard deviations of Poisson noise a rate change must clear
+Z_EXCESS = 1.5  # ... running requests must clear over the SLO's concurrency (a count, not a rate estimate)
 Z_SURE = 3.0  # ... for the short window to justify new replicas (slow, costly to undo)
+Z_CALM = 1.0  # ... a restore's rate estimate (upper bound; the hysteresis band is the rest of the margin)
 SPEED_EWMA = 0.2  # weight of a new latency-correction sample
 SPEED_BOUNDS = (0.5, 4.0)  # observed / manifest latency is trusted within these
 ERROR_RATE_AT_RISK = 0.05  # this share of failed requests counts as an SLO breach
@@ -46,7 +48,7 @@ class Signals:
     rate_rise_rps: float  # at least this, with confidence (degrade trigger)
     rate_sure_rps: float  # at least this, with more confidence in the short window (scale-up)
     rate_plan_rps: float  # the window's rate, or the recent one carried along a sure rise
-    rate_calm_rps: float  # at most this, with confidence (restore, scale-down)
+    rate_calm_rps: float  # at most this, as far as the window tells (restore, scale-down)
     long_rate_rps: float
     in_burst: bool
     risk: dict[str, float]
@@ -61,8 +63,18 @@ class Signals:
     budget_spent: bool
 
 
-def noise_rps(rate_rps: float, span_s: float) -> float:
-    return Z_NOISE * math.sqrt(max(rate_rps, 0.0) / span_s) if span_s > 0 else 0.0
+def rate_bounds(rate_rps: float, span_s: float, z: float = Z_NOISE) -> tuple[float, float]:
+    """(lower, upper) confidence bounds of a Poisson rate seen as `rate_rps` over `span_s`, z standard
+    deviations out. Exact-shaped (Wilson-Hilferty on the count), not the normal approximation: at the
+    few arrivals a short window holds at a few requests per second, rate +- z sqrt(rate / span)
+    puts the lower bound above the true rate far more often than z promises (and flaps)."""
+    if span_s <= 0:
+        return rate_rps, rate_rps
+    n = max(rate_rps, 0.0) * span_s
+    lower = n * (1.0 - 1.0 / (9.0 * n) - z / (3.0 * math.sqrt(n))) ** 3 if n > 0 else 0.0
+    m = n + 1.0
+    upper = m * (1.0 - 1.0 / (9.0 * m) + z / (3.0 * math.sqrt(m))) ** 3
+    return max(0.0, lower) / span_s, upper / span_s
 
 
 def _ratio(stats: LatencyStats, targets: list[ClassTarget]) -> float:
@@ -129,7 +141,7 @@ def _excess(variant: VariantObservation, cap: ReplicaCapacity) -> float:
     """Requests running beyond the concurrency at which the variant meets the SLO, less Poisson
     noise: a timely overload signal where latency samples are still few."""
     allowed = cap.concurrency * variant.replicas.num_replicas_ready
-    limit = allowed + Z_NOISE * math.sqrt(allowed)
+    limit = allowed + Z_EXCESS * math.sqrt(allowed)
     return max(0.0, variant.replicas.num_ongoing - limit) if allowed > 0 else 0.0
 
 
@@ -143,14 +155,24 @@ def _ewma(previous: float | None, value: float | None, dt_s: float, tau_s: float
 
 
 def _rate_to_plan(
-    rate: float, recent: float, recent_noise: float, window_s: float, recent_s: float, controller: ControllerSettings
+    rate: float, recent: float, recent_lower: float, window_s: float, recent_s: float, controller: ControllerSettings
 ) -> float:
     """The window's rate, or, when the recent rate surely rose above it, the recent rate carried
-    along the rise to the next decision (the two windows' centres are (window - recent) / 2 apart)."""
-    if recent - recent_noise <= rate or window_s <= recent_s:
+    along the rise to the next decision (the two windows' centres are (window - recent) / 2 apart):
+    a step keeps rising through the short window, and a split sized for where it was half a window
+    ago is degraded twice."""
+    if recent_lower <= rate or window_s <= recent_s:
         return rate
     ahead = (recent_s / 2.0 + controller.interval_s) / ((window_s - recent_s) / 2.0)
     return recent + (recent - rate) * ahead
+
+
+def _rate_to_restore(window_calm: float, long_calm: float, recent_lower: float) -> float:
+    """At most this rate, for a restore: the larger of the window's and the long-run rate's upper
+    bounds, and any rise the recent window is sure of. At a steady few requests per second the
+    window's bound alone swings by tens of percent, wider than the restore band: a restore sized on
+    one low swing is undone by the next degrade (two mix changes for nothing)."""
+    return max(window_calm, long_calm, recent_lower)
 
 
 def read_signals(
@@ -164,11 +186,16 @@ def read_signals(
     now_s = obs.now_s
     dt_s = max(0.0, now_s - state.last_decision_s) if state.last_decision_s is not None else 0.0
     rate, recent = obs.arrival_rate_rps, obs.recent_arrival_rate_rps
-    window_noise, recent_noise = noise_rps(rate, obs.window_s), noise_rps(recent, obs.recent_window_s)
-    rise = max(rate - window_noise, recent - recent_noise, 0.0)
+    window_lower, _ = rate_bounds(rate, obs.window_s)
+    _, window_calm = rate_bounds(rate, obs.window_s, Z_CALM)
+    recent_lower, _ = rate_bounds(recent, obs.recent_window_s)
+    recent_sure, _ = rate_bounds(recent, obs.recent_window_s, Z_SURE)
+    rise = max(window_lower, recent_lower)
     previous_long = state.long_rate_rps if state.long_rate_rps is not None else rate
-    long_rate = _ewma(previous_long, rate, dt_s, max(controller.scale_down_hold_s, controller.window_s)) or 0.0
-    in_burst = recent - recent_noise > controller.burst_ratio * previous_long and previous_long > 0
+    long_tau_s = max(controller.scale_down_hold_s, controller.window_s)
+    long_rate = _ewma(previous_long, rate, dt_s, long_tau_s) or 0.0
+    _, long_calm = rate_bounds(long_rate, long_tau_s, Z_CALM)
+    in_burst = recent_lower > controller.burst_ratio * previous_long and previous_long > 0
 
     names = [v.name for v in variants]
     last_shift_s = max(state.last_degrade_s, state.last_restore_s, state.last_burst_s)
@@ -201,9 +228,9 @@ def read_signals(
         dt_s=dt_s,
         rate_rps=rate,
         rate_rise_rps=rise,
-        rate_sure_rps=max(rate - window_noise, recent - recent_noise * Z_SURE / Z_NOISE, 0.0),
-        rate_plan_rps=_rate_to_plan(rate, recent, recent_noise, obs.window_s, obs.recent_window_s, controller),
-        rate_calm_rps=max(rate + window_noise, recent),
+        rate_sure_rps=max(window_lower, recent_sure),
+        rate_plan_rps=_rate_to_plan(rate, recent, recent_lower, obs.window_s, obs.recent_window_s, controller),
+        rate_calm_rps=_rate_to_restore(window_calm, long_calm, recent_lower),
         long_rate_rps=long_rate,
         in_burst=in_burst,
         risk={n: observed_risk(obs.variant(n), slo, controller.min_samples) for n in names},

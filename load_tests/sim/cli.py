@@ -10,7 +10,8 @@ so the simulator re-runs unchanged on a newly measured manifest. `static-full` a
 peak rate at the controller's target utilization. Extra policies: `static:<variant>` (the same
 for any variant), `static-full-min` / `static-min:<variant>` (the fewest replicas that reach 99%
 SLO attainment on this very trace, found by simulation: an oracle), `ray-default:<N>` (Ray's
-default autoscaler with target_ongoing_requests N). Prints each policy's scores and the targets.
+default autoscaler with target_ongoing_requests N; `--ray-sweep 1,2,4,8,16` adds several and prints
+them against sloserve). Prints each policy's scores, mix changes per step and the targets.
 """
 
 from __future__ import annotations
@@ -28,7 +29,15 @@ from deployments.slo.settings import PolicyInputs, SLOTargets, VariantBounds
 from inference.manifest import ManifestError, VariantManifest
 from load_tests.sim.engine import SimRun, simulate
 from load_tests.sim.policies import RayDefaultPolicy, SimPolicy, SloservePolicy, StaticPolicy, ThresholdPolicy
-from load_tests.sim.report import PolicyResult, TargetCheck, check_targets, is_target_trace, plot, score
+from load_tests.sim.report import (
+    RAY_COST_RATIO,
+    PolicyResult,
+    TargetCheck,
+    check_targets,
+    is_target_trace,
+    plot,
+    score,
+)
 from load_tests.sim.traces import RateTrace, SimRequest, TraceError, load_trace, make_requests
 
 EXAMPLE_MANIFEST = Path(__file__).parents[1] / "traces" / "example_manifest.json"
@@ -172,10 +181,24 @@ def _print_table(summary: dict[str, Any]) -> None:
         print(f"{name:<18}{r['attainment']:>8.2%}{r['violations']:>6}{r['goodput_rps']:>9.2f}{r['quality']:>9.4f}"
               f"{r['replica_seconds']:>9.0f}{r['mean_replicas']:>8.2f}{r['mix_changes_per_hour']:>7.1f}"
               f"{recovery:>9}  {r['provisioned'] or ''}")
-    tag = "" if summary["targets_apply"] else " (informational: the issue sets them on step3x, burst, steady-noisy)"
+    ours = summary["policies"].get("sloserve")
+    if ours and ours["mix_changes_per_step"]:
+        steps = " ".join(f"{up}/{back}" for up, back in ours["mix_changes_per_step"])
+        print(f"sloserve mix changes per step (during/after): {steps}")
+    rays = {n: r for n, r in summary["policies"].items() if n.startswith("ray-default")}
+    if ours and len(rays) > 1:
+        print(f"ray-default sweep vs sloserve ({ours['violations']} violations, {ours['replica_seconds']:.0f} replica-s):")
+        print(f"  {'setting':<18}{'attain':>8}{'viol':>6}{'repl-s':>9}{'x cost':>8}  compared  sloserve 5x fewer")
+        for name, r in rays.items():
+            ratio = r["replica_seconds"] / ours["replica_seconds"] if ours["replica_seconds"] else float("inf")
+            near = ratio <= RAY_COST_RATIO
+            fewer = ("yes" if ours["violations"] * 5 <= r["violations"] else "NO") if near else "-"
+            print(f"  {name:<18}{r['attainment']:>8.2%}{r['violations']:>6}{r['replica_seconds']:>9.0f}{ratio:>8.2f}"
+                  f"  {'yes' if near else 'no':<8}  {fewer}")
+    tag = "" if summary["targets_apply"] else " (informational: the issue sets them on step3x, burst, steady, steady-noisy)"
     for c in summary["targets"]:
         mark = "MET " if c["met"] else "MISS"
-        extra = "" if c["primary"] else " (extra baseline)"
+        extra = "" if c["primary"] else " (informational)"
         print(f"  [{mark}] {c['target']}: {c['value']}{extra}{tag}")
 
 
@@ -188,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cold-start-s", type=float, default=None, help="default: controller.replica_cold_start_s")
     p.add_argument("--slowdown", type=float, default=1.0, help="true TPOT / manifest TPOT (tests online correction)")
     p.add_argument("--ray-target-ongoing", type=float, default=2.0, help="ray-default target_ongoing_requests")
+    p.add_argument("--ray-sweep", default=None, metavar="N,N,...",
+                   help="add ray-default:N for each target_ongoing_requests N (e.g. 1,2,4,8,16) and print the "
+                        "sweep against sloserve")
     p.add_argument("--static-compressed", default=None, help="variant of static-compressed (default: fastest)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -199,6 +225,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.cold_start_s is None:
             args.cold_start_s = config.controller.replica_cold_start_s
         policies = [x.strip() for x in args.policies.split(",") if x.strip()]
+        if args.ray_sweep:
+            sweep = [f"ray-default:{x.strip()}" for x in args.ray_sweep.split(",") if x.strip()]
+            policies = [*policies, *(n for n in sweep if n not in policies)]
+            if "sloserve" not in policies:
+                policies.insert(0, "sloserve")
         traces = [t.strip() for spec in args.trace for t in spec.split(",") if t.strip()]
         out_dir = Path(args.out) if args.out else None
         if out_dir:

@@ -42,6 +42,7 @@ class SimRun:
     samples: list[Sample] = field(default_factory=list)
     decisions: list[tuple[float, str, str]] = field(default_factory=list)  # (t_s, reason_code, reason)
     mix_changes: int = 0
+    mix_change_times: list[float] = field(default_factory=list)
     replica_seconds: float = 0.0
 
 
@@ -168,6 +169,7 @@ def simulate(requests: list[SimRequest], policy: SimPolicy, config: AppConfig, m
             loop.apply(control, now_s)
             if total_variation(before, control.weights) > MIX_CHANGE and now_s <= duration_s:
                 run.mix_changes += 1
+                run.mix_change_times.append(now_s)
             if control.reason_code != "hold":
                 run.decisions.append((now_s, control.reason_code, control.reason))
             next_tick_s += policy.interval_s

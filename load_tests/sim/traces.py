@@ -55,6 +55,11 @@ class RateTrace:
     def peak(self) -> float:
         return max(r for _, r in self.segments)
 
+    def steps_and_after(self, min_ratio: float = 1.5) -> list[tuple[float, float, float]]:
+        """(start_s, end_s, back_end_s) of each step: the step, then until the next step or the end."""
+        steps = self.steps(min_ratio)
+        return [(s, e, steps[i + 1][0] if i + 1 < len(steps) else self.duration_s) for i, (s, e) in enumerate(steps)]
+
     def steps(self, min_ratio: float = 1.5) -> list[tuple[float, float]]:
         """(start_s, end_s) of segments whose rate rose by at least `min_ratio` over the one before."""
         ends = [*(t for t, _ in self.segments[1:]), self.duration_s]
@@ -66,7 +71,7 @@ class RateTrace:
 
 
 TRACES_DIR = Path(__file__).parents[1] / "traces"
-BUILTIN_TRACES = ("step3x", "burst", "diurnal", "steady-noisy")  # load_tests/traces/<name>.yaml
+BUILTIN_TRACES = ("step3x", "burst", "diurnal", "steady", "steady-noisy")  # load_tests/traces/<name>.yaml
 
 
 def _checked(name: str, unit: str, segments: list[tuple[float, float]], duration_s: float) -> RateTrace:

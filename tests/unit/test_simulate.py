@@ -1,5 +1,6 @@
-"""The controller simulator end to end on the labelled example manifest: output structure, trace
-files, errors, and the issue's main targets where the example manifest meets them."""
+"""The controller simulator end to end: output structure, trace files, errors, and the issue's
+targets — on the labelled example manifest, and on the measured manifest of the packaged model
+(`MEASURED_MANIFEST`, PROVISIONAL until the compression work's measured one lands)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,19 @@ import pytest
 from load_tests.sim.cli import main
 from load_tests.sim.traces import TraceError, load_trace, make_requests
 
+TRACES = Path(__file__).parents[2] / "load_tests" / "traces"
+# PROVISIONAL (issue 13): estimated curves of full/int8/distill-20/distill-16; switch both to the measured
+# manifest and its local-slo config when they land (the targets below are checked on these two files).
+MEASURED_MANIFEST = TRACES / "provisional_measured_manifest.json"
+MEASURED_CONFIG = TRACES / "provisional-local-slo.yaml"
+# Targets the policy does not meet yet on MEASURED_MANIFEST (see docs/slo-controller.md): the test
+# fails once one is met, so the entry is removed and the target asserted from then on.
+OPEN_ON_MEASURED = {
+    "step3x": {"each step: <= 2 mix changes up and 2 back", ">= 30% fewer replica-seconds than static-full"},
+    "burst": {"sloserve SLO attainment >= 99%", ">= 30% fewer replica-seconds than static-full",
+              ">= 5x fewer violations than every ray-default at <= 1.1x replica-s"},
+    "steady": {"<= 4 variant-mix changes per hour"},
+}
 SHORT_TRACE = """\
 name: short-step
 unit: full_replica
@@ -43,10 +57,22 @@ def test_short_trace_output_structure(tmp_path: Path, capsys: pytest.CaptureFixt
     assert summary["policies"]["static-full"]["provisioned"] == {"full": 2}
     assert summary["policies"]["static-compressed"]["provisioned"] == {"distilled": 2}
     assert summary["policies"]["sloserve"]["recovery_s"] is not None  # the trace has a step
+    [(up, back)] = summary["policies"]["sloserve"]["mix_changes_per_step"]  # one step: during it, after it
+    assert up >= 0 and back >= 0
     assert {t["target"] for t in summary["targets"]} >= {"sloserve SLO attainment >= 99%"}
     assert (out / "short-step.png").stat().st_size > 10_000
     assert (out / "summary.json").is_file() and (out / "short-step-decisions.jsonl").is_file()
     assert report["variants"] == {"full": [1, 4], "int8": [1, 4], "distilled": [0, 4]}
+
+
+def test_ray_default_sweep_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    trace = tmp_path / "short.yaml"
+    trace.write_text(SHORT_TRACE)
+    assert main(["--trace", str(trace), "--policies", "static-full", "--ray-sweep", "1,16"]) == 0
+    out = capsys.readouterr().out
+    assert "ray-default sweep vs sloserve" in out  # sloserve is added: the sweep is against it
+    assert "ray-default:1 " in out and "ray-default:16 " in out
+    assert ">= 5x fewer violations than every ray-default at <= 1.1x replica-s" in out
 
 
 def test_csv_trace_and_requests_are_reproducible(tmp_path: Path) -> None:
@@ -78,7 +104,31 @@ def test_main_targets_on_the_example_manifest(trace: str, capsys: pytest.Capture
     assert checks[">= 30% fewer replica-seconds than static-full"]
 
 
-def test_steady_noisy_keeps_the_variant_mix(capsys: pytest.CaptureFixture[str]) -> None:
-    report = run_json(capsys, "--trace", "steady-noisy", "--policies", "sloserve")
+def test_steady_trace_is_constant_for_an_hour() -> None:
+    trace = load_trace("steady")
+    assert trace.duration_s == 3600 and len(trace.segments) == 1 and trace.steps() == []
+
+
+@pytest.mark.parametrize("trace", [
+    pytest.param("steady", marks=pytest.mark.xfail(reason="open: 5 changes/h at seed 0 (one spurious degrade, then "
+                                                          "4 restores; seed 1: 4), docs/slo-controller.md", strict=False)),
+    "steady-noisy",
+])
+def test_steady_keeps_the_variant_mix(trace: str, capsys: pytest.CaptureFixture[str]) -> None:
+    report = run_json(capsys, "--trace", trace, "--policies", "sloserve")
     [check] = report["traces"][0]["targets"]
     assert check["target"] == "<= 4 variant-mix changes per hour" and check["met"]
+
+
+@pytest.mark.parametrize("trace", ["step3x", "burst", "steady"])
+def test_targets_on_the_measured_manifest(trace: str, capsys: pytest.CaptureFixture[str]) -> None:
+    report = run_json(capsys, "--trace", trace, "--manifest", str(MEASURED_MANIFEST), "--config", str(MEASURED_CONFIG),
+                      "--policies", "sloserve,static-full,static-compressed", "--ray-sweep", "1,2,4,8,16")
+    checks = {c["target"].split(" (sloserve")[0]: c for c in report["traces"][0]["targets"] if c["primary"]}
+    missed = {t: c["value"] for t, c in checks.items() if not c["met"]}
+    assert OPEN_ON_MEASURED[trace] <= set(checks)  # the open targets are still checked by these names
+    assert not set(missed) - OPEN_ON_MEASURED[trace], f"targets missed on {MEASURED_MANIFEST.name}: {missed}"
+    now_met = OPEN_ON_MEASURED[trace] - set(missed)
+    assert not now_met, f"now met, remove from OPEN_ON_MEASURED: {now_met}"
+    if missed:
+        pytest.xfail(f"open on {MEASURED_MANIFEST.name}: {missed}")

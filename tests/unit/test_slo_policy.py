@@ -109,7 +109,7 @@ def test_restores_only_after_the_hold_and_one_step_at_a_time() -> None:
     state = replace(PolicyState.initial(VARIANTS), weights={"full": 0.5, "int8": 0.5, "distilled": 0.0},
                     last_degrade_s=0.0)
     ready, history = {"full": 1, "int8": 1}, []
-    for now in np.arange(5.0, 90.0, 5.0):
+    for now in np.arange(5.0, 160.0, 5.0):  # each restore waits the hold again: its effect is seen first
         decision, state = step(observe(float(now), state, 1.0, ready), state)
         history.append((float(now), decision.reason_code, decision.weights["full"]))
     restores = [(t, w) for t, code, w in history if code == "restore"]
@@ -117,6 +117,7 @@ def test_restores_only_after_the_hold_and_one_step_at_a_time() -> None:
     assert all(code == "hold" for t, code, _ in history if t < CTL.restore_hold_s)
     fulls = [0.5] + [w for _, _, w in history]
     assert all(b - a <= CTL.restore_step + 1e-9 for a, b in itertools.pairwise(fulls))
+    assert all(b - a >= CTL.restore_hold_s for a, b in itertools.pairwise(t for t, _ in restores))
     assert fulls[-1] == pytest.approx(1.0)
 
 
@@ -156,16 +157,19 @@ def test_no_oscillation_under_noisy_steady_load() -> None:
     assert changes <= 4
 
 
-def test_never_below_the_quality_floor_while_capacity_remains_in_budget() -> None:
+def test_the_floor_buys_capacity_instead_of_overloading_the_best_variant() -> None:
     variants = [FULL, DISTILLED.model_copy(update={"num_replicas": 1, "min_replicas": 1})]
     controller = CTL.model_copy(update={"quality_floor": 0.9})
     state = PolicyState.initial(variants)
-    decision, _ = step(observe(5.0, state, 7.0, {"full": 1, "distilled": 1}), state, controller, variants)
-    assert decision.at_risk and decision.expected_quality >= 0.9 - 1e-9
-    assert sum(decision.replica_targets.values()) > 2  # and capacity is on its way
-    used_up = controller.model_copy(update={"max_total_replicas": 2})  # every replica serving: the floor gives way
-    decision, _ = step(observe(5.0, state, 7.0, {"full": 1, "distilled": 1}), state, used_up, variants)
-    assert decision.expected_quality < 0.9
+    # 6 rps: within the two replicas' raw capacity (2.32 + 4.18), beyond their safe one at 80%
+    decision, _ = step(observe(5.0, state, 6.0, {"full": 1, "distilled": 1}), state, controller, variants)
+    assert decision.at_risk and decision.expected_quality < 0.9  # one full replica cannot carry the floor's share
+    assert decision.weights["full"] * 6.0 <= 2.33 + 1e-9  # ... and is not pushed past what it carries
+    assert sum(decision.replica_targets.values()) > 2  # capacity for the floor is on its way
+    ready = {"full": decision.replica_targets["full"], "distilled": 1}
+    state = replace(state, replica_targets=decision.replica_targets, last_degrade_s=-1000.0)
+    decision, _ = step(observe(100.0, state, 3.0, ready), state, controller, variants)
+    assert decision.expected_quality >= 0.9 - 1e-9  # where the capacity is there, the floor holds
 
 
 @pytest.mark.parametrize("seed", range(40))
@@ -189,10 +193,16 @@ def test_bounds_budget_floor_and_routable_weights(seed: int) -> None:
         assert min(decision.weights.values()) >= 0 and sum(decision.weights.values()) == pytest.approx(1.0)
         if decision.weights_changed:
             assert all(decision.weights[n] == 0 for n in names if ready_now[n] == 0)
-        room = sum(targets.values()) < budget or any(targets[n] > ready_now[n] for n in names)
-        best_ready = max((MANIFEST.get(n).quality.agreement for n in names if ready_now[n]), default=0.0)
-        if room and best_ready >= controller.quality_floor:
-            assert decision.expected_quality >= controller.quality_floor - 1e-9
+        if decision.expected_quality < controller.quality_floor - 1e-9:  # capacity for the floor is coming
+            starting = any(targets[n] > ready_now[n] for n in names)
+            better_room = any(targets[v.name] < v.max_replicas and MANIFEST.get(v.name).quality.agreement
+                              > decision.expected_quality for v in VARIANTS)
+            # The floor yields to the SLO (a slow variant pushed past its safe capacity misses the SLO for
+            # every request it runs): the traffic move plans on the rate to plan and believes backlogs
+            # and observed latency, the replica planner on the confident (lower) rate, so a split at
+            # risk may sit below the floor until the rise is sure, and the split it left holds until the
+            # restore hold has passed; no other move goes below it.
+            assert decision.at_risk or not decision.weights_changed or starting or sum(targets.values()) == budget or not better_room
 
 
 def test_decisions_are_deterministic() -> None:
