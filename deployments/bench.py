@@ -178,7 +178,9 @@ async def _run_paths(model_name: str, engine: Any, handle: Any, trace: HopTrace,
     return samples
 
 
-def run(model: str, num_requests: int, max_tokens: int, threads: int, log: Callable[[str], None]) -> dict[str, Any]:
+def run(model: str, num_requests: int, max_tokens: int, threads: int, log: Callable[[str], None],
+        serve_env: dict[str, str] | None = None) -> dict[str, Any]:
+    """`serve_env`: environment variables for every Ray process of the run (Ray Serve's settings, to compare)."""
     import ray
     from ray import serve
 
@@ -194,9 +196,10 @@ def run(model: str, num_requests: int, max_tokens: int, threads: int, log: Calla
         "router": {"affinity": "none"},
     })
     results: dict[str, Any] = {"model": model, "requests": num_requests, "max_tokens": max_tokens, "threads": threads,
-                               "load_average_1m_before": round(os.getloadavg()[0], 2)}
+                               "serve_env": serve_env or {}, "load_average_1m_before": round(os.getloadavg()[0], 2)}
     trace_path = os.path.join(tempfile.mkdtemp(prefix="sloserve-bench-"), "hops.jsonl")
-    os.environ[TRACE_ENV] = trace_path  # the Serve processes started below inherit it
+    env = {**(serve_env or {}), TRACE_ENV: trace_path}
+    os.environ.update(env)  # the Serve processes started below inherit it (and get it from runtime_env)
     trace = HopTrace(trace_path)
     port = 8765
 
@@ -204,7 +207,7 @@ def run(model: str, num_requests: int, max_tokens: int, threads: int, log: Calla
     engine = AsyncLLMEngine(engine_config_for(config, config.variants[0]))
     log("local Ray Serve ...")
     ray.init(address="local", num_cpus=threads + 1, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {TRACE_ENV: trace_path}})
+             runtime_env={"env_vars": env})
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         handle = serve.run(build_app(config), name="bench", route_prefix="/")
@@ -214,7 +217,8 @@ def run(model: str, num_requests: int, max_tokens: int, threads: int, log: Calla
         serve.shutdown()
         ray.shutdown()
         engine.shutdown()
-        os.environ.pop(TRACE_ENV, None)
+        for key in env:
+            os.environ.pop(key, None)
     results["load_average_1m_after"] = round(os.getloadavg()[0], 2)
     for path in PATHS:
         results[path] = _summary(samples[path])
@@ -226,6 +230,8 @@ def run(model: str, num_requests: int, max_tokens: int, threads: int, log: Calla
 
 
 def print_table(r: dict[str, Any]) -> None:
+    if r["serve_env"]:
+        print(f"Ray processes' environment: {r['serve_env']}")
     print(f"model {r['model']}, {r['requests']} sequential rounds x {r['max_tokens']} tokens, {r['threads']} threads; "
           f"load average (1 min) {r['load_average_1m_before']} before, {r['load_average_1m_after']} after")
     print(f"{'path':<8}{'TTFT p50':>10}{'TTFT p95':>10}{'TPOT p50':>10}{'TPOT p95':>10}{'outside engine':>16}{'tokens':>8}   (ms)")
@@ -251,9 +257,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=20)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the engine (and the replica's CPUs)")
+    parser.add_argument("--serve-env", action="append", default=[], metavar="KEY=VALUE",
+                        help="an environment variable for the Ray processes, e.g. RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    results = run(args.model, args.requests, args.max_tokens, args.threads, lambda m: print(m, file=sys.stderr, flush=True))
+    bad = [kv for kv in args.serve_env if "=" not in kv]
+    if bad:
+        parser.error(f"--serve-env takes KEY=VALUE, got {bad}")
+    serve_env = dict(kv.split("=", 1) for kv in args.serve_env)
+    results = run(args.model, args.requests, args.max_tokens, args.threads, lambda m: print(m, file=sys.stderr, flush=True),
+                  serve_env)
     if args.json:
         print(json.dumps(results))
     else:
