@@ -3,9 +3,14 @@
     python -m deployments.bench [--model packaged:smollm2-135m-instruct] [--requests 20] [--json]
 
 One variant, one replica, tp_size 1, requests one at a time (so queueing does not blur the
-layers). For each path: TTFT (to the first streamed token) and per-token latency (mean gap
-between streamed tokens after the first), p50 and p95; then what the router + Serve layers add
-over the engine (handle) and what the HTTP proxy adds on top (HTTP).
+layers), in rounds of engine, handle, HTTP (so a change of load hits every path alike). Every
+path is timed by one rule: TTFT to the first chunk carrying output tokens; per-token latency =
+(last such chunk - first) / (the engine's own count of output tokens - 1), the count taken from
+the engine's output (engine), the final chunk's usage (handle) or the stream's usage event (HTTP;
+`stream_options.include_usage`), and checked equal to --max-tokens on every path. The HTTP client
+keeps one connection alive, as any client that cares about latency does. Prints what the handle
+and HTTP add over the engine, with PASS/FAIL against TARGETS, and per-hop medians from the hop
+trace (deployments/hop_trace.py; docs/serving-path.md).
 """
 
 from __future__ import annotations
@@ -13,131 +18,237 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
+import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+from deployments.hop_trace import TRACE_ENV, HopTrace, engine_ttft_s, hop_breakdown, read_trace
 from deployments.slo.windows import percentile
 
 PROMPT = "Explain in a few sentences why batching requests makes LLM serving cheaper."
+PATHS = ("engine", "handle", "http")
+# What each serving path may add over the in-process engine: p50 TTFT (ms) and p50 per-token latency (%).
+TARGETS = {"handle": (3.0, 5.0), "http": (10.0, 5.0)}
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+@dataclass(slots=True)
+class Sample:
+    ttft_s: float
+    tpot_s: float
+    tokens: int
+    engine_ttft_s: float | None  # the engine's own time from the request's arrival to its first token
+
+
+class _Clock:
+    """Times one request's stream by the same rule on every path (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.start = time.monotonic()
+        self.first: float | None = None
+        self.last: float | None = None
+
+    def output(self) -> None:
+        self.last = time.monotonic()
+        if self.first is None:
+            self.first = self.last
+
+    def sample(self, path: str, tokens: int, expected: int, engine_ttft: float | None) -> Sample:
+        if self.first is None or self.last is None or tokens != expected:
+            raise BenchError(f"{path}: the engine counted {tokens} output tokens, expected --max-tokens={expected}")
+        return Sample(self.first - self.start, (self.last - self.first) / (tokens - 1), tokens, engine_ttft)
 
 
 def _pct(values: list[float], q: float) -> float:
     return percentile(sorted(values), 100.0 * q)
 
 
-def _summary(ttft: list[float], tpot: list[float]) -> dict[str, float]:
-    return {
+def _summary(samples: list[Sample]) -> dict[str, float]:
+    ttft, tpot = [s.ttft_s for s in samples], [s.tpot_s for s in samples]
+    added = [s.ttft_s - s.engine_ttft_s for s in samples if s.engine_ttft_s is not None]
+    out = {
         "ttft_ms_p50": round(1e3 * _pct(ttft, 0.5), 2), "ttft_ms_p95": round(1e3 * _pct(ttft, 0.95), 2),
         "tpot_ms_p50": round(1e3 * _pct(tpot, 0.5), 3), "tpot_ms_p95": round(1e3 * _pct(tpot, 0.95), 3),
+        "tokens": samples[0].tokens,
     }
+    if len(added) == len(samples):
+        out["outside_engine_ttft_ms_p50"] = round(1e3 * _pct(added, 0.5), 2)
+    return out
 
 
-async def _measure(stream: Callable[[], AsyncIterator[int]], n: int) -> dict[str, float]:
-    """`stream()` yields the number of new tokens in each chunk as it arrives."""
-    ttfts, tpots = [], []
-    for _ in range(n):
-        start = time.perf_counter()
-        first = last = None
-        tokens = 0
-        async for count in stream():
-            now = time.perf_counter()
-            if count and first is None:
-                first = now
-            tokens += count
-            last = now
-        assert first is not None and last is not None and tokens > 1
-        ttfts.append(first - start)
-        tpots.append((last - first) / (tokens - 1))
-    return _summary(ttfts, tpots)
+def _overhead(results: dict[str, Any], path: str) -> dict[str, Any]:
+    """What `path` adds over the engine: the difference of p50 TTFTs, and the same taken per request
+    (client TTFT minus the engine's own TTFT: immune to prefill-time noise), which the target checks."""
+    p, e = results[path], results["engine"]
+    ttft_target_ms, tpot_target_pct = TARGETS[path]
+    out: dict[str, Any] = {
+        "ttft_added_ms_p50": round(p["ttft_ms_p50"] - e["ttft_ms_p50"], 2),
+        "ttft_added_ms_p95": round(p["ttft_ms_p95"] - e["ttft_ms_p95"], 2),
+        "tpot_added_pct_p50": round(100 * (p["tpot_ms_p50"] / e["tpot_ms_p50"] - 1), 1),
+        "tpot_added_pct_p95": round(100 * (p["tpot_ms_p95"] / e["tpot_ms_p95"] - 1), 1),
+    }
+    paired = "outside_engine_ttft_ms_p50"
+    checked = round(p[paired] - e[paired], 2) if paired in p and paired in e else out["ttft_added_ms_p50"]
+    out["ttft_added_ms_p50_per_request"] = checked
+    out["target"] = f"<= {ttft_target_ms} ms p50 TTFT, <= {tpot_target_pct}% p50 per-token latency"
+    out["pass"] = checked <= ttft_target_ms and out["tpot_added_pct_p50"] <= tpot_target_pct
+    return out
 
 
-def run(model: str, num_requests: int, max_tokens: int, threads: int, log: Callable[[str], None]) -> dict:  # type: ignore[type-arg]
+async def _run_paths(model_name: str, engine: Any, handle: Any, trace: HopTrace, requests: int, max_tokens: int,
+                     port: int, log: Callable[[str], None]) -> dict[str, list[Sample]]:
     import httpx
+
+    from deployments.protocol import GenerateRequest, SamplingOptions
+    from inference.sampling_params import SamplingParams
+
+    params = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
+    sampling = SamplingOptions(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
+    body = {"model": model_name, "prompt": PROMPT, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True,
+            "stream": True, "stream_options": {"include_usage": True}}
+
+    async def via_engine() -> Sample:
+        clock, final = _Clock(), None
+        async for out in engine.generate(PROMPT, params):
+            if out.outputs[0].delta_token_ids:
+                clock.output()
+            final = out
+        assert final is not None
+        return clock.sample("engine", len(final.outputs[0].token_ids), max_tokens, final.metrics.ttft_s)
+
+    async def via_handle() -> Sample:
+        request = GenerateRequest(prompt=PROMPT, sampling=sampling)
+        trace.stamp(request.request_id, "client.send")
+        clock, final = _Clock(), None
+        async for chunk in handle.options(stream=True).stream.remote(request):
+            if chunk.delta_token_ids and not chunk.is_prompt:
+                if clock.first is None:
+                    trace.stamp(request.request_id, "client.first_token")
+                clock.output()
+            final = chunk if chunk.finished else final
+        if final is None or final.usage is None or final.timing is None:
+            raise BenchError("handle: the stream ended without a final chunk carrying usage and timing")
+        return clock.sample("handle", final.usage.completion_tokens, max_tokens, final.timing.ttft_s)
+
+    async def via_http(client: httpx.AsyncClient) -> tuple[str, Sample]:
+        http_id = uuid.uuid4().hex  # Serve's proxy keeps a client's x-request-id: the trace joins on it
+        trace.stamp(http_id, "client.send")
+        clock, tokens = _Clock(), 0
+        async with client.stream("POST", f"http://127.0.0.1:{port}/v1/completions", json=body,
+                                 headers={"x-request-id": http_id}) as response:
+            if response.status_code != 200:
+                raise BenchError(f"http: status {response.status_code}: {(await response.aread())[:300]!r}")
+            async for line in response.aiter_lines():
+                if not line.startswith("data: {"):
+                    continue
+                event = json.loads(line[6:])
+                if event["choices"]:  # one event per engine chunk that carries output tokens
+                    if clock.first is None:
+                        trace.stamp(http_id, "client.first_token")
+                    clock.output()
+                if event.get("usage"):
+                    tokens = event["usage"]["completion_tokens"]
+        return http_id, clock.sample("http", tokens, max_tokens, None)
+
+    samples: dict[str, list[Sample]] = {p: [] for p in PATHS}
+    http_ids: list[str] = []
+    async with httpx.AsyncClient(timeout=120) as client:  # made once: an httpx client costs ~30 ms to make
+        for i in range(requests + 2):  # two warm-up rounds (they also open the HTTP connection)
+            engine_sample, handle_sample = await via_engine(), await via_handle()
+            http_id, http_sample = await via_http(client)
+            if i >= 2:
+                samples["engine"].append(engine_sample)
+                samples["handle"].append(handle_sample)
+                samples["http"].append(http_sample)
+                http_ids.append(http_id)
+            if (i + 1) % 10 == 0:
+                log(f"  {i + 1}/{requests + 2} rounds")
+    if trace.path is not None:
+        engine_ttfts = engine_ttft_s(read_trace(trace.path))
+        for http_id, s in zip(http_ids, samples["http"], strict=True):
+            s.engine_ttft_s = engine_ttfts.get(http_id)
+    return samples
+
+
+def run(model: str, num_requests: int, max_tokens: int, threads: int, log: Callable[[str], None],
+        serve_env: dict[str, str] | None = None) -> dict[str, Any]:
+    """`serve_env`: environment variables for every Ray process of the run (Ray Serve's settings, to compare)."""
     import ray
     from ray import serve
 
     from cluster.config import parse_config
     from deployments.app import build_app, engine_config_for
-    from deployments.protocol import GenerateRequest, SamplingOptions
     from inference.async_engine import AsyncLLMEngine
-    from inference.sampling_params import SamplingParams
 
+    if max_tokens < 2:
+        raise BenchError(f"--max-tokens must be >= 2 (per-token latency needs two tokens), got {max_tokens}")
     config = parse_config({
         "model": {"source": model},
         "variants": [{"name": "full", "num_cpus_per_rank": threads}],
         "router": {"affinity": "none"},
     })
-    results: dict = {"model": model, "requests": num_requests, "max_tokens": max_tokens, "threads": threads}  # type: ignore[type-arg]
-    params = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
+    results: dict[str, Any] = {"model": model, "requests": num_requests, "max_tokens": max_tokens, "threads": threads,
+                               "serve_env": serve_env or {}, "load_average_1m_before": round(os.getloadavg()[0], 2)}
+    trace_path = os.path.join(tempfile.mkdtemp(prefix="sloserve-bench-"), "hops.jsonl")
+    env = {**(serve_env or {}), TRACE_ENV: trace_path}
+    os.environ.update(env)  # the Serve processes started below inherit it (and get it from runtime_env)
+    trace = HopTrace(trace_path)
+    port = 8765
 
     log("in-process engine ...")
     engine = AsyncLLMEngine(engine_config_for(config, config.variants[0]))
-
-    async def direct() -> AsyncIterator[int]:
-        async for out in engine.generate(PROMPT, params):
-            yield len(out.outputs[0].delta_token_ids)
-
-    asyncio.run(_measure(direct, 2))  # warm-up
-    results["engine"] = asyncio.run(_measure(direct, num_requests))
-    engine.shutdown()
-
     log("local Ray Serve ...")
-    ray.init(address="local", num_cpus=threads + 1, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=threads + 1, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": env})
     try:
-        serve.start(http_options={"host": "127.0.0.1", "port": 8765})
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
         handle = serve.run(build_app(config), name="bench", route_prefix="/")
-        sampling = SamplingOptions(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
-
-        async def via_handle() -> AsyncIterator[int]:
-            request = GenerateRequest(prompt=PROMPT, sampling=sampling)
-            chunks: Any = handle.options(stream=True).stream.remote(request)
-            async for chunk in chunks:
-                yield len(chunk.delta_token_ids)
-
-        async def via_http() -> AsyncIterator[int]:
-            body = {"model": config.model.name, "prompt": PROMPT, "max_tokens": max_tokens, "temperature": 0,
-                    "ignore_eos": True, "stream": True}
-            async with httpx.AsyncClient(timeout=120) as client, client.stream(
-                "POST", "http://127.0.0.1:8765/v1/completions", json=body
-            ) as response:
-                async for line in response.aiter_lines():
-                    if line.startswith("data: {"):
-                        yield 1 if json.loads(line[6:])["choices"][0]["text"] else 0
-
-        asyncio.run(_measure(via_handle, 2))
-        results["handle"] = asyncio.run(_measure(via_handle, num_requests))
-        log("HTTP ...")
-        asyncio.run(_measure(via_http, 2))
-        results["http"] = asyncio.run(_measure(via_http, num_requests))
+        log(f"{num_requests} rounds of engine, handle, HTTP ...")
+        samples = asyncio.run(_run_paths(config.model.name, engine, handle, trace, num_requests, max_tokens, port, log))
     finally:
         serve.shutdown()
         ray.shutdown()
-
-    def added(path: str, base: str) -> dict[str, float]:
-        out = {k.replace("_p", "_added_p"): round(results[path][k] - results[base][k], 3) for k in results[base]}
-        for q in ("p50", "p95"):
-            out[f"tpot_added_pct_{q}"] = round(100 * (results[path][f"tpot_ms_{q}"] / results[base][f"tpot_ms_{q}"] - 1), 1)
-        return out
-
-    results["overhead_handle_vs_engine"] = added("handle", "engine")
-    results["overhead_http_vs_engine"] = added("http", "engine")
-    results["target"] = "router + Serve add <= 10 ms p50 TTFT and <= 5% per-token latency vs the in-process engine"
+        engine.shutdown()
+        for key in env:
+            os.environ.pop(key, None)
+    results["load_average_1m_after"] = round(os.getloadavg()[0], 2)
+    for path in PATHS:
+        results[path] = _summary(samples[path])
+    for path in TARGETS:
+        results[f"overhead_{path}_vs_engine"] = _overhead(results, path)
+    records = read_trace(trace_path)
+    results["hops_ms_p50"] = {"handle": hop_breakdown(records, http=False), "http": hop_breakdown(records, http=True)}
     return results
 
 
-def print_table(r: dict) -> None:  # type: ignore[type-arg]
-    print(f"model {r['model']}, {r['requests']} sequential requests x {r['max_tokens']} tokens, {r['threads']} threads")
-    print(f"{'path':<10}{'TTFT p50':>11}{'TTFT p95':>11}{'TPOT p50':>11}{'TPOT p95':>11}   (ms)")
-    for path in ("engine", "handle", "http"):
+def print_table(r: dict[str, Any]) -> None:
+    if r["serve_env"]:
+        print(f"Ray processes' environment: {r['serve_env']}")
+    print(f"model {r['model']}, {r['requests']} sequential rounds x {r['max_tokens']} tokens, {r['threads']} threads; "
+          f"load average (1 min) {r['load_average_1m_before']} before, {r['load_average_1m_after']} after")
+    print(f"{'path':<8}{'TTFT p50':>10}{'TTFT p95':>10}{'TPOT p50':>10}{'TPOT p95':>10}{'outside engine':>16}{'tokens':>8}   (ms)")
+    for path in PATHS:
         s = r[path]
-        print(f"{path:<10}{s['ttft_ms_p50']:>11}{s['ttft_ms_p95']:>11}{s['tpot_ms_p50']:>11}{s['tpot_ms_p95']:>11}")
-    for name in ("overhead_handle_vs_engine", "overhead_http_vs_engine"):
-        o = r[name]
-        print(f"{name}: TTFT +{o['ttft_ms_added_p50']} ms p50 / +{o['ttft_ms_added_p95']} ms p95, "
-              f"TPOT {o['tpot_added_pct_p50']:+}% p50 / {o['tpot_added_pct_p95']:+}% p95")
-    print(f"target: {r['target']}")
+        print(f"{path:<8}{s['ttft_ms_p50']:>10}{s['ttft_ms_p95']:>10}{s['tpot_ms_p50']:>10}{s['tpot_ms_p95']:>10}"
+              f"{s.get('outside_engine_ttft_ms_p50', '-'):>16}{s['tokens']:>8}")
+    for path in TARGETS:
+        o = r[f"overhead_{path}_vs_engine"]
+        print(f"{path} over engine: TTFT +{o['ttft_added_ms_p50_per_request']} ms p50 per request "
+              f"(difference of p50s: +{o['ttft_added_ms_p50']} ms; p95s: +{o['ttft_added_ms_p95']} ms), "
+              f"TPOT {o['tpot_added_pct_p50']:+}% p50 / {o['tpot_added_pct_p95']:+}% p95; "
+              f"target {o['target']}: {'PASS' if o['pass'] else 'FAIL'}")
+    for kind, hops in r["hops_ms_p50"].items():
+        print(f"hops of a {kind} request (p50 ms between stamps; engine.arrival -> engine.first_token is the prefill):")
+        for name, ms in hops.items():
+            print(f"  {name:<46}{ms:>9}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,9 +257,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=20)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the engine (and the replica's CPUs)")
+    parser.add_argument("--serve-env", action="append", default=[], metavar="KEY=VALUE",
+                        help="an environment variable for the Ray processes, e.g. RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    results = run(args.model, args.requests, args.max_tokens, args.threads, lambda m: print(m, file=sys.stderr, flush=True))
+    bad = [kv for kv in args.serve_env if "=" not in kv]
+    if bad:
+        parser.error(f"--serve-env takes KEY=VALUE, got {bad}")
+    serve_env = dict(kv.split("=", 1) for kv in args.serve_env)
+    results = run(args.model, args.requests, args.max_tokens, args.threads, lambda m: print(m, file=sys.stderr, flush=True),
+                  serve_env)
     if args.json:
         print(json.dumps(results))
     else:

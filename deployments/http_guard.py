@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from deployments.errors import error_body
+from deployments.hop_trace import TRACE
 
 log = logging.getLogger("ray.serve")
 
@@ -91,6 +92,7 @@ class HTTPGuard:
             return
         settings: GuardSettings = getattr(getattr(scope.get("app"), "state", None), "guard", None) or GuardSettings()
         request_id = request_id_of(scope)
+        TRACE.stamp(request_id, "router.asgi")
         scope.setdefault("state", {})["request_id"] = request_id
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", ())}
         path = _route_path(scope)

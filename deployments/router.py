@@ -40,6 +40,7 @@ from deployments.errors import (
     request_id_of,
     status_label,
 )
+from deployments.hop_trace import TRACE
 from deployments.http_guard import GuardSettings, HTTPGuard
 from deployments.metrics import RouterMetrics
 from deployments.openai_api import (
@@ -217,6 +218,7 @@ class Router:
             start = time.monotonic()
             self.windows.record_arrival(routed.variant or "", self._slo_class(routed), start)
             first_token_s: float | None = None
+            TRACE.stamp(routed.request_id, "router.call")
             chunks: Any = handle.options(stream=True).stream.remote(routed)
             finished = False
             try:
@@ -224,6 +226,7 @@ class Router:
                     async for chunk in chunks:
                         if first_token_s is None and chunk.delta_text and not chunk.is_prompt:
                             first_token_s = time.monotonic() - start
+                            TRACE.stamp(routed.request_id, "router.first_chunk")
                         if chunk.finished:
                             finished = True
                             t, usage = chunk.timing, chunk.usage
@@ -281,6 +284,7 @@ class Router:
     # ---- HTTP ----------------------------------------------------------------------------------
     @app.post("/v1/chat/completions")
     async def chat_completions(self, body: ChatCompletionRequest, http: Request) -> Response:
+        TRACE.stamp(request_id_of(http), "router.route")
         try:
             request = GenerateRequest(messages=body.messages, sampling=body.to_sampling(), **self._headers(http))
         except Exception as e:
@@ -289,6 +293,7 @@ class Router:
 
     @app.post("/v1/completions")
     async def completions(self, body: CompletionRequest, http: Request) -> Response:
+        TRACE.stamp(request_id_of(http), "router.route")
         try:
             requests = body.to_generate_requests(self._headers(http))  # one per prompt of a batch
             if len(requests) > self.config.router.max_in_flight:
@@ -323,6 +328,7 @@ class Router:
                           http_id: str, batch: list[GenerateRequest] | None = None) -> Response:
         retry = self.config.router.retry_after_s
         engine_id = request.request_id
+        TRACE.stamp(http_id, "router.link", engine_id=engine_id)
 
         def failed(e: BaseException) -> JSONResponse:
             return failure_response(e, retry, http_id, engine_id)
@@ -354,6 +360,7 @@ class Router:
         async def body() -> AsyncIterator[str]:
             try:
                 chunk: StreamChunk | None = first
+                TRACE.stamp(http_id, "router.first_sse")
                 while chunk is not None:
                     if chunk.finished:
                         if include_usage and chunk.usage is not None:
