@@ -54,6 +54,11 @@ class EngineConfig(BaseModel):
         default=None, ge=1024, le=65535, description="Rendezvous port of the TP group; default: a free port."
     )
     seed: int = Field(default=0, ge=0, description="Seed for requests that give none.")
+    compile: bool = Field(
+        default=False,
+        description="Compile the decode step with torch.compile (inductor) at engine start, warming it up "
+        "for every batch size; prompt steps stay eager. Off: every step runs eagerly.",
+    )
 
     @model_validator(mode="after")
     def _checks(self) -> EngineConfig:

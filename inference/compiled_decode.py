@@ -1,0 +1,101 @@
+"""`CompiledDecode`: the decoder layers of decode-only steps under `torch.compile` (inductor).
+
+Why: at batch 1 on CPU a decode step is mostly overhead, not matmuls: some 35 small ATen ops
+per layer (rms_norm in pieces, RoPE, slicing, residual adds, silu*mul), each dispatched from
+Python (docs/engine-step.md). Inductor fuses the pointwise work into a few C++ loops per layer
+and keeps the matmuls as library calls. The KV write and the paged decode kernel are one torch
+custom op (`inference.kernels.decode_attention_op`), so the graph holds the whole layer.
+
+One function, `decode_layer`, is compiled; every layer is an instance of the same module class,
+so its graph serves all of them. Shapes: the token count is dynamic (batch 1 gets a graph of
+its own, inductor specialises size 1), block tables are padded to a fixed width so they add no
+dimension to recompile on. `warm_up` compiles every graph a step can need before the engine
+serves (progress in the log), after which steps run under the stance `eager_on_recompile`: a
+shape no warm-up covered runs eagerly instead of stalling the step on a compile.
+Prompt steps (any prefill chunk) stay on the eager path: they are matmul-bound.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from inference.decoder_layer import DecoderLayer
+from inference.kernels import decode_attention_op
+from inference.kv_cache import KVCache
+
+log = logging.getLogger(__name__)
+
+
+def decode_layer(
+    layer: DecoderLayer, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k_pool: torch.Tensor,
+    v_pool: torch.Tensor, slots: torch.Tensor, tables: torch.Tensor, lens: torch.Tensor, block_size: int,
+) -> torch.Tensor:
+    """One layer of a decode-only step (one token per sequence), KV written to this layer's pool."""
+    q, k, v = layer.pre_attention(h, cos, sin)
+    out = torch.ops.sloserve.paged_decode_write_attention(
+        q, k, v, k_pool, v_pool, slots, tables, lens, block_size, layer.head_dim**-0.5
+    )
+    return layer.post_attention(h, out.view(h.shape[0], -1))
+
+
+def why_not_compiled(layers: list[DecoderLayer], device: torch.device, dtype: torch.dtype, tp_size: int) -> str | None:
+    """None if the decode step can be compiled here, else the reason it runs eagerly."""
+    if device.type != "cpu":
+        return "compile is implemented for CPU only"
+    if tp_size > 1:
+        return "tensor parallelism: the row-parallel layers all-reduce through DeepSpeed's comm inside forward"
+    if dtype == torch.float64:
+        return "float64 (exactness runs) uses the torch attention path"
+    if decode_attention_op() is None:
+        return "the paged decode kernel is unavailable"
+    names = {type(m).__name__ for layer in layers for m in layer.modules()}
+    if names & {"Linear8bitLt", "Linear4bit"}:
+        return "bitsandbytes linears"
+    return None
+
+
+class CompiledDecode:
+    def __init__(self, layers: list[DecoderLayer], kv_cache: KVCache, max_blocks: int) -> None:
+        self.layers = layers
+        self.k_pools, self.v_pools = list(kv_cache.k), list(kv_cache.v)  # per-layer views, made once
+        self.max_blocks = max_blocks  # block tables are padded to this width
+        self.warming = False
+        self.layer_fn: Callable[..., torch.Tensor] = torch.compile(decode_layer, fullgraph=True)
+
+    def __call__(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, slots: torch.Tensor,
+                 tables: torch.Tensor, lens: torch.Tensor, block_size: int) -> torch.Tensor:
+        if tables.shape[1] < self.max_blocks:
+            tables = F.pad(tables, (0, self.max_blocks - tables.shape[1]))
+        with torch.compiler.set_stance("default" if self.warming else "eager_on_recompile"):
+            for layer, k_pool, v_pool in zip(self.layers, self.k_pools, self.v_pools, strict=True):
+                h = self.layer_fn(layer, h, cos, sin, k_pool, v_pool, slots, tables, lens, block_size)
+        return h
+
+    def warm_up_batch_sizes(self, max_num_seqs: int) -> list[int]:
+        """Batch sizes that between them meet every graph: 1 (specialised), 2 (the dynamic one), and
+        one past each row bound a module branches on (`Int8Linear` switches kernels above it)."""
+        bounds = {int(m.max_kernel_rows) + 1 for layer in self.layers for m in layer.modules()
+                  if hasattr(m, "max_kernel_rows")}
+        return sorted(b for b in {1, 2, *bounds} if b <= max_num_seqs)
+
+    def warm_up(self, run: Callable[[int], Any], batch_sizes: list[int]) -> float:
+        """Compile every graph by running `run(batch)` for each batch size; returns the seconds spent."""
+        start = time.perf_counter()
+        for i, batch in enumerate(batch_sizes):
+            t0 = time.perf_counter()
+            self.warming = True
+            try:
+                run(batch)
+            finally:
+                self.warming = False
+            log.info("compiled decode step %d/%d (batch %d): %.1f s", i + 1, len(batch_sizes), batch,
+                     time.perf_counter() - t0)
+        total = time.perf_counter() - start
+        log.info("decode step compiled and warmed up in %.1f s", total)
+        return total
