@@ -32,16 +32,18 @@ from inference.kv_cache import KVCache
 log = logging.getLogger(__name__)
 
 
-def decode_layer(
-    layer: DecoderLayer, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k_pool: torch.Tensor,
-    v_pool: torch.Tensor, slots: torch.Tensor, tables: torch.Tensor, lens: torch.Tensor, block_size: int,
+def decode_layers(
+    layers: list[DecoderLayer], h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k_pools: list[torch.Tensor],
+    v_pools: list[torch.Tensor], slots: torch.Tensor, tables: torch.Tensor, lens: torch.Tensor, block_size: int,
 ) -> torch.Tensor:
-    """One layer of a decode-only step (one token per sequence), KV written to this layer's pool."""
-    q, k, v = layer.pre_attention(h, cos, sin)
-    out = torch.ops.sloserve.paged_decode_write_attention(
-        q, k, v, k_pool, v_pool, slots, tables, lens, block_size, layer.head_dim**-0.5
-    )
-    return layer.post_attention(h, out.view(h.shape[0], -1))
+    """The decoder layers of a decode-only step (one token per sequence), each layer's K/V written to its pool."""
+    for layer, k_pool, v_pool in zip(layers, k_pools, v_pools, strict=True):
+        q, k, v = layer.pre_attention(h, cos, sin)
+        out = torch.ops.sloserve.paged_decode_write_attention(
+            q, k, v, k_pool, v_pool, slots, tables, lens, block_size, layer.head_dim**-0.5
+        )
+        h = layer.post_attention(h, out.view(h.shape[0], -1))
+    return h
 
 
 def why_not_compiled(layers: list[DecoderLayer], device: torch.device, dtype: torch.dtype, tp_size: int) -> str | None:
@@ -66,16 +68,14 @@ class CompiledDecode:
         self.k_pools, self.v_pools = list(kv_cache.k), list(kv_cache.v)  # per-layer views, made once
         self.max_blocks = max_blocks  # block tables are padded to this width
         self.warming = False
-        self.layer_fn: Callable[..., torch.Tensor] = torch.compile(decode_layer, fullgraph=True)
+        self.forward: Callable[..., torch.Tensor] = torch.compile(decode_layers, fullgraph=True)
 
     def __call__(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, slots: torch.Tensor,
                  tables: torch.Tensor, lens: torch.Tensor, block_size: int) -> torch.Tensor:
         if tables.shape[1] < self.max_blocks:
             tables = F.pad(tables, (0, self.max_blocks - tables.shape[1]))
         with torch.compiler.set_stance("default" if self.warming else "eager_on_recompile"):
-            for layer, k_pool, v_pool in zip(self.layers, self.k_pools, self.v_pools, strict=True):
-                h = self.layer_fn(layer, h, cos, sin, k_pool, v_pool, slots, tables, lens, block_size)
-        return h
+            return self.forward(self.layers, h, cos, sin, self.k_pools, self.v_pools, slots, tables, lens, block_size)
 
     def warm_up_batch_sizes(self, max_num_seqs: int) -> list[int]:
         """Batch sizes that between them meet every graph: 1 (specialised), 2 (the dynamic one), and

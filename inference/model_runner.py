@@ -62,6 +62,8 @@ class ModelRunner:
             device=self.device,
         )
         self.compiled: CompiledDecode | None = None
+        self.use_compiled = True
+        self.compile_s = 0.0
         if compile:
             reason = why_not_compiled(self.layers, self.device, self.dtype, tp_size)
             if reason is not None:
@@ -70,6 +72,10 @@ class ModelRunner:
                 self.compiled = CompiledDecode(self.layers, self.kv_cache, -(-max_model_len // block_size))
                 self.compile_s = self.compiled.warm_up(self._warm_up_step,
                                                        self.compiled.warm_up_batch_sizes(max_num_seqs))
+
+    def set_compiled(self, enabled: bool) -> None:
+        """Run decode steps compiled (where compiled at all) or eagerly: for measuring what compile buys."""
+        self.use_compiled = enabled
 
     def _warm_up_step(self, batch: int) -> None:
         """A decode step of `batch` one-token sequences over slot 0 (the pool is cleared afterwards)."""
@@ -103,7 +109,7 @@ class ModelRunner:
             step = _to_device(step, dev)
         cos, sin = self.cos[positions], self.sin[positions]
         h = self.embed_tokens(input_ids)
-        if self.compiled is not None and not step.prefills and step.decode_tables is not None:
+        if self.compiled is not None and self.use_compiled and not step.prefills and step.decode_tables is not None:
             assert step.decode_lens is not None
             h = self.compiled(h, cos, sin, slots, step.decode_tables, step.decode_lens, step.block_size)
         else:

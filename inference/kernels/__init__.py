@@ -64,30 +64,19 @@ def paged_decode_attention() -> Callable | None:  # type: ignore[type-arg]
 def decode_attention_op() -> Callable | None:  # type: ignore[type-arg]
     """`torch.ops.sloserve.paged_decode_write_attention`, or None where the kernel is unavailable.
 
-    The KV write and the decode kernel as one torch custom op, so `torch.compile` keeps it in its
-    graph as one opaque call (a pybind function would break the graph): it writes the step's
-    K/V rows into this layer's pool at `slots` (in place: the op declares the pools mutated), then
-    attends over the pool through the block tables. Same math as the eager path's index_copy_ +
-    kernel, so the two agree bit for bit.
+    The KV write and the decode kernel as one torch op (registered by the kernel's C++ with the
+    dispatcher), so `torch.compile` keeps it in its graph as one opaque call (a pybind function
+    would break the graph) and its generated code calls it without Python in between: it writes
+    the step's K/V rows into this layer's pool at `slots` (in place; the schema marks the pools
+    mutated), then attends over the pool through the block tables. Same math as the eager path's
+    index_copy_ + kernel, so the two agree bit for bit. Here: its shape function for tracing.
     """
-    kernel = paged_decode_attention()
-    if kernel is None:
+    if paged_decode_attention() is None:
         return None
     import torch
 
-    # the schema spelled out: this module's annotations are strings (`from __future__ import annotations`)
-    schema = ("(Tensor q, Tensor k, Tensor v, Tensor(a!) k_pool, Tensor(b!) v_pool, Tensor slots, Tensor tables, "
-              "Tensor lens, int block_size, float scale) -> Tensor")
-
-    @torch.library.custom_op("sloserve::paged_decode_write_attention", mutates_args=("k_pool", "v_pool"),
-                             schema=schema)
-    def op(q, k, v, k_pool, v_pool, slots, tables, lens, block_size, scale):  # type: ignore[no-untyped-def]
-        k_pool.index_copy_(0, slots, k)
-        v_pool.index_copy_(0, slots, v)
-        return kernel(q.contiguous(), k_pool, v_pool, tables, lens, block_size, scale)  # type: ignore[no-any-return]
-
-    @op.register_fake
+    @torch.library.register_fake("sloserve::paged_decode_write_attention")
     def _(q, k, v, k_pool, v_pool, slots, tables, lens, block_size, scale):  # type: ignore[no-untyped-def]
         return q.new_empty(q.shape)
 
-    return op
+    return torch.ops.sloserve.paged_decode_write_attention  # type: ignore[no-any-return]
