@@ -1,17 +1,21 @@
 """`CompiledDecode`: the decoder layers of decode-only steps under `torch.compile` (inductor).
 
-Why: at batch 1 on CPU a decode step is mostly overhead, not matmuls: some 35 small ATen ops
-per layer (rms_norm in pieces, RoPE, slicing, residual adds, silu*mul), each dispatched from
-Python (docs/engine-step.md). Inductor fuses the pointwise work into a few C++ loops per layer
+Why: besides its matmuls, an eager decode step dispatches some 35 small ATen ops per layer
+(rms_norm in pieces, RoPE, slicing, residual adds, silu*mul) from Python; at batch 1 on CPU
+that is several ms per step (docs/engine-step.md). Inductor fuses the pointwise work into a few C++ loops per layer
 and keeps the matmuls as library calls. The KV write and the paged decode kernel are one torch
 custom op (`inference.kernels.decode_attention_op`), so the graph holds the whole layer.
 
-One function, `decode_layer`, is compiled; every layer is an instance of the same module class,
-so its graph serves all of them. Shapes: the token count is dynamic (batch 1 gets a graph of
-its own, inductor specialises size 1), block tables are padded to a fixed width so they add no
-dimension to recompile on. `warm_up` compiles every graph a step can need before the engine
-serves (progress in the log), after which steps run under the stance `eager_on_recompile`: a
-shape no warm-up covered runs eagerly instead of stalling the step on a compile.
+One function, `decode_layers`, is compiled: all layers in one graph, so a step pays one guard
+check and one call of the generated code instead of ~35 dispatches per layer (one graph per
+layer was measured too: its per-call cost ate the gain). Every layer is an instance of one
+module class, so tracing is short and the generated C++ kernels are shared. Shapes: the token
+count is dynamic (batch 1 gets a graph of its own: inductor specialises size 1); block tables
+are padded to a fixed width so they add no dimension to recompile on. `warm_up` compiles every
+graph a step can need before the engine serves (progress in the log; inductor caches the
+compiled code on disk, so a later start on the same machine is faster), after which steps run
+under the stance `eager_on_recompile`: a shape no warm-up covered runs eagerly instead of
+stalling the step on a compile.
 Prompt steps (any prefill chunk) stay on the eager path: they are matmul-bound.
 """
 
