@@ -84,8 +84,8 @@ class CompiledDecode:
     def warm_up_batch_sizes(self, max_num_seqs: int) -> list[int]:
         """Batch sizes that between them meet every graph: 1 (specialised), 2 (the dynamic one), and
         one past each row bound a module branches on (`Int8Linear` switches kernels above it)."""
-        bounds = {int(m.max_kernel_rows) + 1 for layer in self.layers for m in layer.modules()
-                  if hasattr(m, "max_kernel_rows")}
+        rows = [getattr(m, "max_kernel_rows", None) for layer in self.layers for m in layer.modules()]
+        bounds = {r + 1 for r in rows if isinstance(r, int)}
         return sorted(b for b in {1, 2, *bounds} if b <= max_num_seqs)
 
     def warm_up(self, run: Callable[[int], Any], batch_sizes: list[int]) -> float:

@@ -25,6 +25,9 @@ def _is_plain_linear(module: Any) -> bool:
 class FusedLinear(nn.Module):
     """y = x W^T + b over the concatenated weights of plain linears (one matmul instead of several)."""
 
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+
     def __init__(self, modules: list[Any]) -> None:
         super().__init__()
         widths = [int(m.weight.shape[0]) for m in modules]
@@ -78,6 +81,9 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
 
 
 class DecoderLayer(nn.Module):
+    input_norm: torch.Tensor
+    post_norm: torch.Tensor
+
     def __init__(self, layer: Any, head_dim: int, eps: float) -> None:
         super().__init__()
         attn, mlp = layer.self_attn, layer.mlp
