@@ -1,6 +1,7 @@
 """The engine benchmark: our engine vs Hugging Face `generate`, same model, same dtype, same run.
 
     python -m inference.bench --model packaged:smollm2-135m-instruct [--device cuda] [--json] [--quick]
+                              [--no-compile]
 
 Scenarios (output lengths forced with ignore_eos / min_new_tokens so both do the same work):
   single     decode tok/s of one stream, 128 new tokens (time after the first token);
@@ -10,6 +11,8 @@ Scenarios (output lengths forced with ignore_eos / min_new_tokens so both do the
              static batches of 32, left-padded, each batch running until its longest request ends;
   shared_prefix  32 requests sharing a 1,000-token system prompt, TTFT p50 with the prefix cache
              on vs off (inference/bench_prefix.py; `python -m inference.bench_prefix` runs it alone).
+The engine runs with its compiled decode step (`EngineConfig.compile`; its compile time is printed)
+unless --no-compile; with it, single stream is also run with the step eager, as a second line.
 Also prints the memory-bound limit for batch 1 on CPU: bytes of weights read per token / measured
 read bandwidth of this machine (not measured on CUDA).
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import random
 import sys
 import time
@@ -114,7 +118,7 @@ def hf_run(model, work: Workload, batch_size: int, pad_id: int) -> tuple[float, 
 
 
 def run(model_source: str, dtype_name: DTypeName, quick: bool, threads: int | None = None, log=print,  # type: ignore[no-untyped-def]
-        device: str = "cpu") -> dict:  # type: ignore[type-arg]
+        device: str = "cpu", compile: bool = True) -> dict:  # type: ignore[type-arg]
     from transformers import AutoModelForCausalLM
 
     from inference.model_loader import resolve_model_dir
@@ -126,15 +130,18 @@ def run(model_source: str, dtype_name: DTypeName, quick: bool, threads: int | No
     log(f"loading {model_source} in the engine ...")
     engine = LLMEngine(
         EngineConfig(model=model_source, dtype=dtype_name, device=device, kv_cache_tokens=40960, max_num_seqs=64,  # type: ignore[arg-type]
-                     max_num_batched_tokens=1024, num_threads=threads)
+                     max_num_batched_tokens=1024, num_threads=threads, compile=compile)
     )
+    runner = engine.worker.runner
+    assert runner is not None
     dtype = resolve_dtype(dtype_name, engine.worker.device)
     log(f"loading the same model in transformers ({dtype}) ...")
     hf = AutoModelForCausalLM.from_pretrained(resolve_model_dir(model_source), dtype=dtype).to(engine.worker.device).eval()  # type: ignore[arg-type]
     vocab = engine.info.vocab_size
     pad_id = engine.info.eos_token_ids[0] if engine.info.eos_token_ids else 0
     results: dict = {"model": model_source, "dtype": str(dtype).removeprefix("torch."), "threads": torch.get_num_threads(),
-                     "device": str(engine.worker.device)}
+                     "device": str(engine.worker.device), "compiled": runner.compiled is not None,
+                     "compile_s": round(runner.compile_s, 1)}
 
     warm = make_workload(vocab, 2, (16, 16), (8, 8), seed=1)
     engine_run(engine, warm)
@@ -145,6 +152,11 @@ def run(model_source: str, dtype_name: DTypeName, quick: bool, threads: int | No
     _, engine_rates = engine_run(engine, single)
     _, hf_rate = hf_run(hf, single, 1, pad_id)
     results["single"] = {"engine": round(engine_rates[0], 1), "hf_generate": round(hf_rate or 0.0, 1)}
+    if runner.compiled is not None:  # the same stream with the decode step eager: what compile buys
+        runner.set_compiled(False)
+        _, eager_rates = engine_run(engine, single)
+        runner.set_compiled(True)
+        results["single_eager"] = {"engine": round(eager_rates[0], 1), "hf_generate": round(hf_rate or 0.0, 1)}
 
     log(f"uniform: {n_uniform} requests ...")
     uniform = make_workload(vocab, n_uniform, (64, 64), (128 // scale, 128 // scale), seed=3)
@@ -172,7 +184,9 @@ def run(model_source: str, dtype_name: DTypeName, quick: bool, threads: int | No
         bandwidth = measure_read_bandwidth_gbs()
         results["read_bandwidth_gbs"] = round(bandwidth, 1)
         results["limit_bs1_tok_s"] = round(bandwidth * 1e9 / weight_bytes, 1)
-    for key in ("single", "uniform32", "mixed64"):
+    for key in ("single", "single_eager", "uniform32", "mixed64"):
+        if key not in results:
+            continue
         r = results[key]
         r["speedup"] = round(r["engine"] / r["hf_generate"], 2) if r["hf_generate"] else None
     engine.shutdown()
@@ -181,15 +195,19 @@ def run(model_source: str, dtype_name: DTypeName, quick: bool, threads: int | No
 
 
 def print_table(r: dict) -> None:  # type: ignore[type-arg]
-    print(f"model {r['model']}  dtype {r['dtype']}  device {r['device']}  threads {r['threads']}")
-    print(f"{'scenario':<12}{'engine tok/s':>14}{'HF generate':>14}{'speedup':>10}")
-    for key in ("single", "uniform32", "mixed64"):
+    compiled = f"compiled decode step ({r['compile_s']} s to compile)" if r["compiled"] else "eager decode step"
+    print(f"model {r['model']}  dtype {r['dtype']}  device {r['device']}  threads {r['threads']}  {compiled}")
+    print(f"{'scenario':<14}{'engine tok/s':>14}{'HF generate':>14}{'speedup':>10}")
+    for key in ("single", "single_eager", "uniform32", "mixed64"):
+        if key not in r:
+            continue
         row = r[key]
-        print(f"{key:<12}{row['engine']:>14}{row['hf_generate']:>14}{row['speedup']!s:>9}x")
+        print(f"{key:<14}{row['engine']:>14}{row['hf_generate']:>14}{row['speedup']!s:>9}x")
     if "limit_bs1_tok_s" in r:
         print(
             f"batch-1 memory-bound limit: {r['limit_bs1_tok_s']} tok/s "
-            f"({r['weight_bytes'] / 1e6:.0f} MB of weights / {r['read_bandwidth_gbs']} GB/s measured read bandwidth)"
+            f"({r['weight_bytes'] / 1e6:.0f} MB of weights / {r['read_bandwidth_gbs']} GB/s measured read bandwidth); "
+            f"single stream at {100 * r['single']['engine'] / r['limit_bs1_tok_s']:.0f}% of it"
         )
     print_shared_prefix(r["shared_prefix"])
 
@@ -202,11 +220,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a quarter of the work (a smoke run)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where both models run")
     parser.add_argument("--threads", type=int, default=None, help="torch threads for both (default: all cores)")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                        help="the engine's compiled decode step (EngineConfig.compile); --no-compile: eager only")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # compile progress
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: torch sees no CUDA device")
     results = run(args.model, args.dtype, args.quick, args.threads,
-                  log=lambda m: print(m, file=sys.stderr, flush=True), device=args.device)
+                  log=lambda m: print(m, file=sys.stderr, flush=True), device=args.device, compile=args.compile)
     if args.json:
         print(json.dumps(results))
     else:

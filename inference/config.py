@@ -59,6 +59,11 @@ class EngineConfig(BaseModel):
         description="Reuse the KV of full blocks whose prompt prefix was computed before (hashed by content, "
         "least recently used evicted first); requests asking for prompt logprobs always compute their prompt.",
     )
+    compile: bool = Field(
+        default=False,
+        description="Compile the decode step with torch.compile (inductor) at engine start, warming it up "
+        "for every batch size; prompt steps stay eager. Off: every step runs eagerly.",
+    )
 
     @model_validator(mode="after")
     def _checks(self) -> EngineConfig:

@@ -11,8 +11,8 @@ rows that sample (and the prompt rows of requests that ask for prompt logprobs).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -20,59 +20,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from inference.attention import paged_attention
+from inference.compiled_decode import CompiledDecode, why_not_compiled
+from inference.decoder_layer import DecoderLayer, single
 from inference.kv_cache import KVCache
 from inference.step_input import StepInput
 
+log = logging.getLogger(__name__)
 Linear = Callable[[torch.Tensor], torch.Tensor]
 
 
-def _is_plain_linear(module: Any) -> bool:
-    # DeepSpeed's column-parallel LinearLayer is a plain matmul in inference (its backward differs).
-    return type(module) is nn.Linear or type(module).__name__ == "LinearLayer"
-
-
-def _fuse(modules: list[Any]) -> tuple[Linear, list[int]]:
-    """One callable computing the concatenated outputs of `modules`, and each output's width."""
-    # out_features, not weight.shape: packed 4-bit weights (bitsandbytes nf4) have another shape
-    widths = [int(getattr(m, "out_features", None) or m.weight.shape[0]) for m in modules]
-    if all(_is_plain_linear(m) for m in modules):
-        weight = torch.cat([m.weight.detach() for m in modules], dim=0).contiguous()
-        has_bias = any(m.bias is not None for m in modules)
-        bias = None
-        if has_bias:
-            bias = torch.cat(
-                [m.bias.detach() if m.bias is not None else weight.new_zeros(w) for m, w in zip(modules, widths, strict=True)]
-            )
-        # Point the modules at views of the fused tensor so the weights are not held twice.
-        offset = 0
-        for module, width in zip(modules, widths, strict=True):
-            module.weight.data = weight[offset : offset + width]
-            offset += width
-        return (lambda x: F.linear(x, weight, bias)), widths
-    return (lambda x: torch.cat([m(x) for m in modules], dim=-1)), widths
-
-
-def _single(module: Any) -> Linear:
-    if type(module) is nn.Linear:
-        weight, bias = module.weight.detach(), module.bias
-        return lambda x: F.linear(x, weight, bias)
-    return module  # row-parallel (all-reduces inside) or quantized
-
-
-@dataclass(slots=True)
-class LayerWeights:
-    input_norm: torch.Tensor
-    post_norm: torch.Tensor
-    qkv: Linear
-    qkv_widths: list[int]
-    o_proj: Linear
-    gate_up: Linear
-    down: Linear
-
-
 class ModelRunner:
-    def __init__(self, model: Any, kv_cache_blocks: int, block_size: int, max_model_len: int) -> None:
-        """`model`: a Hugging Face causal LM (Llama-like decoder), already wrapped by DeepSpeed."""
+    def __init__(self, model: Any, kv_cache_blocks: int, block_size: int, max_model_len: int,
+                 compile: bool = False, max_num_seqs: int = 1, tp_size: int = 1) -> None:
+        """`model`: a Hugging Face causal LM (Llama-like decoder), already wrapped by DeepSpeed.
+        `compile`: run decode-only steps through `CompiledDecode`, warmed up here for batch sizes up
+        to `max_num_seqs` (where it cannot run, the reason is logged and steps stay eager)."""
         config = model.config
         self.config = config
         self.device = next(model.parameters()).device
@@ -82,28 +44,13 @@ class ModelRunner:
         self.embed_tokens = model.model.embed_tokens
         self.final_norm = model.model.norm.weight.detach()
         lm_head = model.lm_head
-        self.lm_head: Linear = _single(lm_head) if type(lm_head) is nn.Linear else (lambda x: lm_head(x[None])[0])
+        self.lm_head: Linear = single(lm_head) if type(lm_head) is nn.Linear else (lambda x: lm_head(x[None])[0])
         if config.hidden_act != "silu":
             raise ValueError(f"unsupported hidden_act {config.hidden_act!r}")
-        self.layers: list[LayerWeights] = []
-        for layer in model.model.layers:
-            attn, mlp = layer.self_attn, layer.mlp
-            qkv, widths = _fuse([attn.q_proj, attn.k_proj, attn.v_proj])
-            gate_up, _ = _fuse([mlp.gate_proj, mlp.up_proj])
-            self.layers.append(
-                LayerWeights(
-                    input_norm=layer.input_layernorm.weight.detach(),
-                    post_norm=layer.post_attention_layernorm.weight.detach(),
-                    qkv=qkv,
-                    qkv_widths=widths,
-                    o_proj=_single(attn.o_proj),
-                    gate_up=gate_up,
-                    down=_single(mlp.down_proj),
-                )
-            )
-        q_width, kv_width, _ = self.layers[0].qkv_widths
-        self.num_heads = q_width // self.head_dim  # this rank's share under tensor parallelism
-        self.num_kv_heads = kv_width // self.head_dim
+        self.layers = [DecoderLayer(layer, self.head_dim, self.eps) for layer in model.model.layers]
+        self.num_heads = self.layers[0].num_heads  # this rank's share under tensor parallelism
+        self.num_kv_heads = self.layers[0].num_kv_heads
+        self.block_size = block_size
         self.cos, self.sin = self._rope_tables(model, max_model_len)
         self.kv_cache = KVCache(
             num_layers=len(self.layers),
@@ -114,6 +61,33 @@ class ModelRunner:
             dtype=self.dtype,
             device=self.device,
         )
+        self.compiled: CompiledDecode | None = None
+        self.use_compiled = True
+        self.compile_s = 0.0
+        if compile:
+            reason = why_not_compiled(self.layers, self.device, self.dtype, tp_size)
+            if reason is not None:
+                log.warning("compile: the decode step runs eagerly (%s)", reason)
+            else:
+                self.compiled = CompiledDecode(self.layers, self.kv_cache, -(-max_model_len // block_size))
+                self.compile_s = self.compiled.warm_up(self._warm_up_step,
+                                                       self.compiled.warm_up_batch_sizes(max_num_seqs))
+
+    def set_compiled(self, enabled: bool) -> None:
+        """Run decode steps compiled (where compiled at all) or eagerly: for measuring what compile buys."""
+        self.use_compiled = enabled
+
+    def _warm_up_step(self, batch: int) -> None:
+        """A decode step of `batch` one-token sequences over slot 0 (the pool is cleared afterwards)."""
+        zeros = torch.zeros(batch, dtype=torch.int64)
+        self.execute(StepInput(
+            input_ids=zeros, positions=zeros, slot_mapping=zeros, num_decodes=batch,
+            decode_slots=zeros[:, None], decode_mask=torch.ones(batch, 1, 1, 1, dtype=torch.bool),
+            decode_tables=zeros[:, None], decode_lens=torch.ones(batch, dtype=torch.int64), prefills=[],
+            logits_indices=torch.arange(batch), block_size=self.block_size,
+        ))
+        self.kv_cache.k.zero_()
+        self.kv_cache.v.zero_()
 
     def _rope_tables(self, model: Any, max_model_len: int) -> tuple[torch.Tensor, torch.Tensor]:
         """cos/sin for every position, from the model's own rotary module (so RoPE scaling types hold)."""
@@ -121,11 +95,6 @@ class ModelRunner:
         probe = torch.zeros(1, dtype=torch.float32, device=self.device)
         cos, sin = model.model.rotary_emb(probe, positions)
         return cos[0].to(self.dtype)[:, None, :], sin[0].to(self.dtype)[:, None, :]  # [L, 1, head_dim]
-
-    def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        half = x.shape[-1] // 2
-        rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-        return x * cos + rotated * sin
 
     @torch.inference_mode()
     def execute(self, step: StepInput) -> torch.Tensor:
@@ -139,23 +108,16 @@ class ModelRunner:
         if dev.type != "cpu":
             step = _to_device(step, dev)
         cos, sin = self.cos[positions], self.sin[positions]
-        num_tokens = input_ids.shape[0]
-        hd, nh, nkv = self.head_dim, self.num_heads, self.num_kv_heads
         h = self.embed_tokens(input_ids)
-        for i, layer in enumerate(self.layers):
-            x = F.rms_norm(h, (h.shape[-1],), layer.input_norm, self.eps)
-            qkv = layer.qkv(x)
-            # RoPE on the query and key heads together: one set of ops instead of two
-            qk = self._rope(qkv[:, : (nh + nkv) * hd].view(num_tokens, nh + nkv, hd), cos, sin)
-            q, k = qk[:, :nh], qk[:, nh:]
-            v = qkv[:, (nh + nkv) * hd :].view(num_tokens, nkv, hd)
-            k_pool, v_pool = self.kv_cache.k[i], self.kv_cache.v[i]
-            k_pool.index_copy_(0, slots, k)
-            v_pool.index_copy_(0, slots, v)
-            h = h + layer.o_proj(paged_attention(q, k, v, k_pool, v_pool, step))
-            x = F.rms_norm(h, (h.shape[-1],), layer.post_norm, self.eps)
-            gate, up = layer.gate_up(x).chunk(2, dim=-1)
-            h = h + layer.down(F.silu(gate) * up)
+        if self.compiled is not None and self.use_compiled and not step.prefills and step.decode_tables is not None:
+            assert step.decode_lens is not None
+            h = self.compiled(h, cos, sin, slots, step.decode_tables, step.decode_lens, step.block_size)
+        else:
+            for layer, k_pool, v_pool in zip(self.layers, self.kv_cache.k, self.kv_cache.v, strict=True):
+                q, k, v = layer.pre_attention(h, cos, sin)
+                k_pool.index_copy_(0, slots, k)
+                v_pool.index_copy_(0, slots, v)
+                h = layer.post_attention(h, paged_attention(q, k, v, k_pool, v_pool, step))
         h = h[step.logits_indices.to(dev)]
         h = F.rms_norm(h, (h.shape[-1],), self.final_norm, self.eps)
         return self.lm_head(h)

@@ -112,7 +112,8 @@ class RankWorker:
             model = apply_load_time_quantization(model, method)
         model_limit = int(getattr(model.config, "max_position_embeddings", 2048))
         max_model_len = min(cfg.max_model_len or model_limit, model_limit)
-        self.runner = ModelRunner(model, cfg.num_kv_blocks, cfg.block_size, max_model_len)
+        self.runner = ModelRunner(model, cfg.num_kv_blocks, cfg.block_size, max_model_len, compile=cfg.compile,
+                                  max_num_seqs=cfg.max_num_seqs, tp_size=cfg.tp_size)
         self.tokenizer = loaded.tokenizer
         eos = _eos_token_ids(model, loaded.tokenizer)
         return ModelInfo(

@@ -58,3 +58,25 @@ def paged_decode_attention() -> Callable | None:  # type: ignore[type-arg]
     except Exception as e:  # no compiler, headers, ...: the torch path serves
         log.warning("compiled paged attention unavailable (%s); using the torch path", e)
         return None
+
+
+@functools.cache
+def decode_attention_op() -> Callable | None:  # type: ignore[type-arg]
+    """`torch.ops.sloserve.paged_decode_write_attention`, or None where the kernel is unavailable.
+
+    The KV write and the decode kernel as one torch op (registered by the kernel's C++ with the
+    dispatcher), so `torch.compile` keeps it in its graph as one opaque call (a pybind function
+    would break the graph) and its generated code calls it without Python in between: it writes
+    the step's K/V rows into this layer's pool at `slots` (in place; the schema marks the pools
+    mutated), then attends over the pool through the block tables. Same math as the eager path's
+    index_copy_ + kernel, so the two agree bit for bit. Here: its shape function for tracing.
+    """
+    if paged_decode_attention() is None:
+        return None
+    import torch
+
+    @torch.library.register_fake("sloserve::paged_decode_write_attention")
+    def _(q, k, v, k_pool, v_pool, slots, tables, lens, block_size, scale):  # type: ignore[no-untyped-def]
+        return q.new_empty(q.shape)
+
+    return torch.ops.sloserve.paged_decode_write_attention  # type: ignore[no-any-return]

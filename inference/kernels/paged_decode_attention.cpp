@@ -81,6 +81,23 @@ torch::Tensor paged_decode_attention(torch::Tensor q, torch::Tensor k_pool, torc
   return out;
 }
 
+// The KV write and the attention as one op, registered with the dispatcher (not only pybind) so
+// torch.compile keeps it in its graph and its generated code calls it without Python in between.
+torch::Tensor paged_decode_write_attention(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor k_pool,
+                                           torch::Tensor v_pool, torch::Tensor slots, torch::Tensor block_tables,
+                                           torch::Tensor context_lens, int64_t block_size, double scale) {
+  k_pool.index_copy_(0, slots, k);
+  v_pool.index_copy_(0, slots, v);
+  return paged_decode_attention(q.contiguous(), k_pool, v_pool, block_tables, context_lens, block_size, scale);
+}
+
+TORCH_LIBRARY(sloserve, m) {
+  m.def("paged_decode_write_attention(Tensor q, Tensor k, Tensor v, Tensor(a!) k_pool, Tensor(b!) v_pool, "
+        "Tensor slots, Tensor tables, Tensor lens, int block_size, float scale) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(sloserve, CPU, m) { m.impl("paged_decode_write_attention", &paged_decode_write_attention); }
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("paged_decode_attention", &paged_decode_attention, "paged decode attention (CPU)");
 }

@@ -1,0 +1,116 @@
+"""`DecoderLayer`: one Llama-like decoder layer's weights and math, attention left to the caller.
+
+Built from a Hugging Face layer (already wrapped by DeepSpeed): plain linear shards of q/k/v and
+of gate/up are fused into one matmul each (`FusedLinear`); any other linear type (DeepSpeed's
+row-parallel all-reducing layers, bitsandbytes, `Int8Linear`) is kept as the module it is. A
+layer is `pre_attention` (norm, qkv, RoPE) -> attention over the KV pool -> `post_attention`
+(o_proj, residual, norm, MLP, residual). Layers are `nn.Module`s so that `torch.compile` traces
+one of them and reuses the graph for every other layer of the same shapes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _is_plain_linear(module: Any) -> bool:
+    # DeepSpeed's column-parallel LinearLayer is a plain matmul in inference (its backward differs).
+    return type(module) is nn.Linear or type(module).__name__ == "LinearLayer"
+
+
+class FusedLinear(nn.Module):
+    """y = x W^T + b over the concatenated weights of plain linears (one matmul instead of several)."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+
+    def __init__(self, modules: list[Any]) -> None:
+        super().__init__()
+        widths = [int(m.weight.shape[0]) for m in modules]
+        weights = [m.weight.detach() for m in modules]
+        weight = (weights[0] if len(weights) == 1 else torch.cat(weights, dim=0)).contiguous()
+        bias = None
+        if any(m.bias is not None for m in modules):
+            bias = torch.cat([m.bias.detach() if m.bias is not None else weight.new_zeros(w)
+                              for m, w in zip(modules, widths, strict=True)])
+        # Point the modules at views of the fused tensor so the weights are not held twice.
+        offset = 0
+        for module, width in zip(modules, widths, strict=True):
+            module.weight.data = weight[offset : offset + width]
+            offset += width
+        self.register_buffer("weight", weight)
+        self.register_buffer("bias", bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
+class ConcatLinear(nn.Module):
+    """The concatenated outputs of linears that cannot be fused (quantized, or another type)."""
+
+    def __init__(self, modules: list[Any]) -> None:
+        super().__init__()
+        self.parts = nn.ModuleList(modules)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([m(x) for m in self.parts], dim=-1)
+
+
+def fuse(modules: list[Any]) -> nn.Module:
+    return FusedLinear(modules) if all(_is_plain_linear(m) for m in modules) else ConcatLinear(modules)
+
+
+def single(module: Any) -> nn.Module:
+    """A plain linear as a `FusedLinear` of one (a bare F.linear); any other module as it is."""
+    return FusedLinear([module]) if type(module) is nn.Linear else module  # type: ignore[no-any-return]
+
+
+def out_width(module: Any) -> int:
+    # out_features, not weight.shape: packed 4-bit weights (bitsandbytes nf4) have another shape
+    return int(getattr(module, "out_features", None) or module.weight.shape[0])
+
+
+def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+class DecoderLayer(nn.Module):
+    input_norm: torch.Tensor
+    post_norm: torch.Tensor
+
+    def __init__(self, layer: Any, head_dim: int, eps: float) -> None:
+        super().__init__()
+        attn, mlp = layer.self_attn, layer.mlp
+        widths = [out_width(m) for m in (attn.q_proj, attn.k_proj, attn.v_proj)]
+        self.head_dim, self.eps = head_dim, eps
+        self.num_heads = widths[0] // head_dim  # this rank's share under tensor parallelism
+        self.num_kv_heads = widths[1] // head_dim
+        self.register_buffer("input_norm", layer.input_layernorm.weight.detach())
+        self.register_buffer("post_norm", layer.post_attention_layernorm.weight.detach())
+        self.qkv = fuse([attn.q_proj, attn.k_proj, attn.v_proj])
+        self.o_proj = single(attn.o_proj)  # row-parallel under TP: all-reduces inside
+        self.gate_up = fuse([mlp.gate_proj, mlp.up_proj])
+        self.down = single(mlp.down_proj)
+
+    def pre_attention(
+        self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q [T, heads, d] and k [T, kv_heads, d] with RoPE applied, v [T, kv_heads, d]."""
+        num_tokens, hd, nh, nkv = h.shape[0], self.head_dim, self.num_heads, self.num_kv_heads
+        qkv = self.qkv(F.rms_norm(h, (h.shape[-1],), self.input_norm, self.eps))
+        # RoPE on the query and key heads together: one set of ops instead of two
+        qk = rope(qkv[:, : (nh + nkv) * hd].view(num_tokens, nh + nkv, hd), cos, sin)
+        v = qkv[:, (nh + nkv) * hd :].view(num_tokens, nkv, hd)
+        return qk[:, :nh], qk[:, nh:], v
+
+    def post_attention(self, h: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+        """attn [T, heads * d] -> the layer's output hidden states."""
+        h = h + self.o_proj(attn)
+        gate, up = self.gate_up(F.rms_norm(h, (h.shape[-1],), self.post_norm, self.eps)).chunk(2, dim=-1)
+        return h + self.down(F.silu(gate) * up)
