@@ -30,6 +30,7 @@ class Int8Linear(nn.Module):
 
     qweight: torch.Tensor
     scales: torch.Tensor
+    kernel_scales: torch.Tensor
     bias: torch.Tensor | None
 
     def __init__(self, linear: nn.Linear, max_kernel_rows: int = 12) -> None:
