@@ -99,6 +99,10 @@ def _config(full: Path, fast: Path, directory: Path) -> Path:
             "enabled": True, "manifest": "variants.json",  # next to the config file
             "interval_s": 1.0, "window_s": 10.0, "recent_window_s": 3.0, "min_samples": 8,
             "restore_hold_s": 4.0, "restore_step": 0.5, "max_total_replicas": 2,
+            # the time scale of a 55-s trace: restores are sized on the long-run rate too, whose time
+            # constant is max(scale_down_hold_s, window_s); at the default (minutes) the restore after
+            # the trace would take minutes
+            "scale_down_hold_s": 15.0,
             # random weights: `fast` agrees with `full` on no token, so quality is kept out of this test
             "quality_floor": 0.0, "quality_budget": 1.0,
         },
