@@ -25,6 +25,8 @@ from tqdm import tqdm
 from inference.compression.base import compute_dtype
 from inference.compression.quality import greedy_generate
 
+UNBOUNDED_STEPS = 100_000  # the step budget of a run that only a time budget ends
+
 
 @dataclass(frozen=True, slots=True)
 class KDBudget:
@@ -120,7 +122,7 @@ def train_student(
     student.train()
     # a bar over the step budget only when that is the limit that will end the run; under a time
     # budget (`--budget-minutes`) the count, the rate and the ETA postfix tell the progress
-    total = budget.max_steps if budget.max_steps < 100_000 else None
+    total = budget.max_steps if budget.max_steps < UNBOUNDED_STEPS else None
     bar = tqdm(total=total, initial=step, desc=desc, unit="step", dynamic_ncols=True)
     while step < budget.max_steps and elapsed() < budget.max_seconds:
         batch = _batch(sequences, step, budget.batch_size, seed)

@@ -20,7 +20,7 @@ from dataclasses import replace
 
 from inference.compression.base import Compressor
 from inference.compression.distill import DistillCompressor
-from inference.compression.kd import KDBudget
+from inference.compression.kd import UNBOUNDED_STEPS, KDBudget
 from inference.compression.prune_magnitude import MagnitudePruneCompressor
 from inference.compression.prune_structured import StructuredPruneCompressor
 from inference.compression.quantize import BnbCompressor, TorchInt8Compressor
@@ -55,7 +55,7 @@ def build_compressor(method: str, quick: bool = False, budget_minutes: float | N
     if distill is not None:
         budget = QUICK_KD if quick else DISTILL_KD
         if budget_minutes is not None:
-            budget = replace(budget, max_seconds=60.0 * budget_minutes, max_steps=max(budget.max_steps, 100_000))
+            budget = replace(budget, max_seconds=60.0 * budget_minutes, max_steps=max(budget.max_steps, UNBOUNDED_STEPS))
         layers = distill.group(1)
         # plain `distill`: two thirds of the teacher's layers (20 of the packaged model's 30)
         return DistillCompressor(budget, num_layers=int(layers) if layers else None, layer_fraction=2 / 3)
