@@ -8,7 +8,9 @@ replica (`Router.set_weights`: the decision log of `GET /controller/decisions` a
 external scaling API. A thin shim: every choice is the policy's. It waits while Serve deploys
 the application (a first deploy or a config update). A failing interval is logged and the next
 one runs. If this replica dies the routers keep their last weights; Serve starts a new
-one, which resumes from the routers' weights and Serve's replica targets.
+one, which resumes from the routers' weights, Serve's replica targets and the policy's learned
+state (long-run rate, mean output length, latency corrections, quality budget) that this one left
+with the routers (`Router.remember`, every `REMEMBER_EVERY_S` and after every change).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from inference.manifest import ManifestError, VariantManifest
 log = logging.getLogger("ray.serve")
 CONTROLLER_DEPLOYMENT = "slo-controller"
 ROUTER_DEPLOYMENT = "router"
+REMEMBER_EVERY_S = 5.0  # how often the routers get the policy's learned state (and after every change)
 HISTORY = 500  # decisions kept by the controller (the routers keep their own log of applied ones)
 WEIGHT_TOLERANCE = 1e-6
 
@@ -90,6 +93,7 @@ class SLOController:
         self.num_failures = 0
         self.last_error: str | None = None
         self.scaling_disabled = False
+        self.remembered_s = -math.inf
         self.started_unix = time.time()
         self.task = asyncio.get_running_loop().create_task(self._loop())
 
@@ -109,13 +113,18 @@ class SLOController:
             await asyncio.sleep(max(0.0, interval_s - (time.monotonic() - started)))
 
     async def _resume(self, replicas: AppReplicas) -> PolicyState:
-        """Start from what the cluster does now: the router's weights, Serve's replica targets; and
-        as if a burst had just ended (a restarted controller does not know when the last one was, so
-        it waits `scale_down_hold_s` before removing replicas)."""
+        """Start from what the cluster does now: the router's weights, Serve's replica targets, what
+        an earlier controller learned (from the router); and as if a burst had just ended (a
+        restarted controller does not know when the last one was, so it waits `scale_down_hold_s`
+        before removing replicas)."""
         state = PolicyState.initial(self.inputs.variants)
         weights: dict[str, float] = await self.router.get_weights.remote()
+        learned: dict[str, Any] | None = await self.router.recall.remote()
         targets = {v.name: min(max(replicas.variants[v.name].target, v.min_replicas), v.max_replicas)
                    for v in self.config.variants}
+        if learned:
+            log.info("slo-controller: resuming with the learned state the routers kept: %s", learned)
+        state = state.with_learned(learned)
         return replace(state, weights=weights, replica_targets=targets, last_burst_s=time.monotonic())
 
     async def _step(self) -> Decision | None:
@@ -129,6 +138,10 @@ class SLOController:
         c = self.inputs
         decision, self.state = decide(observation, self.state, c.slo, self.manifest, c.controller, c.variants)
         pushed = await self._push_weights(decision)
+        now = time.monotonic()
+        if pushed or now - self.remembered_s >= REMEMBER_EVERY_S:
+            await self.router.broadcast("remember", self.state.learned()).results_async(timeout_s=10.0)
+            self.remembered_s = now
         scaled = await self._scale(decision, replicas)
         entry = decision.as_dict() | {"time": time.time(), "pushed": pushed, "scaled": scaled}
         self.history.append(entry)

@@ -86,6 +86,7 @@ class Router:
         self.metrics = RouterMetrics()
         self._metrics_stop = self.metrics.keep_gauges_fresh()
         self.decisions: list[dict[str, Any]] = []
+        self.controller_learned: dict[str, Any] | None = None
         controller = self.config.controller
         # observing since now: a rate right after the first request is not 1 / (a few milliseconds)
         self.windows = LatencyWindows(controller.window_s, controller.recent_window_s, start_s=time.monotonic())
@@ -261,6 +262,13 @@ class Router:
 
     def get_weights(self) -> dict[str, float]:
         return dict(self.weights)
+
+    def remember(self, learned: dict[str, Any]) -> None:
+        """Keep the SLO controller's learned state (`PolicyState.learned`) for a restarted one."""
+        self.controller_learned = learned
+
+    def recall(self) -> dict[str, Any] | None:
+        return self.controller_learned
 
     def observe(self, replicas: dict[str, tuple[int, int]] | None = None) -> Observation:
         """The latency windows now, for the SLO controller. `replicas`: variant -> (running, ready)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 from deployments.slo.capacity import Correction
@@ -68,6 +68,7 @@ class PolicyState:
     long_rate_rps: float | None = None  # arrival rate averaged over scale_down_hold_s
     corrections: Mapping[str, Correction] = field(default_factory=dict)  # observed / manifest latency
     mean_output_tokens: float | None = None  # averaged over several windows
+    output_samples: float = 0.0  # the requests mean_output_tokens rests on (forgetting included)
     quality_debt_s: float = 0.0  # leaky bucket of quality loss x seconds, drained at the budget rate
 
     @classmethod
@@ -79,4 +80,43 @@ class PolicyState:
         return cls(
             weights={v.name: v.weight / total for v in variants},
             replica_targets={v.name: v.num_replicas for v in variants},
+        )
+
+    def learned(self) -> dict[str, Any]:
+        """What the policy has learned that a restarted controller should not relearn from nothing
+        (the routers keep it): the long-run rate, the mean output length, the latency corrections
+        and the quality-budget bucket. No timers: they are in this process's monotonic clock."""
+        return {
+            "long_rate_rps": self.long_rate_rps,
+            "mean_output_tokens": self.mean_output_tokens,
+            "output_samples": self.output_samples,
+            "quality_debt_s": self.quality_debt_s,
+            "corrections": {n: [c.tpot, c.ttft] for n, c in self.corrections.items()},
+        }
+
+    def with_learned(self, learned: Mapping[str, Any] | None) -> PolicyState:
+        """This state carrying an earlier state's `learned()`; a missing, non-finite or negative
+        value keeps this state's own (a router of another version may hand over anything)."""
+        if not learned:
+            return self
+
+        def finite(value: Any, low: float) -> bool:
+            return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value >= low
+
+        def number(key: str, current: float | None) -> float | None:
+            value: Any = learned.get(key)
+            return float(value) if finite(value, 0.0) else current
+
+        corrections = dict(self.corrections)
+        for name, pair in (learned.get("corrections") or {}).items():
+            ok = name in self.weights and isinstance(pair, list | tuple) and len(pair) == 2
+            if ok and all(finite(x, 1e-9) for x in pair):
+                corrections[name] = Correction(tpot=float(pair[0]), ttft=float(pair[1]))
+        return replace(
+            self,
+            long_rate_rps=number("long_rate_rps", self.long_rate_rps),
+            mean_output_tokens=number("mean_output_tokens", self.mean_output_tokens),
+            output_samples=number("output_samples", self.output_samples) or 0.0,
+            quality_debt_s=number("quality_debt_s", self.quality_debt_s) or 0.0,
+            corrections=corrections,
         )

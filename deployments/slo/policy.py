@@ -210,6 +210,7 @@ def decide(
         long_rate_rps=sig.long_rate_rps,
         corrections=sig.corrections,
         mean_output_tokens=sig.mean_output_tokens,
+        output_samples=sig.output_samples,
         quality_debt_s=sig.quality_debt_s,
     )
     decision = Decision(

@@ -271,3 +271,35 @@ def test_unknown_variant_is_a_policy_error() -> None:
     state = PolicyState.initial(ghost)
     with pytest.raises(PolicyError, match="ghost"):
         step(observe(5.0, state, 1.0, {"full": 1}), state, variants=ghost)
+
+
+def test_learned_state_survives_a_json_round_trip_and_bad_entries_are_ignored() -> None:
+    import json
+
+    from deployments.slo.capacity import Correction
+
+    state = PolicyState.initial(VARIANTS)
+    for now in (5.0, 10.0, 15.0):  # learn something: a rate, an output length, a correction
+        _, state = step(observe(now, state, 2.0, {"full": 1, "int8": 1}), state)
+    state = replace(state, corrections={"full": Correction(tpot=1.3, ttft=0.9)}, quality_debt_s=2.5)
+    resumed = PolicyState.initial(VARIANTS).with_learned(json.loads(json.dumps(state.learned())))
+    assert resumed.learned() == state.learned()
+    assert resumed.mean_output_tokens == pytest.approx(128.0) and resumed.corrections["full"].tpot == 1.3
+
+    fresh = PolicyState.initial(VARIANTS)
+    junk = {"long_rate_rps": "fast", "mean_output_tokens": float("nan"), "quality_debt_s": -1,
+            "corrections": {"full": [0.0, 1.0], "gone": [1.0, 1.0], "int8": "x"}}
+    assert fresh.with_learned(junk) == fresh and fresh.with_learned(None) == fresh
+
+
+def test_a_resumed_controller_restores_all_the_way_without_traffic() -> None:
+    """A degraded split handed over with what the last controller learned, then no traffic at all:
+    no latency sample ever comes, and the restore still completes (zero arrivals bound the rate)."""
+    degraded = replace(PolicyState.initial(VARIANTS), weights={"full": 0.3, "int8": 0.7, "distilled": 0.0})
+    resumed = degraded.with_learned({"mean_output_tokens": 16.0, "long_rate_rps": 0.0})
+    state, idle = resumed, LatencyStats()
+    for now in np.arange(100.0, 400.0, CTL.interval_s):
+        obs = observe(float(now), state, 0.0, {"full": 1, "int8": 1},
+                      latency={"full": idle, "int8": idle, "distilled": idle})
+        _, state = step(obs, state)
+    assert state.weights["full"] == pytest.approx(1.0)
