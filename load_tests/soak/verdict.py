@@ -144,8 +144,8 @@ def build_report(outcomes: list[Outcome], faults: list[Fault], rss: list[RssSamp
         during = [o for o in outcomes if o.send_s <= f.end_s and (o.end_s is None or o.end_s >= f.start_s)]
         return {"kind": f.kind, "start_s": round(f.start_s, 2), "end_s": round(f.end_s, 2), "target": f.target,
                 "error": f.error, "in_flight": len(in_flight),
-                "errors": sum(o.status == "error" for o in (in_flight if f.kind == "kill" else during)),
-                "requests_during": len(during)}
+                "errors": sum(o.status == "error" and not is_shed(o) for o in (in_flight if f.kind == "kill" else during)),
+                "shed_429": sum(is_shed(o) for o in during), "requests_during": len(during)}
 
     e2e = [o.e2e_ms for o in ok if o.e2e_ms is not None]
     ttft = [o.ttft_ms for o in ok if o.ttft_ms is not None]

@@ -116,3 +116,11 @@ def test_capacity_ramp_stops_once_throughput_stops_rising(start_mock: Callable[.
     capacity, steps = asyncio.run(go())
     assert [s.concurrency for s in steps] == [1, 2, 4]  # the mock scales with concurrency
     assert capacity == max(s.req_s for s in steps) > 0
+
+
+def test_a_redeploy_counts_shed_load_apart_from_its_errors() -> None:
+    redeploy = Fault("redeploy", 30.0, 40.0, "local.yaml")
+    outcomes = [Outcome(0, 31.0, 32.0, "error", "HTTP 429: bound", http_status=429),
+                Outcome(1, 32.0, 33.0, "ok"), Outcome(2, 33.0, 34.0, "error", "HTTP 500", http_status=500)]
+    [entry] = _report(outcomes, [redeploy])["redeploys"]
+    assert entry["errors"] == 1 and entry["shed_429"] == 1 and entry["requests_during"] == 3
