@@ -32,6 +32,7 @@ Z_NOISE = 2.0  # standard deviations of Poisson noise a rate change must clear
 Z_EXCESS = 1.5  # ... running requests must clear over the SLO's concurrency (a count, not a rate estimate)
 Z_SURE = 3.0  # ... for the short window to justify new replicas (slow, costly to undo)
 Z_CALM = 1.0  # ... a restore's rate estimate (upper bound; the hysteresis band is the rest of the margin)
+OUTPUT_PRIOR_SAMPLES = 1.0  # the default output length counts as this many finished requests
 SPEED_EWMA = 0.2  # weight of a new latency-correction sample
 SPEED_BOUNDS = (0.5, 4.0)  # observed / manifest latency is trusted within these
 ERROR_RATE_AT_RISK = 0.05  # this share of failed requests counts as an SLO breach
@@ -58,7 +59,7 @@ class Signals:
     caps: dict[str, ReplicaCapacity]
     quality: dict[str, float]
     corrections: dict[str, Correction]
-    mean_output_tokens: float | None
+    mean_output_tokens: float
     output_samples: float
     quality_debt_s: float
     budget_spent: bool
@@ -156,15 +157,15 @@ def _ewma(previous: float | None, value: float | None, dt_s: float, tau_s: float
 
 
 def _output_length(
-    state: PolicyState, observed: float | None, ended: float, dt_s: float, tau_s: float, prior_samples: int
+    state: PolicyState, observed: float | None, ended: float, dt_s: float, tau_s: float
 ) -> tuple[float, float]:
     """(mean output length, the requests it rests on): a running mean weighted by requests, each
-    forgotten over `tau_s`, starting from the default as `prior_samples` requests. Weighted by
+    forgotten over `tau_s`, starting from the default as `OUTPUT_PRIOR_SAMPLES` requests. Weighted by
     requests, not time, the first window of real traffic outweighs the default (a time average kept
     128 -> 101 tokens after 12 s of 4 requests a second of 12 tokens, and a capacity 8x too low).
     Simulated, a prior of 1 or of 5 requests gave the same schedules."""
     mean = state.mean_output_tokens if state.mean_output_tokens is not None else DEFAULT_OUTPUT_TOKENS
-    weight = state.output_samples if state.mean_output_tokens is not None else float(prior_samples)
+    weight = state.output_samples if state.mean_output_tokens is not None else OUTPUT_PRIOR_SAMPLES
     weight *= math.exp(-dt_s / tau_s)
     if observed is None or ended <= 0:
         return mean, weight
@@ -230,9 +231,7 @@ def read_signals(
     finished = sum(obs.variant(n).latency.num_requests for n in names)
     observed_output = obs.mean_tokens()[1] if finished >= controller.min_samples else None
     ended = finished if state.last_decision_s is None else dt_s * sum(obs.variant(n).completion_rate_rps for n in names)
-    mean_output, output_samples = _output_length(
-        state, observed_output, ended, dt_s, 5.0 * controller.window_s, prior_samples=1
-    )
+    mean_output, output_samples = _output_length(state, observed_output, ended, dt_s, 5.0 * controller.window_s)
     caps = capacities(manifest, variants, slo, mean_output, corrections)
     quality = {n: caps[n].quality for n in names}
 

@@ -4,6 +4,7 @@ manifest is the labelled example one, and time advances in control intervals."""
 from __future__ import annotations
 
 import itertools
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 
 from cluster.config import ControllerConfig, SLOConfig, VariantConfig
-from deployments.slo.capacity import SpeedCurve
+from deployments.slo.capacity import Correction, SpeedCurve
 from deployments.slo.decision import Decision, PolicyState
 from deployments.slo.observation import LatencyStats, Observation, VariantLoad, VariantObservation
 from deployments.slo.policy import PolicyError, decide
@@ -274,10 +275,6 @@ def test_unknown_variant_is_a_policy_error() -> None:
 
 
 def test_learned_state_survives_a_json_round_trip_and_bad_entries_are_ignored() -> None:
-    import json
-
-    from deployments.slo.capacity import Correction
-
     state = PolicyState.initial(VARIANTS)
     for now in (5.0, 10.0, 15.0):  # learn something: a rate, an output length, a correction
         _, state = step(observe(now, state, 2.0, {"full": 1, "int8": 1}), state)
