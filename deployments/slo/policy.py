@@ -9,7 +9,11 @@ noise bounds, observed risk, capacities corrected online, quality budget), takes
   best-quality split that fits the replicas ready *now* (new replicas' cold start is bridged by
   running faster variants), never below the quality floor while capacity remains in the budget;
 - restore one `restore_step` per decision toward the best split at `restore_utilization`, only
-  after `restore_hold_s` without a degrade and with restoring safe at every decision of that hold.
+  after `restore_hold_s` without a degrade and with restoring safe at every decision of that hold;
+  all the way in one move when the best variants alone carry the calm rate at `target_utilization`.
+While a variant is at risk, traffic only moves off the variants at risk (more onto one of them is a
+restore, which waits); requests running past a variant's SLO concurrency right after a degrade are
+the ones it already had, and count as a risk again only after `recent_window_s`.
 One step at a time: a restore or a scale-down is the only change of its decision (a scale-up
 waits for no restore; a restore waits for no scale-down).
 """
@@ -73,15 +77,21 @@ def _seen_at_risk(sig: Signals, state: PolicyState, current: Weights, controller
     }
 
 
-def _at_risk(sig: Signals, current: Weights, seen: set[str], controller: ControllerSettings) -> list[str]:
+def _at_risk(
+    sig: Signals, state: PolicyState, current: Weights, seen: set[str], controller: ControllerSettings
+) -> list[str]:
     """Variants carrying traffic whose SLO is at risk: seen, or at risk with a backlog now, or
-    running more requests than the SLO allows, or predicted (their share of the surely-risen rate
-    passes `degrade_at_ratio` of their ready replicas' capacity), or without a ready replica."""
+    running more requests than the SLO allows (once a degrade's requests have had `recent_window_s`
+    to drain: those already running stay where they are), or predicted (their share of the
+    surely-risen rate passes `degrade_at_ratio` of their ready replicas' capacity), or without a
+    ready replica."""
     limit = capacity_rps(sig.ready, sig.caps, controller.degrade_at_ratio)
+    draining = sig.now_s - state.last_degrade_s < controller.recent_window_s
     backlogged = {
         n
         for n in current
-        if (sig.queue_depth[n] > 0 and sig.risk[n] >= controller.degrade_at_ratio) or sig.excess[n] > 0
+        if (sig.queue_depth[n] > 0 and sig.risk[n] >= controller.degrade_at_ratio)
+        or (sig.excess[n] > 0 and not draining)
     }
     return [
         n
@@ -126,8 +136,9 @@ def _move_traffic(
         if floor_applies:  # the floor, within what each variant carries safely
             plan = blend_to_floor(plan, quality, floor, share_of(safe, sig.rate_plan_rps))
         stranded = any(sig.ready[n] == 0 for n in risky)
-        if plan and (total_variation(plan, current) >= MIN_MOVE or stranded):
-            worse = traffic_quality(plan, quality) < traffic_quality(current, quality) - 1e-9
+        worse = traffic_quality(plan, quality) < traffic_quality(current, quality) - 1e-9
+        relieves = any(plan.get(n, 0.0) < current[n] - 1e-9 for n in risky)  # else: a restore without the hold
+        if plan and (worse or relieves) and (total_variation(plan, current) >= MIN_MOVE or stranded):
             what = ", ".join(f"{n} (risk {sig.risk[n]:.2f}, ready {sig.ready[n]})" for n in risky)
             text = f"SLO at risk on {what} at {sig.rate_plan_rps:.2f} rps: {_fmt(current)} -> {_fmt(plan)}"
             return plan, ("degrade" if worse else "rebalance"), text, None
@@ -136,6 +147,16 @@ def _move_traffic(
     target = plan_weights(sig.rate_calm_rps, safe_restore, raw, quality)
     if floor_applies and target:
         target = blend_to_floor(target, quality, floor, share_of(safe_restore, sig.rate_calm_rps))
+    # All the way back in one move when the best variants carry the whole calm rate at the planned
+    # utilization: the restore band and `restore_step` pace a partial way back under load; at rest
+    # they left a sliver behind (0.12 of the traffic at 0.48 vs 0.41 rps) that took its own restore
+    # minutes later, one more mix change for each blip.
+    at_target = capacity_rps(sig.ready, sig.caps, controller.target_utilization)
+    whole = plan_weights(sig.rate_calm_rps, at_target, raw, quality)
+    best = max((quality[n] for n, r in raw.items() if r > 0), default=1.0)
+    complete = bool(target) and bool(whole) and traffic_quality(whole, quality) >= best - QUALITY_EPS
+    if complete:
+        target = whole
     busiest = max((sig.risk[n] for n, w in current.items() if w > 0), default=0.0)
     calm = (
         not risky
@@ -150,11 +171,11 @@ def _move_traffic(
     held = min(sig.now_s - calm_since, sig.now_s - max(state.last_degrade_s, state.last_restore_s))
     if held < controller.restore_hold_s:
         return current, None, "", calm_since
-    moved = step_toward(current, target, controller.restore_step)
-    text = (
-        f"calm for {held:.0f} s at <= {sig.rate_calm_rps:.2f} rps with room at "
-        f"{controller.restore_utilization:.0%} utilization: {_fmt(current)} -> {_fmt(moved)}"
-    )
+    moved = target if complete else step_toward(current, target, controller.restore_step)
+    fits = f"all of it fitting at {controller.target_utilization:.0%} utilization" if complete else (
+        f"room at {controller.restore_utilization:.0%} utilization")
+    text = f"calm for {held:.0f} s at <= {sig.rate_calm_rps:.2f} rps with {fits}: {_fmt(current)} -> {_fmt(moved)}"
+
     return moved, "restore", text, calm_since
 
 
@@ -174,7 +195,7 @@ def decide(
     sig = read_signals(observation, state, slo, manifest, controller, variants)
     current = _current(state, names)
     seen = _seen_at_risk(sig, state, current, controller)
-    risky = _at_risk(sig, current, seen, controller)
+    risky = _at_risk(sig, state, current, seen, controller)
 
     scale: ScaleStep = scale_step(sig, state, controller, variants, at_risk=bool(risky))
     floor_applies = _floor_applies(scale.targets, sig, controller)

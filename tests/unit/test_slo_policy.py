@@ -106,20 +106,65 @@ def test_a_quiet_variant_is_judged_on_all_its_classes_together() -> None:
     assert decision.reason_code == "degrade"
 
 
-def test_restores_only_after_the_hold_and_one_step_at_a_time() -> None:
+def test_restores_after_the_hold_in_one_move_when_the_best_variant_carries_it_all() -> None:
+    # 1.0 rps fits on full at target_utilization (2.32 rps x 0.8): no reason to come back in steps
     state = replace(PolicyState.initial(VARIANTS), weights={"full": 0.5, "int8": 0.5, "distilled": 0.0},
                     last_degrade_s=0.0)
-    ready, history = {"full": 1, "int8": 1}, []
-    for now in np.arange(5.0, 160.0, 5.0):  # each restore waits the hold again: its effect is seen first
-        decision, state = step(observe(float(now), state, 1.0, ready), state)
+    history = []
+    for now in np.arange(5.0, 160.0, 5.0):
+        decision, state = step(observe(float(now), state, 1.0, {"full": 1, "int8": 1}), state)
         history.append((float(now), decision.reason_code, decision.weights["full"]))
     restores = [(t, w) for t, code, w in history if code == "restore"]
-    assert restores and restores[0][0] >= CTL.restore_hold_s
     assert all(code == "hold" for t, code, _ in history if t < CTL.restore_hold_s)
-    fulls = [0.5] + [w for _, _, w in history]
+    assert len(restores) == 1 and restores[0][0] >= CTL.restore_hold_s and restores[0][1] == pytest.approx(1.0)
+
+
+def test_a_partial_restore_goes_one_step_at_a_time_after_each_hold() -> None:
+    # 2.0 rps: full alone would pass target_utilization, so the way back is sized at
+    # restore_utilization and paced by restore_step
+    state = replace(PolicyState.initial(VARIANTS), weights={"full": 0.0, "int8": 1.0, "distilled": 0.0},
+                    last_degrade_s=0.0)
+    history = []
+    for now in np.arange(5.0, 400.0, 5.0):
+        decision, state = step(observe(float(now), state, 2.0, {"full": 1, "int8": 1}), state)
+        history.append((float(now), decision.reason_code, decision.weights["full"]))
+    restores = [(t, w) for t, code, w in history if code == "restore"]
+    assert len(restores) >= 2 and restores[0][0] >= CTL.restore_hold_s
+    fulls = [0.0] + [w for _, _, w in history]
     assert all(b - a <= CTL.restore_step + 1e-9 for a, b in itertools.pairwise(fulls))
     assert all(b - a >= CTL.restore_hold_s for a, b in itertools.pairwise(t for t, _ in restores))
-    assert fulls[-1] == pytest.approx(1.0)
+    assert 0.5 < fulls[-1] < 1.0  # full takes what fits at restore_utilization, not everything
+
+
+FULL_64 = VARIANTS[0].model_copy(update={"engine": VARIANTS[0].engine.model_copy(update={"max_num_seqs": 64})})
+
+
+def test_a_degrade_is_not_repeated_while_its_running_requests_drain() -> None:
+    """Requests already running on a variant stay there after a degrade: its running count stays
+    past the SLO's concurrency (35 on full, plus noise) for a moment, which is no new risk."""
+    state, variants, quiet = PolicyState.initial(VARIANTS), [FULL_64, INT8, DISTILLED], stats(n=0)
+    decision, state = step(observe(5.0, state, 1.5, {"full": 1, "int8": 1}, ongoing={"full": 50},
+                                   latency={"full": quiet}), state, variants=variants)
+    assert decision.reason_code == "degrade"
+    moved = dict(decision.weights)
+    decision, state = step(observe(7.0, state, 1.8, {"full": 1, "int8": 1}, ongoing={"full": 50},
+                                   latency={"full": quiet}), state, variants=variants)
+    assert decision.reason_code == "hold" and dict(decision.weights) == moved
+    later = 5.0 + CTL.recent_window_s  # still past the SLO's concurrency after the drain time: a risk again
+    decision, _ = step(observe(later, state, 1.8, {"full": 1, "int8": 1}, ongoing={"full": 50},
+                               latency={"full": quiet}), state, variants=variants)
+    assert decision.at_risk and decision.weights["full"] < moved["full"]
+
+
+def test_traffic_never_moves_onto_a_variant_at_risk() -> None:
+    """full runs past its SLO's concurrency (a risk) while the rate would fit more on it: handing
+    it more traffic now would be a restore, which waits for calm and the hold."""
+    state = replace(PolicyState.initial(VARIANTS), weights={"full": 0.3, "int8": 0.7, "distilled": 0.0},
+                    last_degrade_s=-100.0)
+    decision, _ = step(observe(5.0, state, 1.5, {"full": 1, "int8": 1}, ongoing={"full": 46},
+                               latency={"full": stats(n=0)}), state, variants=[FULL_64, INT8, DISTILLED])
+    assert decision.at_risk
+    assert decision.weights["full"] <= 0.3 + 1e-9, decision.reason
 
 
 def test_no_restore_without_headroom() -> None:
