@@ -175,7 +175,6 @@ def _move_traffic(
     fits = f"all of it fitting at {controller.target_utilization:.0%} utilization" if complete else (
         f"room at {controller.restore_utilization:.0%} utilization")
     text = f"calm for {held:.0f} s at <= {sig.rate_calm_rps:.2f} rps with {fits}: {_fmt(current)} -> {_fmt(moved)}"
-
     return moved, "restore", text, calm_since
 
 
