@@ -106,14 +106,21 @@ def test_a_quiet_variant_is_judged_on_all_its_classes_together() -> None:
     assert decision.reason_code == "degrade"
 
 
+def degraded_then_calm(full_share: float, rate_rps: float, until_s: float) -> list[tuple[float, str, float]]:
+    """(time, reason code, full's weight) of each decision, every 5 s after a degrade at 0 that left
+    `full_share` on full, at a steady rate."""
+    state = replace(PolicyState.initial(VARIANTS), last_degrade_s=0.0,
+                    weights={"full": full_share, "int8": 1.0 - full_share, "distilled": 0.0})
+    history = []
+    for now in np.arange(5.0, until_s, 5.0):
+        decision, state = step(observe(float(now), state, rate_rps, {"full": 1, "int8": 1}), state)
+        history.append((float(now), decision.reason_code, decision.weights["full"]))
+    return history
+
+
 def test_restores_after_the_hold_in_one_move_when_the_best_variant_carries_it_all() -> None:
     # 1.0 rps fits on full at target_utilization (2.32 rps x 0.8): no reason to come back in steps
-    state = replace(PolicyState.initial(VARIANTS), weights={"full": 0.5, "int8": 0.5, "distilled": 0.0},
-                    last_degrade_s=0.0)
-    history = []
-    for now in np.arange(5.0, 160.0, 5.0):
-        decision, state = step(observe(float(now), state, 1.0, {"full": 1, "int8": 1}), state)
-        history.append((float(now), decision.reason_code, decision.weights["full"]))
+    history = degraded_then_calm(0.5, 1.0, 160.0)
     restores = [(t, w) for t, code, w in history if code == "restore"]
     assert all(code == "hold" for t, code, _ in history if t < CTL.restore_hold_s)
     assert len(restores) == 1 and restores[0][0] >= CTL.restore_hold_s and restores[0][1] == pytest.approx(1.0)
@@ -122,12 +129,7 @@ def test_restores_after_the_hold_in_one_move_when_the_best_variant_carries_it_al
 def test_a_partial_restore_goes_one_step_at_a_time_after_each_hold() -> None:
     # 2.0 rps: full alone would pass target_utilization, so the way back is sized at
     # restore_utilization and paced by restore_step
-    state = replace(PolicyState.initial(VARIANTS), weights={"full": 0.0, "int8": 1.0, "distilled": 0.0},
-                    last_degrade_s=0.0)
-    history = []
-    for now in np.arange(5.0, 400.0, 5.0):
-        decision, state = step(observe(float(now), state, 2.0, {"full": 1, "int8": 1}), state)
-        history.append((float(now), decision.reason_code, decision.weights["full"]))
+    history = degraded_then_calm(0.0, 2.0, 400.0)
     restores = [(t, w) for t, code, w in history if code == "restore"]
     assert len(restores) >= 2 and restores[0][0] >= CTL.restore_hold_s
     fulls = [0.0] + [w for _, _, w in history]
