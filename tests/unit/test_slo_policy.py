@@ -29,6 +29,8 @@ FULL, INT8, DISTILLED = (
     VariantConfig(name="distilled", num_replicas=0, min_replicas=0, max_replicas=4, weight=0.0),
 )
 VARIANTS = [FULL, INT8, DISTILLED]
+# full with room for 64 running requests, past the concurrency its SLO allows: a running-count overload is possible
+FULL_64 = FULL.model_copy(update={"engine": FULL.engine.model_copy(update={"max_num_seqs": 64})})
 
 
 def stats(n: int = 100, ttft_p95_s: float = 0.2, tpot_p95_s: float = 0.06, **more: float) -> LatencyStats:
@@ -87,8 +89,7 @@ def test_running_beyond_the_slo_concurrency_is_a_risk_even_without_latency_sampl
     decision, _ = step(observe(5.0, state, 1.0, {"full": 1, "int8": 1}, ongoing={"full": 30},
                                latency={"full": quiet}), state)
     assert decision.reason_code == "hold"
-    limits = VARIANTS[0].model_copy(update={"engine": VARIANTS[0].engine.model_copy(update={"max_num_seqs": 64})})
-    variants = [limits, INT8, DISTILLED]
+    variants = [FULL_64, INT8, DISTILLED]
     decision, _ = step(observe(5.0, state, 1.0, {"full": 1, "int8": 1}, ongoing={"full": 50},
                                latency={"full": quiet}), state, variants=variants)
     assert decision.reason_code == "degrade" and decision.weights["int8"] > 0
@@ -138,12 +139,9 @@ def test_a_partial_restore_goes_one_step_at_a_time_after_each_hold() -> None:
     assert 0.5 < fulls[-1] < 1.0  # full takes what fits at restore_utilization, not everything
 
 
-FULL_64 = VARIANTS[0].model_copy(update={"engine": VARIANTS[0].engine.model_copy(update={"max_num_seqs": 64})})
-
-
 def test_a_degrade_is_not_repeated_while_its_running_requests_drain() -> None:
     """Requests already running on a variant stay there after a degrade: its running count stays
-    past the SLO's concurrency (35 on full, plus noise) for a moment, which is no new risk."""
+    past the SLO's concurrency (plus noise) for a moment, which is no new risk."""
     state, variants, quiet = PolicyState.initial(VARIANTS), [FULL_64, INT8, DISTILLED], stats(n=0)
     decision, state = step(observe(5.0, state, 1.5, {"full": 1, "int8": 1}, ongoing={"full": 50},
                                    latency={"full": quiet}), state, variants=variants)
