@@ -33,21 +33,36 @@ def run(args: argparse.Namespace) -> int:
     print("starting a local Ray ...", flush=True)
     ray.init(address="local", num_cpus=args.num_cpus or config.cluster.num_cpus, include_dashboard=False, log_to_driver=True)
     stop = threading.Event()
+    serving = threading.Event()
+
+    def on_signal(*_: object) -> None:
+        # Ctrl-C while deploying must stop too: serve.run's wait swallowed the default KeyboardInterrupt
+        # (seen: a SIGINT during "deploying" was lost and the server came up anyway). The event ends
+        # the run either way; raising also cuts the deploy short where the wait lets it through.
+        stop.set()
+        if not serving.is_set():
+            raise KeyboardInterrupt
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
     try:
         serve.start(http_options={"host": host, "port": port})
         names = ", ".join(f"{v.name} (tp={v.tp_size}, weight={v.weight})" for v in config.variants)
         print(f"deploying {config.cluster.app_name}: variants {names} ...", flush=True)
         serve.run(application, **serve_run_options(config))
+        serving.set()
+        if stop.is_set():  # interrupted while deploying
+            raise KeyboardInterrupt
         url = f"http://{host}:{port}"
         print(f"\nsloserve is serving {config.model.name} at {url}/v1  (ready in {time.monotonic() - started:.0f} s)")
         print(f"  models:  {config.model.name}, " + ", ".join(f"{config.model.name}:{v.name}" for v in config.variants))
         print(f"  try:     curl {url}/v1/chat/completions -H 'content-type: application/json' \\")
         print(f"             -d '{{\"model\": \"{config.model.name}\", \"temperature\": 0, \"messages\": [{{\"role\": \"user\", \"content\": \"What is the capital of France?\"}}]}}'")
         print("  metrics: " + f"{url}/metrics    stop: Ctrl-C\n", flush=True)
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: stop.set())
         stop.wait()
         print("\nshutting down ...", flush=True)
+    except KeyboardInterrupt:
+        print("\ninterrupted while deploying: shutting down ...", flush=True)
     finally:
         serve.shutdown()
         ray.shutdown()

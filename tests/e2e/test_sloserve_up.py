@@ -76,3 +76,31 @@ def _bounded_load_test(port: int, result_dir: Path) -> None:
     assert summary["mean_ttft_ms"] > 0 and summary["output_throughput"] > 0
     records = [json.loads(line) for line in (result_dir / "requests.jsonl").read_text().splitlines()]
     assert len(records) == 8 and {r["variant"] for r in records} == {"full"}
+
+
+def test_ctrl_c_while_deploying_stops_sloserve_up(tmp_path: Path) -> None:
+    """A SIGINT while the app deploys stops it too (it was lost inside serve.run's wait, and the
+    server came up anyway)."""
+    port = free_port()
+    log = tmp_path / "up.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cluster.cli", "up", "--config", "cluster/configs/local.yaml", "--port", str(port)],
+            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while "deploying" not in log.read_text():
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.5)
+        time.sleep(2.0)  # inside serve.run, before the replicas are ready
+        os.kill(proc.pid, signal.SIGINT)
+        code = proc.wait(timeout=90)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    text = log.read_text()
+    assert code == 0, text[-3000:]
+    assert "interrupted while deploying" in text and "stopped." in text, text[-3000:]
+    assert "sloserve is serving" not in text
