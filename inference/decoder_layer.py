@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from inference.kernels import small_linear_op
+
 
 def _is_plain_linear(module: Any) -> bool:
     # DeepSpeed's column-parallel LinearLayer is a plain matmul in inference (its backward differs).
@@ -23,7 +25,10 @@ def _is_plain_linear(module: Any) -> bool:
 
 
 class FusedLinear(nn.Module):
-    """y = x W^T + b over the concatenated weights of plain linears (one matmul instead of several)."""
+    """y = x W^T + b over the concatenated weights of plain linears (one matmul instead of several).
+
+    fp32 on CPU goes through `small_linear_op` (where the kernels build): a decode step's few rows
+    then stream the weights at twice the library sgemv's rate; more rows go to at::linear."""
 
     weight: torch.Tensor
     bias: torch.Tensor | None
@@ -44,8 +49,12 @@ class FusedLinear(nn.Module):
             offset += width
         self.register_buffer("weight", weight)
         self.register_buffer("bias", bias)
+        cpu_fp32 = weight.device.type == "cpu" and weight.dtype == torch.float32
+        self.small = small_linear_op() if cpu_fp32 else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.small is not None:
+            return self.small(x, self.weight, self.bias)  # type: ignore[no-any-return]
         return F.linear(x, self.weight, self.bias)
 
 

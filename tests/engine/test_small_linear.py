@@ -1,0 +1,58 @@
+"""The few-row fp32 linear kernel equals F.linear (checked against float64), and hands everything
+it does not cover (more rows, other dtypes, odd layouts) to at::linear unchanged."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from inference.kernels import small_linear_op
+
+
+@pytest.fixture(scope="module")
+def op():  # type: ignore[no-untyped-def]
+    if os.environ.get("SLOSERVE_DISABLE_KERNELS") == "1":
+        pytest.skip("kernels disabled by SLOSERVE_DISABLE_KERNELS=1")
+    small = small_linear_op()
+    assert small is not None, "the C++ kernels should build here (gcc and torch headers are installed)"
+    return small
+
+
+def reference(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    return F.linear(x.double(), w.double(), None if b is None else b.double()).float()
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 7, 8, 9, 32, 33])
+@pytest.mark.parametrize("in_features", [576, 37])  # 37: not a multiple of the 16-wide vector loop
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_matches_float64(op, rows: int, in_features: int, with_bias: bool) -> None:  # type: ignore[no-untyped-def]
+    torch.manual_seed(rows)
+    x, w = torch.randn(rows, in_features), torch.randn(301, in_features)
+    b = torch.randn(301) if with_bias else None
+    got = op(x, w, b)
+    assert got.shape == (rows, 301) and got.dtype == torch.float32
+    torch.testing.assert_close(got, reference(x, w, b), rtol=1e-5, atol=1e-4)
+
+
+def test_leading_dims_and_strided_input(op) -> None:  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    w, b = torch.randn(64, 48), torch.randn(64)
+    x3 = torch.randn(2, 3, 48)
+    torch.testing.assert_close(op(x3, w, b), reference(x3, w, b), rtol=1e-5, atol=1e-4)
+    strided = torch.randn(48, 4).t()  # [4, 48], not contiguous
+    torch.testing.assert_close(op(strided, w, None), reference(strided, w, None), rtol=1e-5, atol=1e-4)
+
+
+def test_what_it_does_not_cover_is_at_linear(op) -> None:  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    w = torch.randn(40, 24, dtype=torch.bfloat16)
+    x = torch.randn(2, 24, dtype=torch.bfloat16)
+    assert torch.equal(op(x, w, None), F.linear(x, w))
+    wt = torch.randn(24, 40).t()  # a non-contiguous weight
+    xf = torch.randn(2, 24)
+    assert torch.equal(op(xf, wt, None), F.linear(xf, wt))
+    with pytest.raises(RuntimeError):
+        op(torch.randn(2, 23), torch.randn(40, 24), None)  # mismatched widths: at::linear's error
