@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from inference.kernels import small_linear_op
+from inference.kernels import pack_q4_exact, small_linear_op
 
 
 def _is_plain_linear(module: Any) -> bool:
@@ -28,7 +28,9 @@ class FusedLinear(nn.Module):
     """y = x W^T + b over the concatenated weights of plain linears (one matmul instead of several).
 
     fp32 on CPU goes through `small_linear_op` (where the kernels build): a decode step's few rows
-    then stream the weights at twice the library sgemv's rate; more rows go to at::linear."""
+    then stream the weights at twice the library sgemv's rate; more rows go to at::linear. Weights
+    that are exactly 4-bit (dequantized from a GGUF Q4_1 file) are also kept packed, and a decode
+    step reads those instead: same values, a sixth of the bytes (`pack_q4_exact`)."""
 
     weight: torch.Tensor
     bias: torch.Tensor | None
@@ -51,8 +53,15 @@ class FusedLinear(nn.Module):
         self.register_buffer("bias", bias)
         cpu_fp32 = weight.device.type == "cpu" and weight.dtype == torch.float32
         self.small = small_linear_op() if cpu_fp32 else None
+        q4 = pack_q4_exact(weight) if self.small is not None else None
+        self.q4_linear = None if q4 is None else q4[0]
+        self.register_buffer("q4_packed", None if q4 is None else q4[1])
+        self.register_buffer("q4_scales", None if q4 is None else q4[2])
+        self.register_buffer("q4_mins", None if q4 is None else q4[3])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.q4_linear is not None:
+            return self.q4_linear(x, self.q4_packed, self.q4_scales, self.q4_mins, self.weight, self.bias)  # type: ignore[no-any-return]
         if self.small is not None:
             return self.small(x, self.weight, self.bias)  # type: ignore[no-any-return]
         return F.linear(x, self.weight, self.bias)

@@ -112,3 +112,52 @@ def decode_attention_op() -> Callable | None:  # type: ignore[type-arg]
         return q.new_empty(q.shape)
 
     return torch.ops.sloserve.paged_decode_write_attention  # type: ignore[no-any-return]
+
+
+@functools.cache
+def _q4_ops() -> tuple[Callable, Callable] | None:  # type: ignore[type-arg]
+    """(`q4_linear`, `q4_dequantize`) from the kernels' module, with the linear's shape function."""
+    if small_linear_op() is None:
+        return None
+    import torch
+
+    @torch.library.register_fake("sloserve::q4_linear")
+    def _(x, packed, scales, mins, weight, bias):  # type: ignore[no-untyped-def]
+        return x.new_empty((*x.shape[:-1], packed.shape[0]))
+
+    return torch.ops.sloserve.q4_linear, torch.ops.sloserve.q4_dequantize
+
+
+def pack_q4_exact(weight: Any) -> tuple[Callable, Any, Any, Any] | None:  # type: ignore[type-arg]
+    """`(q4_linear, packed, scales, mins)` when the fp32 `weight` [N, K] is exactly 4-bit, else None.
+
+    Exactly 4-bit: every group of 32 values along K is d * q + m with q in 0..15 and d an fp16
+    value, which is what weights dequantized from a GGUF Q4_1 file are (the packaged SmolLM2's
+    decoder layers, all of them). Packed, a decode step reads 0.75 bytes per weight instead of 4,
+    and computes with the same fp32 values: `q4_linear` equals `small_linear` on `weight` bit for
+    bit (the packing is kept only if the kernel's own dequantization gives back `weight` exactly).
+    None where the kernels are unavailable, K is not a multiple of 32, any group is not exact,
+    or `SLOSERVE_PACK_4BIT=0`.
+    """
+    import torch
+
+    ops = _q4_ops()
+    if ops is None or os.environ.get("SLOSERVE_PACK_4BIT") == "0":
+        return None
+    if weight.dtype != torch.float32 or weight.device.type != "cpu" or weight.dim() != 2 or weight.shape[1] % 32:
+        return None
+    n, k = weight.shape
+    groups = weight.reshape(n, k // 32, 32)
+    mins = groups.amin(-1)
+    scales = ((groups.amax(-1) - mins) / 15).half().float()
+    if not torch.isfinite(scales).all():
+        return None
+    q = ((groups - mins[..., None]) / torch.where(scales > 0, scales, 1.0)[..., None]).round_()
+    if q.min() < 0 or q.max() > 15:
+        return None
+    q = q.to(torch.uint8)
+    packed = (q[..., :16] | (q[..., 16:] << 4)).reshape(n, k // 2).contiguous()
+    linear, dequantize = ops
+    if not torch.equal(dequantize(packed, scales, mins), weight):
+        return None
+    return linear, packed, scales, mins

@@ -7,6 +7,8 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
+#include <vector>
+
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #define SLOSERVE_SMALL_LINEAR 1
@@ -76,6 +78,100 @@ void run(const float* x, const float* w, const float* bias, float* y, int64_t ro
     }
   });
 }
+
+// 4-bit weights, 32 per group along K, w = d * q + m (q in 0..15; the layout of GGUF's Q4_1 with
+// d and m kept as fp32): 16 bytes per group, byte j holding element j (low nibble) and j + 16.
+void dequant_q4_row(const uint8_t* packed, const float* d, const float* m, float* out, int64_t K) {
+  const __m128i low = _mm_set1_epi8(0x0F);
+  for (int64_t g = 0; g < K / 32; ++g) {
+    const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(packed + g * 16));
+    const __m128i lo = _mm_and_si128(bytes, low), hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), low);
+    const __m256 dv = _mm256_set1_ps(d[g]), mv = _mm256_set1_ps(m[g]);
+    float* o = out + g * 32;
+    // d * q is exact in fp32 (fp16-sized d times a 4-bit q), so fused or not, one rounding
+    _mm256_storeu_ps(o, _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo)), dv, mv));
+    _mm256_storeu_ps(o + 8, _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8))), dv, mv));
+    _mm256_storeu_ps(o + 16, _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi)), dv, mv));
+    _mm256_storeu_ps(o + 24, _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8))), dv, mv));
+  }
+}
+
+// `rows_kernel` over 4-bit weights without a buffer, for the first few rows: each group's 32
+// values are dequantized in registers and used at once, added into the accumulators in the same
+// order as `rows_kernel` (elements 0-7 and 16-23 to the first, 8-15 and 24-31 to the second), so
+// the result is the same bit for bit.
+template <int M>
+void rows_kernel_q4(const float* x, const uint8_t* packed, const float* d, const float* m, const float* bias,
+                    float* y, int64_t K, int64_t N, int64_t begin, int64_t end) {
+  const __m128i low = _mm_set1_epi8(0x0F);
+  const int64_t groups = K / 32;
+  for (int64_t n = begin; n < end; ++n) {
+    const uint8_t* pr = packed + n * K / 2;
+    __m256 a0[M], a1[M];
+    for (int r = 0; r < M; ++r) a0[r] = a1[r] = _mm256_setzero_ps();
+    for (int64_t g = 0; g < groups; ++g) {
+      const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(pr + g * 16));
+      const __m128i lo = _mm_and_si128(bytes, low), hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), low);
+      const __m256 dv = _mm256_set1_ps(d[n * groups + g]), mv = _mm256_set1_ps(m[n * groups + g]);
+      const __m256 w0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo)), dv, mv);
+      const __m256 w1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8))), dv, mv);
+      const __m256 w2 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi)), dv, mv);
+      const __m256 w3 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8))), dv, mv);
+      const int64_t k = g * 32;
+      for (int r = 0; r < M; ++r) {
+        const float* xr = x + r * K + k;
+        a0[r] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xr), a0[r]);
+        a1[r] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xr + 8), a1[r]);
+        a0[r] = _mm256_fmadd_ps(w2, _mm256_loadu_ps(xr + 16), a0[r]);
+        a1[r] = _mm256_fmadd_ps(w3, _mm256_loadu_ps(xr + 24), a1[r]);
+      }
+    }
+    for (int r = 0; r < M; ++r) {
+      const float s = hsum(_mm256_add_ps(a0[r], a1[r]));  // K % 32 == 0: no tail
+      y[r * N + n] = bias ? s + bias[n] : s;
+    }
+  }
+}
+
+// The tiled loop of `run` over 4-bit weights: each tile is dequantized once into a per-thread
+// buffer, then goes through the same row kernel as fp32 weights, so the result equals
+// `small_linear` on the dequantized weights bit for bit, from a sixth of the memory traffic.
+void run_q4(const float* x, const uint8_t* packed, const float* d, const float* m, const float* bias, float* y,
+            int64_t rows, int64_t K, int64_t N) {
+  const int64_t grain = std::max<int64_t>(1, 4096 / K);
+  const int64_t tile = std::max<int64_t>(1, kTileBytes / (K * static_cast<int64_t>(sizeof(float))));
+  const int64_t groups = K / 32;
+  if (rows <= 4) {  // one pass over the weights: dequantized in registers, no buffer
+    at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
+      switch (rows) {
+        case 1: rows_kernel_q4<1>(x, packed, d, m, bias, y, K, N, begin, end); break;
+        case 2: rows_kernel_q4<2>(x, packed, d, m, bias, y, K, N, begin, end); break;
+        case 3: rows_kernel_q4<3>(x, packed, d, m, bias, y, K, N, begin, end); break;
+        default: rows_kernel_q4<4>(x, packed, d, m, bias, y, K, N, begin, end); break;
+      }
+    });
+    return;
+  }
+  at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
+    std::vector<float> buffer(tile * K);
+    for (int64_t n0 = begin; n0 < end; n0 += tile) {
+      const int64_t n1 = std::min(end, n0 + tile);
+      for (int64_t n = n0; n < n1; ++n)
+        dequant_q4_row(packed + n * K / 2, d + n * groups, m + n * groups, buffer.data() + (n - n0) * K, K);
+      const float* b = bias ? bias + n0 : nullptr;
+      for (int64_t m0 = 0; m0 < rows; m0 += 4) {
+        const float* xm = x + m0 * K;
+        float* ym = y + m0 * N + n0;
+        switch (std::min<int64_t>(4, rows - m0)) {
+          case 1: rows_kernel<1>(xm, buffer.data(), b, ym, K, N, 0, n1 - n0); break;
+          case 2: rows_kernel<2>(xm, buffer.data(), b, ym, K, N, 0, n1 - n0); break;
+          case 3: rows_kernel<3>(xm, buffer.data(), b, ym, K, N, 0, n1 - n0); break;
+          default: rows_kernel<4>(xm, buffer.data(), b, ym, K, N, 0, n1 - n0); break;
+        }
+      }
+    }
+  });
+}
 #endif
 
 }  // namespace
@@ -103,6 +199,62 @@ torch::Tensor small_linear(torch::Tensor x, torch::Tensor weight, std::optional<
   return at::linear(x, weight, bias);
 }
 
-TORCH_LIBRARY_FRAGMENT(sloserve, m) { m.def("small_linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor"); }
+void check_q4(const torch::Tensor& packed, const torch::Tensor& scales, const torch::Tensor& mins) {
+  TORCH_CHECK(packed.scalar_type() == at::kByte && packed.dim() == 2 && packed.is_contiguous(), "packed: uint8 [N, K/2]");
+  const int64_t N = packed.size(0), K = packed.size(1) * 2;
+  TORCH_CHECK(K % 32 == 0, "4-bit weights come in groups of 32 along K");
+  for (const auto* t : {&scales, &mins})
+    TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() && t->dim() == 2 && t->size(0) == N &&
+                    t->size(1) == K / 32,
+                "scales and mins: fp32 [N, K/32]");
+}
 
-TORCH_LIBRARY_IMPL(sloserve, CPU, m) { m.impl("small_linear", &small_linear); }
+// The fp32 weights the 4-bit ones stand for (what `q4_linear` computes with, exactly).
+torch::Tensor q4_dequantize(torch::Tensor packed, torch::Tensor scales, torch::Tensor mins) {
+  check_q4(packed, scales, mins);
+  const int64_t N = packed.size(0), K = packed.size(1) * 2;
+  auto out = torch::empty({N, K}, scales.options());
+#ifdef SLOSERVE_SMALL_LINEAR
+  for (int64_t n = 0; n < N; ++n)
+    dequant_q4_row(packed.data_ptr<uint8_t>() + n * K / 2, scales.data_ptr<float>() + n * K / 32,
+                   mins.data_ptr<float>() + n * K / 32, out.data_ptr<float>() + n * K, K);
+#else
+  TORCH_CHECK(false, "4-bit weights need a build with AVX2 and FMA");
+#endif
+  return out;
+}
+
+// x W^T + b where W is held twice: 4-bit (`packed`, `scales`, `mins`; read by the kernel for up to
+// `kMaxRows` rows of fp32 x) and fp32 (`weight`, equal to their dequantization; at::linear's, for
+// prompts and anything else the kernel does not cover).
+torch::Tensor q4_linear(torch::Tensor x, torch::Tensor packed, torch::Tensor scales, torch::Tensor mins,
+                        torch::Tensor weight, std::optional<torch::Tensor> bias) {
+#ifdef SLOSERVE_SMALL_LINEAR
+  const int64_t K = x.size(-1), rows = x.numel() / std::max<int64_t>(K, 1);
+  if (x.scalar_type() == at::kFloat && rows >= 1 && rows <= kMaxRows && packed.size(1) * 2 == K &&
+      (!bias || (bias->scalar_type() == at::kFloat && bias->is_contiguous() && bias->size(0) == packed.size(0)))) {
+    check_q4(packed, scales, mins);
+    const int64_t N = packed.size(0);
+    auto x2 = x.reshape({rows, K}).contiguous();
+    auto sizes = x.sizes().vec();
+    sizes.back() = N;
+    auto y = torch::empty({rows, N}, x.options());
+    run_q4(x2.data_ptr<float>(), packed.data_ptr<uint8_t>(), scales.data_ptr<float>(), mins.data_ptr<float>(),
+           bias ? bias->data_ptr<float>() : nullptr, y.data_ptr<float>(), rows, K, N);
+    return y.view(sizes);
+  }
+#endif
+  return at::linear(x, weight, bias);
+}
+
+TORCH_LIBRARY_FRAGMENT(sloserve, m) {
+  m.def("small_linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
+  m.def("q4_linear(Tensor x, Tensor packed, Tensor scales, Tensor mins, Tensor weight, Tensor? bias) -> Tensor");
+  m.def("q4_dequantize(Tensor packed, Tensor scales, Tensor mins) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(sloserve, CPU, m) {
+  m.impl("small_linear", &small_linear);
+  m.impl("q4_linear", &q4_linear);
+  m.impl("q4_dequantize", &q4_dequantize);
+}

@@ -56,3 +56,46 @@ def test_what_it_does_not_cover_is_at_linear(op) -> None:  # type: ignore[no-unt
     assert torch.equal(op(xf, wt, None), F.linear(xf, wt))
     with pytest.raises(RuntimeError):
         op(torch.randn(2, 23), torch.randn(40, 24), None)  # mismatched widths: at::linear's error
+
+
+def q4_weight(n: int, k: int, seed: int) -> torch.Tensor:
+    """fp32 weights that are exactly 4-bit: per group of 32, d * q + m (d fp16), as GGUF Q4_1 gives."""
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randint(0, 16, (n, k // 32, 32), generator=g).float()
+    q[..., 0], q[..., 1] = 0, 15  # each group spans the whole 0..15, as a quantizer's output does
+    d = (torch.rand(n, k // 32, 1, generator=g) * 0.02 + 1e-3).half().float()
+    m = (torch.randn(n, k // 32, 1, generator=g) * 0.1).half().float()
+    return (d * q + m).reshape(n, k)
+
+
+@pytest.mark.parametrize("rows", [1, 3, 4, 8, 32, 33])
+def test_exact_4bit_weights_pack_and_compute_the_same_values(op, rows: int) -> None:  # type: ignore[no-untyped-def]
+    from inference.kernels import pack_q4_exact
+
+    w, b = q4_weight(200, 96, seed=rows), torch.randn(200)
+    packed = pack_q4_exact(w)
+    assert packed is not None, "exact 4-bit weights should pack"
+    linear, data, scales, mins = packed
+    assert data.dtype == torch.uint8 and data.numel() == w.numel() // 2
+    x = torch.randn(rows, 96)
+    got = linear(x, data, scales, mins, w, b)
+    # the same fp32 values through the same kernel (or at::linear past 32 rows): equal bit for bit
+    assert torch.equal(got, op(x, w, b))
+
+
+def test_weights_that_are_not_exactly_4bit_stay_fp32(op) -> None:  # type: ignore[no-untyped-def]
+    from inference.kernels import pack_q4_exact
+
+    w = q4_weight(16, 64, seed=0)
+    w[3, 5] += 1e-4  # one value off the 4-bit grid
+    assert pack_q4_exact(w) is None
+    assert pack_q4_exact(torch.randn(16, 64)) is None
+    assert pack_q4_exact(q4_weight(16, 64, seed=0)[:, :48]) is None  # K not a multiple of 32
+    assert pack_q4_exact(q4_weight(16, 64, seed=0).double()) is None
+
+
+def test_packing_can_be_turned_off(op, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    from inference.kernels import pack_q4_exact
+
+    monkeypatch.setenv("SLOSERVE_PACK_4BIT", "0")
+    assert pack_q4_exact(q4_weight(16, 64, seed=0)) is None
