@@ -43,7 +43,7 @@ class ModelRunner:
         self.eps: float = config.rms_norm_eps
         self.embed_tokens = model.model.embed_tokens
         self.final_norm = model.model.norm.weight.detach()
-        lm_head = model.lm_head
+        lm_head = self._lm_head = model.lm_head
         self.lm_head: Linear = single(lm_head) if type(lm_head) is nn.Linear else (lambda x: lm_head(x[None])[0])
         if config.hidden_act != "silu":
             raise ValueError(f"unsupported hidden_act {config.hidden_act!r}")
@@ -72,6 +72,19 @@ class ModelRunner:
                 self.compiled = CompiledDecode(self.layers, self.kv_cache, -(-max_model_len // block_size))
                 self.compile_s = self.compiled.warm_up(self._warm_up_step,
                                                        self.compiled.warm_up_batch_sizes(max_num_seqs))
+
+    def decode_weight_bytes(self) -> int:
+        """Bytes of weights one batch-1 decode step reads: every layer's (4-bit ones as packed), the
+        final norm and the LM head (the embedding row is noise). For the memory-bound limit."""
+        modules: list[Any] = [*self.layers, self.lm_head if isinstance(self.lm_head, nn.Module) else self._lm_head]
+        total = self.final_norm.numel() * self.final_norm.element_size()
+        for module in (m for top in modules for m in top.modules()):
+            packed = getattr(module, "q4_packed", None)
+            tensors = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
+            if packed is not None:  # the fp32 copy serves prompts only
+                tensors = [t for t in tensors if t is not module.weight]
+            total += sum(t.numel() * t.element_size() for t in tensors)
+        return total
 
     def set_compiled(self, enabled: bool) -> None:
         """Run decode steps compiled (where compiled at all) or eagerly: for measuring what compile buys."""
