@@ -55,6 +55,21 @@ void rows_kernel(const float* x, const float* w, const float* bias, float* y, in
   }
 }
 
+// Weight rows [begin, end) against every row of x, 4 rows of x at a time.
+void row_chunks(const float* x, const float* w, const float* bias, float* y, int64_t rows, int64_t K, int64_t N,
+                int64_t begin, int64_t end) {
+  for (int64_t m0 = 0; m0 < rows; m0 += 4) {
+    const float* xm = x + m0 * K;
+    float* ym = y + m0 * N;
+    switch (std::min<int64_t>(4, rows - m0)) {
+      case 1: rows_kernel<1>(xm, w, bias, ym, K, N, begin, end); break;
+      case 2: rows_kernel<2>(xm, w, bias, ym, K, N, begin, end); break;
+      case 3: rows_kernel<3>(xm, w, bias, ym, K, N, begin, end); break;
+      default: rows_kernel<4>(xm, w, bias, ym, K, N, begin, end); break;
+    }
+  }
+}
+
 // Rows of x in chunks of 4 against a tile of weight rows small enough to stay in L2 between
 // chunks (64 KiB: 16 and 256 KiB measured no better): the weights come from memory once whatever
 // the row count, and each chunk after the first reads them from cache.
@@ -63,19 +78,7 @@ void run(const float* x, const float* w, const float* bias, float* y, int64_t ro
   const int64_t grain = std::max<int64_t>(1, 4096 / K);
   const int64_t tile = std::max<int64_t>(1, kTileBytes / (K * static_cast<int64_t>(sizeof(float))));
   at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t n0 = begin; n0 < end; n0 += tile) {
-      const int64_t n1 = std::min(end, n0 + tile);
-      for (int64_t m0 = 0; m0 < rows; m0 += 4) {
-        const float* xm = x + m0 * K;
-        float* ym = y + m0 * N;
-        switch (std::min<int64_t>(4, rows - m0)) {
-          case 1: rows_kernel<1>(xm, w, bias, ym, K, N, n0, n1); break;
-          case 2: rows_kernel<2>(xm, w, bias, ym, K, N, n0, n1); break;
-          case 3: rows_kernel<3>(xm, w, bias, ym, K, N, n0, n1); break;
-          default: rows_kernel<4>(xm, w, bias, ym, K, N, n0, n1); break;
-        }
-      }
-    }
+    for (int64_t n0 = begin; n0 < end; n0 += tile) row_chunks(x, w, bias, y, rows, K, N, n0, std::min(end, n0 + tile));
   });
 }
 
@@ -158,17 +161,8 @@ void run_q4(const float* x, const uint8_t* packed, const float* d, const float* 
       const int64_t n1 = std::min(end, n0 + tile);
       for (int64_t n = n0; n < n1; ++n)
         dequant_q4_row(packed + n * K / 2, d + n * groups, m + n * groups, buffer.data() + (n - n0) * K, K);
-      const float* b = bias ? bias + n0 : nullptr;
-      for (int64_t m0 = 0; m0 < rows; m0 += 4) {
-        const float* xm = x + m0 * K;
-        float* ym = y + m0 * N + n0;
-        switch (std::min<int64_t>(4, rows - m0)) {
-          case 1: rows_kernel<1>(xm, buffer.data(), b, ym, K, N, 0, n1 - n0); break;
-          case 2: rows_kernel<2>(xm, buffer.data(), b, ym, K, N, 0, n1 - n0); break;
-          case 3: rows_kernel<3>(xm, buffer.data(), b, ym, K, N, 0, n1 - n0); break;
-          default: rows_kernel<4>(xm, buffer.data(), b, ym, K, N, 0, n1 - n0); break;
-        }
-      }
+      // the tile is rows 0.. of the buffer: bias and y are offset to match
+      row_chunks(x, buffer.data(), bias ? bias + n0 : nullptr, y + n0, rows, K, N, 0, n1 - n0);
     }
   });
 }
