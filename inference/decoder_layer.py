@@ -24,13 +24,44 @@ def _is_plain_linear(module: Any) -> bool:
     return type(module) is nn.Linear or type(module).__name__ == "LinearLayer"
 
 
+Q4_ATTR = "sloserve_q4"  # (q4_linear, packed, scales, mins) of a linear's fp32 weight, kept through a cast
+
+
+def attach_q4_packs(model: Any) -> int:
+    """Pack every exactly-4-bit `nn.Linear` of the decoder layers while the weights are still fp32,
+    and keep the packing on the module (`Q4_ATTR`) for `FusedLinear`: called before a model is cast
+    to bf16, whose rounding would lose the exact values. Returns how many were packed."""
+    count = 0
+    for module in model.model.layers.modules():
+        if type(module) is nn.Linear and (pack := pack_q4_exact(module.weight.detach())) is not None:
+            setattr(module, Q4_ATTR, pack)
+            count += 1
+    return count
+
+
+def _joined_q4_packs(modules: list[Any], widths: list[int], k: int) -> tuple[Any, ...] | None:
+    """The modules' packings (`attach_q4_packs`) concatenated along the outputs, if all have one that
+    still matches their weight (a tensor-parallel shard does not); taken off the modules."""
+    packs = [getattr(m, Q4_ATTR, None) for m in modules]
+    for m in modules:
+        if hasattr(m, Q4_ATTR):
+            delattr(m, Q4_ATTR)
+    if any(p is None or p[1].shape != (w, k // 2) for p, w in zip(packs, widths, strict=True)):
+        return None
+    if len(packs) == 1:
+        return packs[0]  # type: ignore[no-any-return]
+    return packs[0][0], *(torch.cat([p[i] for p in packs]).contiguous() for i in (1, 2, 3))  # type: ignore[index]
+
+
 class FusedLinear(nn.Module):
     """y = x W^T + b over the concatenated weights of plain linears (one matmul instead of several).
 
-    fp32 on CPU goes through `small_linear_op` (where the kernels build): a decode step's few rows
-    then stream the weights at twice the library sgemv's rate; more rows go to at::linear. Weights
-    that are exactly 4-bit (dequantized from a GGUF Q4_1 file) are also kept packed, and a decode
-    step reads those instead: same values, a sixth of the bytes (`pack_q4_exact`)."""
+    fp32 and bf16 on CPU go through `small_linear_op` (where the kernels build): a decode step's
+    few rows then stream the weights at two to three times the library's rate; more rows go to
+    at::linear. Weights that are exactly 4-bit (dequantized from a GGUF Q4_1 file) are also kept
+    packed, and a decode step reads those instead: same values, a sixth of the bytes
+    (`pack_q4_exact`). A bf16 model gets its packing from `attach_q4_packs`, made from the fp32
+    weights before the cast: its few-row steps then compute with the exact 4-bit values in fp32."""
 
     weight: torch.Tensor
     bias: torch.Tensor | None
@@ -51,9 +82,14 @@ class FusedLinear(nn.Module):
             offset += width
         self.register_buffer("weight", weight)
         self.register_buffer("bias", bias)
-        cpu_fp32 = weight.device.type == "cpu" and weight.dtype == torch.float32
-        self.small = small_linear_op() if cpu_fp32 else None
-        q4 = pack_q4_exact(weight) if self.small is not None else None
+        cpu = weight.device.type == "cpu"
+        self.small = small_linear_op() if cpu and weight.dtype in (torch.float32, torch.bfloat16) else None
+        if self.small is None:
+            q4 = None
+        elif weight.dtype == torch.float32:
+            q4 = pack_q4_exact(weight)
+        else:  # bf16: packed from the fp32 weights before the cast, if they were exactly 4-bit
+            q4 = _joined_q4_packs(modules, widths, int(weight.shape[1]))
         self.q4_linear = None if q4 is None else q4[0]
         self.register_buffer("q4_packed", None if q4 is None else q4[1])
         self.register_buffer("q4_scales", None if q4 is None else q4[2])

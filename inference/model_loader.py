@@ -142,6 +142,18 @@ class LoadedModel:
     path: Path | str
 
 
+def checkpoint_dtype(source: str) -> str | None:
+    """The dtype the checkpoint's weights are stored in ("float32", "bfloat16", ...), if its config says."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(resolve_model_dir(source))
+    except OSError:
+        return None
+    stored = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    return None if stored is None else str(stored).removeprefix("torch.")
+
+
 def load_model(source: str, dtype: torch.dtype, device: str = "cpu") -> LoadedModel:
     """Load model and tokenizer from any source, checking the architecture is supported."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer

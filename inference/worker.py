@@ -85,7 +85,9 @@ class RankWorker:
     def load(self) -> ModelInfo:
         import deepspeed
 
-        from inference.model_loader import load_model
+        from inference.decoder_layer import attach_q4_packs
+        from inference.kernels import q4_packing_enabled
+        from inference.model_loader import checkpoint_dtype, load_model
         from inference.model_runner import ModelRunner
 
         cfg = self.config
@@ -94,8 +96,15 @@ class RankWorker:
         if cfg.tp_size > 1:
             self._init_distributed()
         dtype = resolve_dtype(cfg.dtype, self.device)
-        loaded = load_model(cfg.model, dtype=dtype, device=str(self.device))
+        # A bf16 model on CPU from an fp32 checkpoint (the packaged GGUF's dequantized weights): loaded
+        # as fp32 so the exactly-4-bit linears are packed before DeepSpeed's cast to bf16 rounds them;
+        # decode steps of a few rows then read the packing (docs/engine-step.md).
+        pack_first = (self.device.type == "cpu" and dtype == torch.bfloat16 and cfg.tp_size == 1
+                      and q4_packing_enabled() and checkpoint_dtype(cfg.model) == "float32")
+        loaded = load_model(cfg.model, dtype=torch.float32 if pack_first else dtype, device=str(self.device))
         model: Any = loaded.model
+        if pack_first:
+            log.info("packed %d exactly-4-bit linears for bf16 decode", attach_q4_packs(model))
         engine = deepspeed.init_inference(
             model,
             tensor_parallel={"tp_size": cfg.tp_size},

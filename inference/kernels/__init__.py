@@ -72,8 +72,9 @@ def paged_decode_attention() -> Callable | None:  # type: ignore[type-arg]
 
 @functools.cache
 def small_linear_op() -> Callable | None:  # type: ignore[type-arg]
-    """`torch.ops.sloserve.small_linear(x, weight, bias)`: F.linear for fp32 CPU tensors, computed by
-    the kernel when x has at most 32 rows (a decode step of up to 32 sequences), else by at::linear.
+    """`torch.ops.sloserve.small_linear(x, weight, bias)`: F.linear for fp32 or bf16 CPU tensors,
+    computed by the kernel when x has at most 32 fp32 rows or 4 bf16 rows (a decode step of a
+    few sequences; bf16 is widened to fp32 and the result rounded once), else by at::linear.
 
     Why: at a few rows a linear reads every weight once and does little else, and the library
     sgemv reads them at ~13 GB/s on the 2-core AMD EPYC at one thread or two, while the kernel
@@ -128,6 +129,11 @@ def _q4_ops() -> tuple[Callable, Callable] | None:  # type: ignore[type-arg]
     return torch.ops.sloserve.q4_linear, torch.ops.sloserve.q4_dequantize
 
 
+def q4_packing_enabled() -> bool:
+    """Whether exactly-4-bit weights are packed: the kernels build and `SLOSERVE_PACK_4BIT` is not "0"."""
+    return os.environ.get("SLOSERVE_PACK_4BIT") != "0" and _q4_ops() is not None
+
+
 def pack_q4_exact(weight: Any) -> tuple[Callable, Any, Any, Any] | None:  # type: ignore[type-arg]
     """`(q4_linear, packed, scales, mins)` when the fp32 `weight` [N, K] is exactly 4-bit, else None.
 
@@ -142,7 +148,7 @@ def pack_q4_exact(weight: Any) -> tuple[Callable, Any, Any, Any] | None:  # type
     import torch
 
     ops = _q4_ops()
-    if ops is None or os.environ.get("SLOSERVE_PACK_4BIT") == "0":
+    if ops is None or not q4_packing_enabled():
         return None
     if weight.dtype != torch.float32 or weight.device.type != "cpu" or weight.dim() != 2 or weight.shape[1] % 32:
         return None

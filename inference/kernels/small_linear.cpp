@@ -3,7 +3,8 @@
 // across torch's threads. At one row this is a GEMV, bound by reading the weights; the library
 // sgemv behind F.linear reads them at ~13 GB/s on the 2-core AMD EPYC whatever the thread count,
 // while two threads stream ~25-28 GB/s (docs/engine-step.md). More rows than `kMaxRows`, other
-// dtypes, or a build without AVX2/FMA go to at::linear unchanged.
+// dtypes, or a build without AVX2/FMA go to at::linear unchanged. bf16 x (with bf16 or 4-bit weights)
+// is widened to fp32 for up to `kMaxRowsBf16` rows.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -19,6 +20,10 @@ namespace {
 // Measured per token of the packaged model's linears: 32 rows 80 vs 110 ms (F.linear), 64 rows even.
 constexpr int64_t kMaxRows = 32;
 constexpr int64_t kTileBytes = 64 * 1024;
+// bf16 x through the 4-bit kernel (widened to fp32) up to this many rows; above it at::linear's
+// bf16 GEMM (oneDNN, AVX512-BF16) is as fast or faster: the model's 30 layers per token, ms, kernel vs
+// GEMM, Zen 4, 2 threads: 1 row 6.2 vs 19.7, 4 rows 9.8 vs 21.8, 8 rows 23.6 vs 23.3, 32 rows 69.7 vs 37.0.
+constexpr int64_t kMaxRowsBf16 = 4;
 
 #ifdef SLOSERVE_SMALL_LINEAR
 inline float hsum(__m256 v) {
@@ -29,19 +34,26 @@ inline float hsum(__m256 v) {
   return _mm_cvtss_f32(lo);
 }
 
+// 8 weights as fp32: fp32 as they are, bf16 widened exactly (its bits are the top half of an fp32).
+inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load8(const at::BFloat16* p) {
+  const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(v), 16));
+}
+
 // One weight row at a time against M rows of x, 16 floats per step in two accumulators per row
 // (2 * M + 3 of AVX2's 16 registers at M = 4). Tried: two or four weight rows per step sharing
 // each x load (NR * M accumulators): slower here at every row count (M = 4: 30 vs 24 ms/token).
-template <int M>
-void rows_kernel(const float* x, const float* w, const float* bias, float* y, int64_t K, int64_t N, int64_t begin,
+template <int M, typename W>
+void rows_kernel(const float* x, const W* w, const float* bias, float* y, int64_t K, int64_t N, int64_t begin,
                  int64_t end) {
   const int64_t k16 = K - K % 16;
   for (int64_t n = begin; n < end; ++n) {
-    const float* wr = w + n * K;
+    const W* wr = w + n * K;
     __m256 a0[M], a1[M];
     for (int m = 0; m < M; ++m) a0[m] = a1[m] = _mm256_setzero_ps();
     for (int64_t k = 0; k < k16; k += 16) {
-      const __m256 w0 = _mm256_loadu_ps(wr + k), w1 = _mm256_loadu_ps(wr + k + 8);
+      const __m256 w0 = load8(wr + k), w1 = load8(wr + k + 8);
       for (int m = 0; m < M; ++m) {
         a0[m] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + m * K + k), a0[m]);
         a1[m] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + m * K + k + 8), a1[m]);
@@ -49,14 +61,15 @@ void rows_kernel(const float* x, const float* w, const float* bias, float* y, in
     }
     for (int m = 0; m < M; ++m) {
       float s = hsum(_mm256_add_ps(a0[m], a1[m]));
-      for (int64_t k = k16; k < K; ++k) s += wr[k] * x[m * K + k];
+      for (int64_t k = k16; k < K; ++k) s += static_cast<float>(wr[k]) * x[m * K + k];
       y[m * N + n] = bias ? s + bias[n] : s;
     }
   }
 }
 
 // Weight rows [begin, end) against every row of x, 4 rows of x at a time.
-void row_chunks(const float* x, const float* w, const float* bias, float* y, int64_t rows, int64_t K, int64_t N,
+template <typename W>
+void row_chunks(const float* x, const W* w, const float* bias, float* y, int64_t rows, int64_t K, int64_t N,
                 int64_t begin, int64_t end) {
   for (int64_t m0 = 0; m0 < rows; m0 += 4) {
     const float* xm = x + m0 * K;
@@ -73,10 +86,11 @@ void row_chunks(const float* x, const float* w, const float* bias, float* y, int
 // Rows of x in chunks of 4 against a tile of weight rows small enough to stay in L2 between
 // chunks (64 KiB: 16 and 256 KiB measured no better): the weights come from memory once whatever
 // the row count, and each chunk after the first reads them from cache.
-void run(const float* x, const float* w, const float* bias, float* y, int64_t rows, int64_t K, int64_t N) {
+template <typename W>
+void run(const float* x, const W* w, const float* bias, float* y, int64_t rows, int64_t K, int64_t N) {
   // ~16 KiB of weights per task at least, so a small projection is not split finer than it pays
   const int64_t grain = std::max<int64_t>(1, 4096 / K);
-  const int64_t tile = std::max<int64_t>(1, kTileBytes / (K * static_cast<int64_t>(sizeof(float))));
+  const int64_t tile = std::max<int64_t>(1, kTileBytes / (K * static_cast<int64_t>(sizeof(W))));
   at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
     for (int64_t n0 = begin; n0 < end; n0 += tile) row_chunks(x, w, bias, y, rows, K, N, n0, std::min(end, n0 + tile));
   });
@@ -170,24 +184,47 @@ void run_q4(const float* x, const uint8_t* packed, const float* d, const float* 
 
 }  // namespace
 
+#ifdef SLOSERVE_SMALL_LINEAR
+// Whether the kernel takes x (fp32 up to `kMaxRows` rows, bf16 up to `kMaxRowsBf16`) and `bias`
+// (none, or [N] contiguous) for a linear of N outputs.
+bool kernel_fits(const torch::Tensor& x, const std::optional<torch::Tensor>& bias, int64_t N) {
+  const int64_t K = x.size(-1), rows = x.numel() / std::max<int64_t>(K, 1);
+  const int64_t max_rows =
+      x.scalar_type() == at::kFloat ? kMaxRows : (x.scalar_type() == at::kBFloat16 ? kMaxRowsBf16 : 0);
+  return rows >= 1 && rows <= max_rows && K > 0 &&
+         (!bias || (bias->scalar_type() == x.scalar_type() && bias->dim() == 1 && bias->size(0) == N));
+}
+
+// x as fp32 rows [rows, K] (bf16 widened), `body(x, bias, y, rows, K)` filling fp32 y [rows, N],
+// and y in x's dtype and shape (bf16 rounded once, at the end).
+template <typename Body>
+torch::Tensor in_fp32(const torch::Tensor& x, const std::optional<torch::Tensor>& bias, int64_t N, Body body) {
+  const int64_t K = x.size(-1), rows = x.numel() / K;
+  auto x2 = x.reshape({rows, K}).to(at::kFloat).contiguous();
+  auto b = bias ? std::optional<torch::Tensor>(bias->to(at::kFloat).contiguous()) : std::nullopt;
+  auto y = torch::empty({rows, N}, x2.options());
+  body(x2.data_ptr<float>(), b ? b->data_ptr<float>() : nullptr, y.data_ptr<float>(), rows, K);
+  auto sizes = x.sizes().vec();
+  sizes.back() = N;
+  return y.to(x.scalar_type()).view(sizes);
+}
+#endif
+
+// F.linear for a decode step's few rows on CPU: fp32 x with fp32 weights, or bf16 x with bf16
+// weights (widened exactly in registers, accumulated in fp32, y rounded to bf16 once: at one row
+// oneDNN's bf16 GEMM reads the weights at a third of this speed). Anything else: at::linear.
 torch::Tensor small_linear(torch::Tensor x, torch::Tensor weight, std::optional<torch::Tensor> bias) {
 #ifdef SLOSERVE_SMALL_LINEAR
-  const int64_t K = x.size(-1), rows = x.numel() / std::max<int64_t>(K, 1);
-  const bool fits = x.scalar_type() == at::kFloat && weight.scalar_type() == at::kFloat && weight.dim() == 2 &&
-                    weight.size(1) == K && weight.is_contiguous() && rows >= 1 && rows <= kMaxRows &&
-                    (!bias || (bias->scalar_type() == at::kFloat && bias->is_contiguous() && bias->dim() == 1 &&
-                                bias->size(0) == weight.size(0)));
-  if (fits) {
+  const auto dtype = x.scalar_type();
+  if (weight.scalar_type() == dtype && weight.dim() == 2 && weight.size(1) == x.size(-1) && weight.is_contiguous() &&
+      kernel_fits(x, bias, weight.size(0))) {
     const int64_t N = weight.size(0);
-    auto x2 = x.reshape({rows, K}).contiguous();
-    auto sizes = x.sizes().vec();
-    sizes.back() = N;
-    auto y = torch::empty({rows, N}, x.options());
-    const float* b = bias ? bias->data_ptr<float>() : nullptr;
-    const float *xp = x2.data_ptr<float>(), *wp = weight.data_ptr<float>();
-    float* yp = y.data_ptr<float>();
-    run(xp, wp, b, yp, rows, K, N);
-    return y.view(sizes);
+    return in_fp32(x, bias, N, [&](const float* xp, const float* b, float* yp, int64_t rows, int64_t K) {
+      if (dtype == at::kFloat)
+        run(xp, weight.data_ptr<float>(), b, yp, rows, K, N);
+      else
+        run(xp, weight.data_ptr<at::BFloat16>(), b, yp, rows, K, N);
+    });
   }
 #endif
   return at::linear(x, weight, bias);
@@ -218,24 +255,21 @@ torch::Tensor q4_dequantize(torch::Tensor packed, torch::Tensor scales, torch::T
   return out;
 }
 
-// x W^T + b where W is held twice: 4-bit (`packed`, `scales`, `mins`; read by the kernel for up to
-// `kMaxRows` rows of fp32 x) and fp32 (`weight`, equal to their dequantization; at::linear's, for
-// prompts and anything else the kernel does not cover).
+// x W^T + b where W is held twice: 4-bit (`packed`, `scales`, `mins`, read by the kernel) and as
+// `weight` (at::linear's, for prompts and anything else the kernel does not cover). An fp32
+// `weight` equals the 4-bit one's dequantization: up to `kMaxRows` rows of fp32 x. A bf16 `weight`
+// (a bf16 model on a CPU with native bf16 matmul) is its rounding to bf16: then up to
+// `kMaxRowsBf16` rows of bf16 x are widened to fp32, go through the kernel on the exact 4-bit
+// weights, and the result is rounded to bf16; more rows go to at::linear's bf16 GEMM.
 torch::Tensor q4_linear(torch::Tensor x, torch::Tensor packed, torch::Tensor scales, torch::Tensor mins,
                         torch::Tensor weight, std::optional<torch::Tensor> bias) {
 #ifdef SLOSERVE_SMALL_LINEAR
-  const int64_t K = x.size(-1), rows = x.numel() / std::max<int64_t>(K, 1);
-  if (x.scalar_type() == at::kFloat && rows >= 1 && rows <= kMaxRows && packed.size(1) * 2 == K &&
-      (!bias || (bias->scalar_type() == at::kFloat && bias->is_contiguous() && bias->size(0) == packed.size(0)))) {
+  if (packed.size(1) * 2 == x.size(-1) && kernel_fits(x, bias, packed.size(0))) {
     check_q4(packed, scales, mins);
     const int64_t N = packed.size(0);
-    auto x2 = x.reshape({rows, K}).contiguous();
-    auto sizes = x.sizes().vec();
-    sizes.back() = N;
-    auto y = torch::empty({rows, N}, x.options());
-    run_q4(x2.data_ptr<float>(), packed.data_ptr<uint8_t>(), scales.data_ptr<float>(), mins.data_ptr<float>(),
-           bias ? bias->data_ptr<float>() : nullptr, y.data_ptr<float>(), rows, K, N);
-    return y.view(sizes);
+    return in_fp32(x, bias, N, [&](const float* xp, const float* b, float* yp, int64_t rows, int64_t K) {
+      run_q4(xp, packed.data_ptr<uint8_t>(), scales.data_ptr<float>(), mins.data_ptr<float>(), b, yp, rows, K, N);
+    });
   }
 #endif
   return at::linear(x, weight, bias);

@@ -70,3 +70,41 @@ def test_packed_decode_equals_fp32_decode(q4_model_dir: Path, monkeypatch: pytes
     assert tokens == plain_tokens
     assert logprobs == plain_logprobs  # the same fp32 values through the same kernel: bit for bit
     assert packed_bytes < plain_bytes  # the layers' share read as 0.75 instead of 4 bytes per weight
+
+
+def test_bf16_model_decodes_from_the_exact_4bit_values(q4_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bf16 model from an fp32 checkpoint is packed before the cast: its few-row decode linears
+    compute with the exact fp32 values (the bf16 copy serves prompts), at a fraction of the bytes."""
+    if small_linear_op() is None:
+        pytest.skip("the C++ kernels are unavailable here")
+    from transformers import AutoModelForCausalLM
+
+    def engine() -> LLMEngine:
+        return LLMEngine(EngineConfig(model=str(q4_model_dir), dtype="bfloat16", kv_cache_tokens=1024, block_size=8,
+                                      max_num_seqs=8))
+
+    packed = engine()
+    runner = packed.worker.runner
+    assert runner is not None and runner.dtype == torch.bfloat16
+    layer = runner.layers[0]
+    assert layer.qkv.weight.dtype == torch.bfloat16 and layer.qkv.q4_packed is not None
+    assert all(m.q4_packed is not None for lyr in runner.layers for m in (lyr.qkv, lyr.o_proj, lyr.gate_up, lyr.down))
+    source = AutoModelForCausalLM.from_pretrained(q4_model_dir, dtype=torch.float32).model.layers[0].self_attn
+    exact = torch.cat([source.q_proj.weight, source.k_proj.weight, source.v_proj.weight]).detach()
+    x = torch.randn(2, exact.shape[1]).bfloat16()
+    small = small_linear_op()
+    assert small is not None
+    assert torch.equal(layer.qkv(x), small(x.float(), exact, None).bfloat16())  # not the bf16-rounded weights
+    assert not torch.equal(exact.bfloat16().float(), exact)  # (which do differ)
+    outs = packed.generate(["The quick brown fox", "Serving"], SamplingParams(max_tokens=8, temperature=0.0,
+                                                                           ignore_eos=True))
+    assert [len(o.outputs[0].token_ids) for o in outs] == [8, 8]
+    packed_bytes = runner.decode_weight_bytes()
+    packed.shutdown()
+
+    monkeypatch.setenv("SLOSERVE_PACK_4BIT", "0")
+    plain = engine()
+    assert plain.worker.runner is not None and plain.worker.runner.layers[0].qkv.q4_packed is None
+    plain_bytes = plain.worker.runner.decode_weight_bytes()
+    plain.shutdown()
+    assert packed_bytes < plain_bytes

@@ -1,5 +1,6 @@
-"""The few-row fp32 linear kernel equals F.linear (checked against float64), and hands everything
-it does not cover (more rows, other dtypes, odd layouts) to at::linear unchanged."""
+"""The few-row linear kernel equals F.linear (fp32 checked against float64; bf16 widened to fp32
+and rounded once), and hands everything it does not cover (more rows, other dtypes, odd layouts)
+to at::linear unchanged."""
 
 from __future__ import annotations
 
@@ -46,11 +47,29 @@ def test_leading_dims_and_strided_input(op) -> None:  # type: ignore[no-untyped-
     torch.testing.assert_close(op(strided, w, None), reference(strided, w, None), rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("rows", [1, 3, 4])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_bf16_rows_are_widened_through_the_fp32_kernel(op, rows: int, with_bias: bool) -> None:  # type: ignore[no-untyped-def]
+    torch.manual_seed(rows)
+    w, x = torch.randn(301, 576, dtype=torch.bfloat16), torch.randn(rows, 576, dtype=torch.bfloat16)
+    b = torch.randn(301, dtype=torch.bfloat16) if with_bias else None
+    got = op(x, w, b)
+    assert got.dtype == torch.bfloat16 and got.shape == (rows, 301)
+    # bf16 widens to fp32 exactly: the fp32 kernel on the widened values, rounded once
+    assert torch.equal(got, op(x.float(), w.float(), None if b is None else b.float()).bfloat16())
+    # and it is F.linear up to bf16 rounding of the output (F.linear rounds its own fp32 sum)
+    torch.testing.assert_close(got, F.linear(x, w, b), rtol=1.6e-2, atol=1e-2)
+
+
 def test_what_it_does_not_cover_is_at_linear(op) -> None:  # type: ignore[no-untyped-def]
     torch.manual_seed(0)
     w = torch.randn(40, 24, dtype=torch.bfloat16)
-    x = torch.randn(2, 24, dtype=torch.bfloat16)
+    x = torch.randn(5, 24, dtype=torch.bfloat16)  # bf16 past 4 rows: the library's bf16 GEMM is faster
     assert torch.equal(op(x, w, None), F.linear(x, w))
+    xh, wh = torch.randn(2, 24, dtype=torch.float16), torch.randn(40, 24, dtype=torch.float16)
+    assert torch.equal(op(xh, wh, None), F.linear(xh, wh))
+    with pytest.raises(RuntimeError):
+        op(x[:2], w.float(), None)  # mixed dtypes: at::linear's error
     wt = torch.randn(24, 40).t()  # a non-contiguous weight
     xf = torch.randn(2, 24)
     assert torch.equal(op(xf, wt, None), F.linear(xf, wt))
@@ -81,6 +100,21 @@ def test_exact_4bit_weights_pack_and_compute_the_same_values(op, rows: int) -> N
     got = linear(x, data, scales, mins, w, b)
     # the same fp32 values through the same kernel (or at::linear past 32 rows): equal bit for bit
     assert torch.equal(got, op(x, w, b))
+
+
+@pytest.mark.parametrize("rows", [1, 4, 5])
+def test_bf16_rows_compute_with_the_exact_4bit_values(op, rows: int) -> None:  # type: ignore[no-untyped-def]
+    from inference.kernels import pack_q4_exact
+
+    w = q4_weight(200, 96, seed=rows)
+    linear, data, scales, mins = pack_q4_exact(w)  # type: ignore[misc]
+    x = torch.randn(rows, 96, dtype=torch.bfloat16)
+    got = linear(x, data, scales, mins, w.bfloat16(), None)
+    assert got.dtype == torch.bfloat16
+    if rows <= 4:  # the fp32 kernel on the exact weights, rounded once (not the bf16-rounded weights)
+        assert torch.equal(got, op(x.float(), w, None).bfloat16())
+    else:  # more rows: the bf16 GEMM on the bf16 copy
+        assert torch.equal(got, F.linear(x, w.bfloat16()))
 
 
 def test_weights_that_are_not_exactly_4bit_stay_fp32(op) -> None:  # type: ignore[no-untyped-def]
