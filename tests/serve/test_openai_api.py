@@ -125,8 +125,10 @@ def test_unknown_slo_class_header_is_a_400(serve_app: ServeApp) -> None:
 
 def test_request_timeout_returns_504_and_frees_the_replica(serve_app: ServeApp) -> None:
     r = httpx.post(f"{serve_app.base_url}/v1/completions",
-                   json={"model": "tiny:spare", "prompt": "hi", "max_tokens": 240, "ignore_eos": True},
-                   headers={"x-sloserve-timeout-s": "0.2"}, timeout=30)
+                   # 8 x 250 tokens take ~0.3 s in-process on a Zen 4, 6x the timeout (one sequence of 240
+                   # tokens against 0.2 s, as before, finished in 0.17 s there and got a 200)
+                   json={"model": "tiny:spare", "prompt": "hi", "max_tokens": 250, "n": 8, "ignore_eos": True},
+                   headers={"x-sloserve-timeout-s": "0.05"}, timeout=30)
     assert r.status_code == 504, r.text
     assert r.json()["error"]["type"] == "timeout_error"
     stats = {}
