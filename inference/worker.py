@@ -85,9 +85,10 @@ class RankWorker:
     def load(self) -> ModelInfo:
         import deepspeed
 
+        from inference.compression import apply_load_time_quantization, recipe_quantization
         from inference.decoder_layer import attach_q4_packs
         from inference.kernels import q4_packing_enabled
-        from inference.model_loader import checkpoint_dtype, load_model
+        from inference.model_loader import checkpoint_dtype, load_model, resolve_model_dir
         from inference.model_runner import ModelRunner
 
         cfg = self.config
@@ -99,7 +100,9 @@ class RankWorker:
         # A bf16 model on CPU from an fp32 checkpoint (the packaged GGUF's dequantized weights): loaded
         # as fp32 so the exactly-4-bit linears are packed before DeepSpeed's cast to bf16 rounds them;
         # decode steps of a few rows then read the packing (docs/engine-step.md).
-        pack_first = (self.device.type == "cpu" and dtype == torch.bfloat16 and cfg.tp_size == 1
+        # asked for in the config, or by a variant directory's recipe (sloserve_variant.json)
+        method = cfg.quantization if cfg.quantization != "none" else recipe_quantization(resolve_model_dir(cfg.model))
+        pack_first = (self.device.type == "cpu" and dtype == torch.bfloat16 and cfg.tp_size == 1 and method == "none"
                       and q4_packing_enabled() and checkpoint_dtype(cfg.model) == "float32")
         loaded = load_model(cfg.model, dtype=torch.float32 if pack_first else dtype, device=str(self.device))
         model: Any = loaded.model
@@ -113,10 +116,6 @@ class RankWorker:
             replace_with_kernel_inject=False,
         )
         model = engine.module
-        from inference.compression import apply_load_time_quantization, recipe_quantization
-
-        # asked for in the config, or by a variant directory's recipe (sloserve_variant.json)
-        method = cfg.quantization if cfg.quantization != "none" else recipe_quantization(loaded.path)
         if method != "none":
             model = apply_load_time_quantization(model, method)
         model_limit = int(getattr(model.config, "max_position_embeddings", 2048))

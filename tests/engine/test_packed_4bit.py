@@ -108,3 +108,20 @@ def test_bf16_model_decodes_from_the_exact_4bit_values(q4_model_dir: Path, monke
     plain_bytes = plain.worker.runner.decode_weight_bytes()
     plain.shutdown()
     assert packed_bytes < plain_bytes
+
+
+def test_a_load_time_quantized_bf16_model_is_not_packed(q4_model_dir: Path) -> None:
+    """int8 replaces the linears after the cast: no fp32 load, no packing left on the old modules."""
+    if small_linear_op() is None:
+        pytest.skip("the C++ kernels are unavailable here")
+    from inference.decoder_layer import Q4_ATTR
+
+    engine = LLMEngine(EngineConfig(model=str(q4_model_dir), dtype="bfloat16", quantization="torch-int8",
+                                    kv_cache_tokens=1024, block_size=8, max_num_seqs=8))
+    runner = engine.worker.runner
+    assert runner is not None and runner.dtype == torch.bfloat16
+    modules = [m for layer in runner.layers for m in layer.modules()]
+    assert not any(hasattr(m, Q4_ATTR) or getattr(m, "q4_packed", None) is not None for m in modules)
+    out = engine.generate(["Serving"], SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True))
+    assert len(out[0].outputs[0].token_ids) == 4
+    engine.shutdown()
