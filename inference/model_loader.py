@@ -142,12 +142,13 @@ class LoadedModel:
     path: Path | str
 
 
-def checkpoint_dtype(source: str) -> str | None:
-    """The dtype the checkpoint's weights are stored in ("float32", "bfloat16", ...), if its config says."""
+def checkpoint_dtype(location: Path | str) -> str | None:
+    """The dtype a checkpoint's weights are stored in ("float32", "bfloat16", ...), if its config says;
+    `location` as `resolve_model_dir` gives it."""
     from transformers import AutoConfig
 
     try:
-        config = AutoConfig.from_pretrained(resolve_model_dir(source))
+        config = AutoConfig.from_pretrained(location)
     except OSError:
         return None
     stored = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)

@@ -97,13 +97,14 @@ class RankWorker:
         if cfg.tp_size > 1:
             self._init_distributed()
         dtype = resolve_dtype(cfg.dtype, self.device)
+        location = resolve_model_dir(cfg.model)
+        # load-time quantization: asked for in the config, or by a variant directory's recipe (sloserve_variant.json)
+        method = cfg.quantization if cfg.quantization != "none" else recipe_quantization(location)
         # A bf16 model on CPU from an fp32 checkpoint (the packaged GGUF's dequantized weights): loaded
         # as fp32 so the exactly-4-bit linears are packed before DeepSpeed's cast to bf16 rounds them;
         # decode steps of a few rows then read the packing (docs/engine-step.md).
-        # asked for in the config, or by a variant directory's recipe (sloserve_variant.json)
-        method = cfg.quantization if cfg.quantization != "none" else recipe_quantization(resolve_model_dir(cfg.model))
         pack_first = (self.device.type == "cpu" and dtype == torch.bfloat16 and cfg.tp_size == 1 and method == "none"
-                      and q4_packing_enabled() and checkpoint_dtype(cfg.model) == "float32")
+                      and q4_packing_enabled() and checkpoint_dtype(location) == "float32")
         loaded = load_model(cfg.model, dtype=torch.float32 if pack_first else dtype, device=str(self.device))
         model: Any = loaded.model
         if pack_first:
