@@ -21,15 +21,19 @@ def kernel():  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize(("dtype", "tol"), [(torch.float32, 1e-5), (torch.bfloat16, 2e-2), (torch.float16, 2e-3)])
-@pytest.mark.parametrize(("heads", "kv_heads"), [(9, 3), (4, 4), (8, 1)])
-@pytest.mark.parametrize("dim", [32, 36])  # 8-lane path; a head size it does not take (the scalar loops)
+# group sizes 3, 1, 8, 6 (one pass of 8 lanes per head, not two), 10 (8 heads, then 2)
+@pytest.mark.parametrize(("heads", "kv_heads"), [(9, 3), (4, 4), (8, 1), (12, 2), (20, 2)])
+# 16 lanes per pass; 8 lanes per pass; a head size the 8-lane code does not take (the scalar loops)
+@pytest.mark.parametrize("dim", [32, 40, 36])
+# one work item per (sequence, kv head) below 2 sequences per thread, one per sequence above
+@pytest.mark.parametrize("batch", [1, 5])
 def test_kernel_matches_gather_and_sdpa(kernel, dtype: torch.dtype, tol: float, heads: int, kv_heads: int,  # type: ignore[no-untyped-def]
-                                        dim: int) -> None:
+                                        dim: int, batch: int) -> None:
     torch.manual_seed(0)
-    batch, block_size, num_blocks = 5, 8, 64
+    block_size, num_blocks = 8, 64
     k_pool = torch.randn(num_blocks * block_size, kv_heads, dim, dtype=dtype)
     v_pool = torch.randn(num_blocks * block_size, kv_heads, dim, dtype=dtype)
-    lens = torch.tensor([1, 7, 8, 33, 50])
+    lens = torch.tensor([50, 7, 8, 33, 1][:batch])
     max_blocks = 7
     tables = torch.stack([torch.randperm(num_blocks)[:max_blocks] for _ in range(batch)])
     q = torch.randn(batch, heads, dim, dtype=dtype)
@@ -43,6 +47,11 @@ def test_kernel_matches_gather_and_sdpa(kernel, dtype: torch.dtype, tol: float, 
         q.view(batch, kv_heads, heads // kv_heads, dim), k, v, attn_mask=mask
     ).reshape(batch, heads, dim)
 
-    got = kernel(q, k_pool, v_pool, tables, lens, block_size, dim**-0.5)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # so that batch 5 is >= 2 sequences per thread and batch 1 is not
+    try:
+        got = kernel(q, k_pool, v_pool, tables, lens, block_size, dim**-0.5)
+    finally:
+        torch.set_num_threads(threads)
     assert got.dtype == dtype and got.shape == q.shape
     assert torch.allclose(got.double(), expected.double(), atol=tol, rtol=tol)
