@@ -304,12 +304,30 @@ def test_traffic_leaves_a_variant_without_ready_replicas() -> None:
 def test_latency_correction_learns_a_slower_replica() -> None:
     curve = SpeedCurve.from_profile(MANIFEST.get("full").speed)
     state = PolicyState.initial(VARIANTS)
-    slow = stats(tpot_p50_s=1.5 * curve.tpot_s(11), ttft_p50_s=1.5 * curve.ttft_s(11), e2e_mean_s=12.0)
+    # 1 rps x 10 s in the system = 10 running on average; a request runs beside them: concurrency 11
+    slow = stats(tpot_p50_s=1.5 * curve.tpot_s(11), ttft_p50_s=1.5 * curve.ttft_s(11), e2e_mean_s=10.0)
     for now in np.arange(5.0, 300.0, 5.0):
         obs = observe(float(now), state, 1.0, {"full": 1, "int8": 1}, ongoing={"full": 10}, latency={"full": slow})
         _, state = step(obs, state)
     assert state.corrections["full"].tpot == pytest.approx(1.5, rel=0.05)
     assert state.corrections["full"].ttft == pytest.approx(1.5, rel=0.05)
+
+
+def test_latency_correction_is_unbiased_at_light_load() -> None:
+    """A replica exactly as fast as its manifest, at a few requests in flight whose count at the
+    decision instants swings 1, 9, 1, 9 around a mean of 5: the latencies belong to the window's
+    average concurrency, so nothing is learned. Read from the instantaneous count, it learned 1.16
+    here (an instant with 1 running predicts a far faster TPOT than the window saw, and the average
+    of the ratios is not the ratio of the averages), and `full` was sized that much too small."""
+    curve = SpeedCurve.from_profile(MANIFEST.get("full").speed)
+    state = PolicyState.initial(VARIANTS)
+    true = stats(tpot_p50_s=curve.tpot_s(6), ttft_p50_s=curve.ttft_s(6), e2e_mean_s=5.0)  # 1 rps x 5 s: 5 + 1
+    for i, now in enumerate(np.arange(5.0, 300.0, 5.0)):
+        running = (1, 9)[i % 2]
+        obs = observe(float(now), state, 1.0, {"full": 1, "int8": 1}, ongoing={"full": running}, latency={"full": true})
+        _, state = step(obs, state)
+    assert state.corrections["full"].tpot == pytest.approx(1.0, abs=0.02)
+    assert state.corrections["full"].ttft == pytest.approx(1.0, abs=0.02)
 
 
 def test_unknown_variant_is_a_policy_error() -> None:
