@@ -5,7 +5,7 @@ on it; a fall must clear it before the policy restores or scales down), the long
 burst flag, the observed SLO risk per variant (worst p95 / target over classes), the requests
 each variant runs beyond the concurrency its SLO allows (a backlog), the online latency correction
 per variant (observed median TPOT and TTFT over the manifest curve's prediction
-at the observed concurrency, learned from steady windows only), the mean output length averaged
+at the window's average concurrency by Little's law, learned from steady windows only), the mean output length averaged
 over several windows, each replica's capacity under the SLO with those corrections, and the quality
 budget (a leaky bucket of quality loss x seconds, drained at the budgeted loss rate).
 """
