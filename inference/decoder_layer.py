@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from inference.kernels import pack_q4_exact, small_linear_op
+from inference.kernels import pack_exact, small_linear_op
 
 
 def _is_plain_linear(module: Any) -> bool:
@@ -24,33 +24,38 @@ def _is_plain_linear(module: Any) -> bool:
     return type(module) is nn.Linear or type(module).__name__ == "LinearLayer"
 
 
-Q4_ATTR = "sloserve_q4"  # (q4_linear, packed, scales, mins) of a linear's fp32 weight, kept through a cast
+PACK_ATTR = "sloserve_pack"  # (linear op, packed, *scales) of a linear's fp32 weight, kept through a cast
 
 
-def attach_q4_packs(model: Any) -> int:
-    """Pack every exactly-4-bit `nn.Linear` of the decoder layers while the weights are still fp32,
-    and keep the packing on the module (`Q4_ATTR`) for `FusedLinear`: called before a model is cast
-    to bf16, whose rounding would lose the exact values. Returns how many were packed."""
+def attach_exact_packs(model: Any) -> int:
+    """Pack every exactly-4-bit `nn.Linear` of the decoder layers, and the LM head if it is exactly
+    4- or 8-bit, while the weights are still fp32 (`pack_exact`), and keep the packing on the module
+    (`PACK_ATTR`) for `FusedLinear`: called before a model is cast to bf16, whose rounding would lose
+    the exact values. Returns how many were packed."""
+    modules = [*model.model.layers.modules(), model.lm_head]
     count = 0
-    for module in model.model.layers.modules():
-        if type(module) is nn.Linear and (pack := pack_q4_exact(module.weight.detach())) is not None:
-            setattr(module, Q4_ATTR, pack)
+    for module in modules:
+        if type(module) is nn.Linear and (pack := pack_exact(module.weight.detach())) is not None:
+            setattr(module, PACK_ATTR, pack)
             count += 1
     return count
 
 
-def _joined_q4_packs(modules: list[Any], widths: list[int], k: int) -> tuple[Any, ...] | None:
-    """The modules' packings (`attach_q4_packs`) concatenated along the outputs, if all have one that
-    still matches their weight (a tensor-parallel shard does not); taken off the modules."""
-    packs = [getattr(m, Q4_ATTR, None) for m in modules]
+def _joined_packs(modules: list[Any], widths: list[int], k: int) -> tuple[Any, ...] | None:
+    """The modules' packings (`attach_exact_packs`) concatenated along the outputs, if all have one of
+    the same format that still matches their weight (a tensor-parallel shard does not); taken off
+    the modules."""
+    packs = [getattr(m, PACK_ATTR, None) for m in modules]
     for m in modules:
-        if hasattr(m, Q4_ATTR):
-            delattr(m, Q4_ATTR)
-    if any(p is None or p[1].shape != (w, k // 2) for p, w in zip(packs, widths, strict=True)):
+        if hasattr(m, PACK_ATTR):
+            delattr(m, PACK_ATTR)
+    if any(p is None or p[0] is not packs[0][0] or p[2].shape != (w, k // 32)  # type: ignore[index]
+           for p, w in zip(packs, widths, strict=True)):
         return None
     if len(packs) == 1:
-        return packs[0]  # type: ignore[no-any-return]
-    return packs[0][0], *(torch.cat([p[i] for p in packs]).contiguous() for i in (1, 2, 3))  # type: ignore[index]
+        return packs[0]
+    return packs[0][0], *(torch.cat([p[i] for p in packs]).contiguous()  # type: ignore[index]
+                          for i in range(1, len(packs[0])))  # type: ignore[arg-type]
 
 
 class FusedLinear(nn.Module):
@@ -58,10 +63,11 @@ class FusedLinear(nn.Module):
 
     fp32 and bf16 on CPU go through `small_linear_op` (where the kernels build): a decode step's
     few rows then stream the weights at two to three times the library's rate; more rows go to
-    at::linear. Weights that are exactly 4-bit (dequantized from a GGUF Q4_1 file) are also kept
-    packed, and a decode step reads those instead: same values, a sixth of the bytes
-    (`pack_q4_exact`). A bf16 model gets its packing from `attach_q4_packs`, made from the fp32
-    weights before the cast: its few-row steps then compute with the exact 4-bit values in fp32."""
+    at::linear. Weights that are exactly 4-bit (dequantized from a GGUF Q4_1 file) or 8-bit (Q8_0)
+    are also kept packed, and a decode step reads those instead: same values, a sixth (4-bit) or a
+    quarter (8-bit) of the fp32 bytes (`pack_exact`). A bf16 model gets its packing from
+    `attach_exact_packs`, made from the fp32 weights before the cast: its few-row steps then compute
+    with the exact values in fp32."""
 
     weight: torch.Tensor
     bias: torch.Tensor | None
@@ -85,19 +91,21 @@ class FusedLinear(nn.Module):
         cpu = weight.device.type == "cpu"
         self.small = small_linear_op() if cpu and weight.dtype in (torch.float32, torch.bfloat16) else None
         if self.small is None:
-            q4 = None
+            pack = None
         elif weight.dtype == torch.float32:
-            q4 = pack_q4_exact(weight)
-        else:  # bf16: packed from the fp32 weights before the cast, if they were exactly 4-bit
-            q4 = _joined_q4_packs(modules, widths, int(weight.shape[1]))
-        self.q4_linear = None if q4 is None else q4[0]
-        self.register_buffer("q4_packed", None if q4 is None else q4[1])
-        self.register_buffer("q4_scales", None if q4 is None else q4[2])
-        self.register_buffer("q4_mins", None if q4 is None else q4[3])
+            pack = pack_exact(weight)
+        else:  # bf16: packed from the fp32 weights before the cast, if they were exact
+            pack = _joined_packs(modules, widths, int(weight.shape[1]))
+        self.packed_linear = None if pack is None else pack[0]
+        self.register_buffer("packed", None if pack is None else pack[1])
+        self.register_buffer("pack_scales", None if pack is None else pack[2])
+        self.register_buffer("pack_mins", None if pack is None or len(pack) < 4 else pack[3])  # 4-bit only
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.q4_linear is not None:
-            return self.q4_linear(x, self.q4_packed, self.q4_scales, self.q4_mins, self.weight, self.bias)  # type: ignore[no-any-return]
+        if self.packed_linear is not None and self.pack_mins is not None:
+            return self.packed_linear(x, self.packed, self.pack_scales, self.pack_mins, self.weight, self.bias)  # type: ignore[no-any-return]
+        if self.packed_linear is not None:
+            return self.packed_linear(x, self.packed, self.pack_scales, self.weight, self.bias)  # type: ignore[no-any-return]
         if self.small is not None:
             return self.small(x, self.weight, self.bias)  # type: ignore[no-any-return]
         return F.linear(x, self.weight, self.bias)

@@ -74,14 +74,14 @@ class ModelRunner:
                                                        self.compiled.warm_up_batch_sizes(max_num_seqs))
 
     def decode_weight_bytes(self) -> int:
-        """Bytes of weights one batch-1 decode step reads: every layer's (4-bit ones as packed), the
-        final norm and the LM head (the embedding row is noise). For the memory-bound limit."""
+        """Bytes of weights one batch-1 decode step reads: every layer's and the LM head's (packed
+        4- or 8-bit ones as packed), and the final norm (the embedding row is noise). For the
+        memory-bound limit."""
         modules: list[Any] = [*self.layers, self.lm_head if isinstance(self.lm_head, nn.Module) else self._lm_head]
         total = self.final_norm.numel() * self.final_norm.element_size()
         for module in (m for top in modules for m in top.modules()):
-            packed = getattr(module, "q4_packed", None)
             tensors = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
-            if packed is not None:  # the fp32 copy serves prompts only
+            if getattr(module, "packed_linear", None) is not None:  # the fp32 / bf16 copy serves prompts only
                 tensors = [t for t in tensors if t is not module.weight]
             total += sum(t.numel() * t.element_size() for t in tensors)
         return total

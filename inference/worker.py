@@ -86,7 +86,7 @@ class RankWorker:
         import deepspeed
 
         from inference.compression import apply_load_time_quantization, recipe_quantization
-        from inference.decoder_layer import attach_q4_packs
+        from inference.decoder_layer import attach_exact_packs
         from inference.kernels import q4_packing_enabled
         from inference.model_loader import checkpoint_dtype, load_model, resolve_model_dir
         from inference.model_runner import ModelRunner
@@ -101,14 +101,14 @@ class RankWorker:
         # load-time quantization: asked for in the config, or by a variant directory's recipe (sloserve_variant.json)
         method = cfg.quantization if cfg.quantization != "none" else recipe_quantization(location)
         # A bf16 model on CPU from an fp32 checkpoint (the packaged GGUF's dequantized weights): loaded
-        # as fp32 so the exactly-4-bit linears are packed before DeepSpeed's cast to bf16 rounds them;
+        # as fp32 so the exactly-4/8-bit linears are packed before DeepSpeed's cast to bf16 rounds them;
         # decode steps of a few rows then read the packing (docs/engine-step.md).
         pack_first = (self.device.type == "cpu" and dtype == torch.bfloat16 and cfg.tp_size == 1 and method == "none"
                       and q4_packing_enabled() and checkpoint_dtype(location) == "float32")
         loaded = load_model(cfg.model, dtype=torch.float32 if pack_first else dtype, device=str(self.device))
         model: Any = loaded.model
         if pack_first:
-            log.info("packed %d exactly-4-bit linears for bf16 decode", attach_q4_packs(model))
+            log.info("packed %d exactly-4/8-bit linears for bf16 decode", attach_exact_packs(model))
         engine = deepspeed.init_inference(
             model,
             tensor_parallel={"tp_size": cfg.tp_size},

@@ -129,9 +129,61 @@ def _q4_ops() -> tuple[Callable, Callable] | None:  # type: ignore[type-arg]
     return torch.ops.sloserve.q4_linear, torch.ops.sloserve.q4_dequantize
 
 
+@functools.cache
+def _q8_ops() -> tuple[Callable, Callable] | None:  # type: ignore[type-arg]
+    """(`q8_linear`, `q8_dequantize`) from the kernels' module, with the linear's shape function."""
+    if small_linear_op() is None:
+        return None
+    import torch
+
+    @torch.library.register_fake("sloserve::q8_linear")
+    def _(x, packed, scales, weight, bias):  # type: ignore[no-untyped-def]
+        return x.new_empty((*x.shape[:-1], packed.shape[0]))
+
+    return torch.ops.sloserve.q8_linear, torch.ops.sloserve.q8_dequantize
+
+
 def q4_packing_enabled() -> bool:
-    """Whether exactly-4-bit weights are packed: the kernels build and `SLOSERVE_PACK_4BIT` is not "0"."""
+    """Whether exactly-4-bit (and exactly-8-bit) weights are packed: the kernels build and
+    `SLOSERVE_PACK_4BIT` is not "0"."""
     return os.environ.get("SLOSERVE_PACK_4BIT") != "0" and _q4_ops() is not None
+
+
+def pack_exact(weight: Any) -> tuple[Any, ...] | None:
+    """`pack_q4_exact(weight)`, else `pack_q8_exact(weight)`: `(linear, packed, *scales)`, or None."""
+    return pack_q4_exact(weight) or pack_q8_exact(weight)
+
+
+def pack_q8_exact(weight: Any) -> tuple[Callable, Any, Any] | None:  # type: ignore[type-arg]
+    """`(q8_linear, packed, scales)` when the fp32 `weight` [N, K] is exactly 8-bit, else None.
+
+    Exactly 8-bit: every group of 32 values along K is d * q with q in -127..127 and d the fp16
+    value of the group's largest magnitude / 127, which is what weights dequantized from a GGUF Q8_0
+    file are (the packaged SmolLM2's embedding, tied to its LM head). Packed, a decode step reads
+    1.125 bytes per weight instead of 4 (fp32) or 2 (bf16), and computes with the same fp32 values:
+    `q8_linear` equals `small_linear` on `weight` bit for bit. None where the kernels are
+    unavailable, K is not a multiple of 32, any group is not exact, or `SLOSERVE_PACK_4BIT=0`.
+    """
+    import torch
+
+    ops = _q8_ops()
+    if ops is None or not q4_packing_enabled():
+        return None
+    if weight.dtype != torch.float32 or weight.device.type != "cpu" or weight.dim() != 2 or weight.shape[1] % 32:
+        return None
+    n, k = weight.shape
+    groups = weight.reshape(n, k // 32, 32)
+    scales = (groups.abs().amax(-1) / 127).half().float()
+    if not torch.isfinite(scales).all():
+        return None
+    q = (groups / torch.where(scales > 0, scales, 1.0)[..., None]).round_()
+    if q.abs().max() > 127:
+        return None
+    packed = q.to(torch.int8).reshape(n, k).contiguous()
+    linear, dequantize = ops
+    if not torch.equal(dequantize(packed, scales), weight):
+        return None
+    return linear, packed, scales
 
 
 def pack_q4_exact(weight: Any) -> tuple[Callable, Any, Any, Any] | None:  # type: ignore[type-arg]

@@ -3,7 +3,7 @@
 // across torch's threads. At one row this is a GEMV, bound by reading the weights; the library
 // sgemv behind F.linear reads them at ~13 GB/s on the 2-core AMD EPYC whatever the thread count,
 // while two threads stream ~25-28 GB/s (docs/engine-step.md). More rows than `kMaxRows`, other
-// dtypes, or a build without AVX2/FMA go to at::linear unchanged. bf16 x (with bf16 or 4-bit weights)
+// dtypes, or a build without AVX2/FMA go to at::linear unchanged. bf16 x (with bf16, 4-bit or 8-bit weights)
 // is widened to fp32 for up to `kMaxRowsBf16` rows.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -113,34 +113,81 @@ void dequant_q4_row(const uint8_t* packed, const float* d, const float* m, float
   }
 }
 
-// `rows_kernel` over 4-bit weights without a buffer, for the first few rows: each group's 32
+// 8-bit weights, 32 per group along K, w = d * q (q in -128..127; the layout of GGUF's Q8_0 with d
+// kept as fp32): 32 bytes per group.
+void dequant_q8_row(const int8_t* packed, const float* d, float* out, int64_t K) {
+  for (int64_t g = 0; g < K / 32; ++g) {
+    const __m128i lo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(packed + g * 32));
+    const __m128i hi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(packed + g * 32 + 16));
+    const __m256 dv = _mm256_set1_ps(d[g]);
+    float* o = out + g * 32;
+    // d * q is exact in fp32 (an fp16-sized d times an 8-bit q)
+    _mm256_storeu_ps(o, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo)), dv));
+    _mm256_storeu_ps(o + 8, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8))), dv));
+    _mm256_storeu_ps(o + 16, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi)), dv));
+    _mm256_storeu_ps(o + 24, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8))), dv));
+  }
+}
+
+// The packed formats, as `run_packed` reads them: one group of 32 weights of row n as four
+// vectors of 8 fp32 values (elements 0-7, 8-15, 16-23, 24-31), and a whole row dequantized.
+struct Q4Weights {
+  const uint8_t* packed;
+  const float *d, *m;
+  int64_t K;
+  inline void group(int64_t n, int64_t g, __m256 w[4]) const {
+    const __m128i low = _mm_set1_epi8(0x0F);
+    const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(packed + n * K / 2 + g * 16));
+    const __m128i lo = _mm_and_si128(bytes, low), hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), low);
+    const __m256 dv = _mm256_set1_ps(d[n * (K / 32) + g]), mv = _mm256_set1_ps(m[n * (K / 32) + g]);
+    w[0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo)), dv, mv);
+    w[1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8))), dv, mv);
+    w[2] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi)), dv, mv);
+    w[3] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8))), dv, mv);
+  }
+  void row(int64_t n, float* out) const {
+    dequant_q4_row(packed + n * K / 2, d + n * (K / 32), m + n * (K / 32), out, K);
+  }
+};
+
+struct Q8Weights {
+  const int8_t* packed;
+  const float* d;
+  int64_t K;
+  inline void group(int64_t n, int64_t g, __m256 w[4]) const {
+    const int8_t* p = packed + n * K + g * 32;
+    const __m128i lo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    const __m128i hi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16));
+    const __m256 dv = _mm256_set1_ps(d[n * (K / 32) + g]);
+    w[0] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo)), dv);
+    w[1] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8))), dv);
+    w[2] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi)), dv);
+    w[3] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8))), dv);
+  }
+  void row(int64_t n, float* out) const { dequant_q8_row(packed + n * K, d + n * (K / 32), out, K); }
+};
+
+// `rows_kernel` over packed weights without a buffer, for the first few rows: each group's 32
 // values are dequantized in registers and used at once, added into the accumulators in the same
 // order as `rows_kernel` (elements 0-7 and 16-23 to the first, 8-15 and 24-31 to the second), so
 // the result is the same bit for bit.
-template <int M>
-void rows_kernel_q4(const float* x, const uint8_t* packed, const float* d, const float* m, const float* bias,
-                    float* y, int64_t K, int64_t N, int64_t begin, int64_t end) {
-  const __m128i low = _mm_set1_epi8(0x0F);
+template <int M, typename F>
+void rows_kernel_packed(const float* x, const F& f, const float* bias, float* y, int64_t K, int64_t N, int64_t begin,
+                        int64_t end) {
   const int64_t groups = K / 32;
   for (int64_t n = begin; n < end; ++n) {
-    const uint8_t* pr = packed + n * K / 2;
     __m256 a0[M], a1[M];
     for (int r = 0; r < M; ++r) a0[r] = a1[r] = _mm256_setzero_ps();
     for (int64_t g = 0; g < groups; ++g) {
-      const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(pr + g * 16));
-      const __m128i lo = _mm_and_si128(bytes, low), hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), low);
-      const __m256 dv = _mm256_set1_ps(d[n * groups + g]), mv = _mm256_set1_ps(m[n * groups + g]);
-      const __m256 w0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo)), dv, mv);
-      const __m256 w1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8))), dv, mv);
-      const __m256 w2 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi)), dv, mv);
-      const __m256 w3 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8))), dv, mv);
+      __m256 w[4];
+      f.group(n, g, w);
       const int64_t k = g * 32;
       for (int r = 0; r < M; ++r) {
         const float* xr = x + r * K + k;
-        a0[r] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xr), a0[r]);
-        a1[r] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xr + 8), a1[r]);
-        a0[r] = _mm256_fmadd_ps(w2, _mm256_loadu_ps(xr + 16), a0[r]);
-        a1[r] = _mm256_fmadd_ps(w3, _mm256_loadu_ps(xr + 24), a1[r]);
+        a0[r] = _mm256_fmadd_ps(w[0], _mm256_loadu_ps(xr), a0[r]);
+        a1[r] = _mm256_fmadd_ps(w[1], _mm256_loadu_ps(xr + 8), a1[r]);
+        a0[r] = _mm256_fmadd_ps(w[2], _mm256_loadu_ps(xr + 16), a0[r]);
+        a1[r] = _mm256_fmadd_ps(w[3], _mm256_loadu_ps(xr + 24), a1[r]);
       }
     }
     for (int r = 0; r < M; ++r) {
@@ -150,21 +197,20 @@ void rows_kernel_q4(const float* x, const uint8_t* packed, const float* d, const
   }
 }
 
-// The tiled loop of `run` over 4-bit weights: each tile is dequantized once into a per-thread
+// The tiled loop of `run` over packed weights: each tile is dequantized once into a per-thread
 // buffer, then goes through the same row kernel as fp32 weights, so the result equals
-// `small_linear` on the dequantized weights bit for bit, from a sixth of the memory traffic.
-void run_q4(const float* x, const uint8_t* packed, const float* d, const float* m, const float* bias, float* y,
-            int64_t rows, int64_t K, int64_t N) {
+// `small_linear` on the dequantized weights bit for bit, from a fraction of the memory traffic.
+template <typename F>
+void run_packed(const float* x, const F& f, const float* bias, float* y, int64_t rows, int64_t K, int64_t N) {
   const int64_t grain = std::max<int64_t>(1, 4096 / K);
   const int64_t tile = std::max<int64_t>(1, kTileBytes / (K * static_cast<int64_t>(sizeof(float))));
-  const int64_t groups = K / 32;
   if (rows <= 4) {  // one pass over the weights: dequantized in registers, no buffer
     at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
       switch (rows) {
-        case 1: rows_kernel_q4<1>(x, packed, d, m, bias, y, K, N, begin, end); break;
-        case 2: rows_kernel_q4<2>(x, packed, d, m, bias, y, K, N, begin, end); break;
-        case 3: rows_kernel_q4<3>(x, packed, d, m, bias, y, K, N, begin, end); break;
-        default: rows_kernel_q4<4>(x, packed, d, m, bias, y, K, N, begin, end); break;
+        case 1: rows_kernel_packed<1>(x, f, bias, y, K, N, begin, end); break;
+        case 2: rows_kernel_packed<2>(x, f, bias, y, K, N, begin, end); break;
+        case 3: rows_kernel_packed<3>(x, f, bias, y, K, N, begin, end); break;
+        default: rows_kernel_packed<4>(x, f, bias, y, K, N, begin, end); break;
       }
     });
     return;
@@ -173,8 +219,7 @@ void run_q4(const float* x, const uint8_t* packed, const float* d, const float* 
     std::vector<float> buffer(tile * K);
     for (int64_t n0 = begin; n0 < end; n0 += tile) {
       const int64_t n1 = std::min(end, n0 + tile);
-      for (int64_t n = n0; n < n1; ++n)
-        dequant_q4_row(packed + n * K / 2, d + n * groups, m + n * groups, buffer.data() + (n - n0) * K, K);
+      for (int64_t n = n0; n < n1; ++n) f.row(n, buffer.data() + (n - n0) * K);
       // the tile is rows 0.. of the buffer: bias and y are offset to match
       row_chunks(x, buffer.data(), bias ? bias + n0 : nullptr, y + n0, rows, K, N, 0, n1 - n0);
     }
@@ -268,7 +313,51 @@ torch::Tensor q4_linear(torch::Tensor x, torch::Tensor packed, torch::Tensor sca
     check_q4(packed, scales, mins);
     const int64_t N = packed.size(0);
     return in_fp32(x, bias, N, [&](const float* xp, const float* b, float* yp, int64_t rows, int64_t K) {
-      run_q4(xp, packed.data_ptr<uint8_t>(), scales.data_ptr<float>(), mins.data_ptr<float>(), b, yp, rows, K, N);
+      const Q4Weights f{packed.data_ptr<uint8_t>(), scales.data_ptr<float>(), mins.data_ptr<float>(), K};
+      run_packed(xp, f, b, yp, rows, K, N);
+    });
+  }
+#endif
+  return at::linear(x, weight, bias);
+}
+
+void check_q8(const torch::Tensor& packed, const torch::Tensor& scales) {
+  TORCH_CHECK(packed.scalar_type() == at::kChar && packed.dim() == 2 && packed.is_contiguous(),
+              "packed: int8 [N, K]");
+  const int64_t N = packed.size(0), K = packed.size(1);
+  TORCH_CHECK(K % 32 == 0, "8-bit weights come in groups of 32 along K");
+  TORCH_CHECK(scales.scalar_type() == at::kFloat && scales.is_contiguous() && scales.dim() == 2 &&
+                  scales.size(0) == N && scales.size(1) == K / 32,
+              "scales: fp32 [N, K/32]");
+}
+
+// The fp32 weights the 8-bit ones stand for (what `q8_linear` computes with, exactly).
+torch::Tensor q8_dequantize(torch::Tensor packed, torch::Tensor scales) {
+  check_q8(packed, scales);
+  const int64_t N = packed.size(0), K = packed.size(1);
+  auto out = torch::empty({N, K}, scales.options());
+#ifdef SLOSERVE_SMALL_LINEAR
+  for (int64_t n = 0; n < N; ++n)
+    dequant_q8_row(packed.data_ptr<int8_t>() + n * K, scales.data_ptr<float>() + n * K / 32,
+                   out.data_ptr<float>() + n * K, K);
+#else
+  TORCH_CHECK(false, "8-bit weights need a build with AVX2 and FMA");
+#endif
+  return out;
+}
+
+// `q4_linear` for weights that are exactly 8-bit (GGUF's Q8_0: w = d * q per group of 32): a
+// decode step's few rows read 1.125 bytes per weight instead of 4 (fp32) or 2 (bf16), and compute
+// with the exact fp32 values; anything else goes to at::linear on `weight`.
+torch::Tensor q8_linear(torch::Tensor x, torch::Tensor packed, torch::Tensor scales, torch::Tensor weight,
+                        std::optional<torch::Tensor> bias) {
+#ifdef SLOSERVE_SMALL_LINEAR
+  if (packed.size(1) == x.size(-1) && kernel_fits(x, bias, packed.size(0))) {
+    check_q8(packed, scales);
+    const int64_t N = packed.size(0);
+    return in_fp32(x, bias, N, [&](const float* xp, const float* b, float* yp, int64_t rows, int64_t K) {
+      const Q8Weights f{packed.data_ptr<int8_t>(), scales.data_ptr<float>(), K};
+      run_packed(xp, f, b, yp, rows, K, N);
     });
   }
 #endif
@@ -279,10 +368,14 @@ TORCH_LIBRARY_FRAGMENT(sloserve, m) {
   m.def("small_linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
   m.def("q4_linear(Tensor x, Tensor packed, Tensor scales, Tensor mins, Tensor weight, Tensor? bias) -> Tensor");
   m.def("q4_dequantize(Tensor packed, Tensor scales, Tensor mins) -> Tensor");
+  m.def("q8_linear(Tensor x, Tensor packed, Tensor scales, Tensor weight, Tensor? bias) -> Tensor");
+  m.def("q8_dequantize(Tensor packed, Tensor scales) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(sloserve, CPU, m) {
   m.impl("small_linear", &small_linear);
   m.impl("q4_linear", &q4_linear);
   m.impl("q4_dequantize", &q4_dequantize);
+  m.impl("q8_linear", &q8_linear);
+  m.impl("q8_dequantize", &q8_dequantize);
 }

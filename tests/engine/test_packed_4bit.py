@@ -1,5 +1,6 @@
-"""A model whose weights are exactly 4-bit (as the packaged GGUF's layers are) is served from the
-packed copy on decode steps, and generates exactly what the fp32 path does."""
+"""A model whose weights are exactly 4-bit (as the packaged GGUF's layers are) and whose LM head is
+exactly 8-bit (as its Q8_0 embedding, tied to the head, is) is served from the packed copies on
+decode steps, and generates exactly what the fp32 path does."""
 
 from __future__ import annotations
 
@@ -25,6 +26,14 @@ def snap_to_4bit(weight: torch.Tensor) -> torch.Tensor:
     return (d * q + mins).reshape(n, k)
 
 
+def snap_to_8bit(weight: torch.Tensor) -> torch.Tensor:
+    """Q8_0 round trip: per group of 32 along K, d = max |w| / 127 in fp16, w = d * q."""
+    n, k = weight.shape
+    groups = weight.reshape(n, k // 32, 32)
+    d = (groups.abs().amax(-1, keepdim=True) / 127).half().float()
+    return ((groups / d).round().clamp(-127, 127) * d).reshape(n, k)
+
+
 @pytest.fixture(scope="module")
 def q4_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from transformers import AutoModelForCausalLM
@@ -36,6 +45,7 @@ def q4_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
             for linear in (*[getattr(layer.self_attn, f"{p}_proj") for p in "qkvo"],
                            layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj):
                 linear.weight.copy_(snap_to_4bit(linear.weight))
+        model.lm_head.weight.copy_(snap_to_8bit(model.lm_head.weight))
     model.save_pretrained(path)
     return path
 
@@ -56,14 +66,17 @@ def test_packed_decode_equals_fp32_decode(q4_model_dir: Path, monkeypatch: pytes
     packed, tokens, logprobs = run(q4_model_dir)
     runner = packed.worker.runner
     assert runner is not None
-    assert all(layer.qkv.q4_packed is not None and layer.gate_up.q4_packed is not None and
-               layer.o_proj.q4_packed is not None and layer.down.q4_packed is not None for layer in runner.layers)
+    assert all(layer.qkv.packed is not None and layer.gate_up.packed is not None and
+               layer.o_proj.packed is not None and layer.down.packed is not None for layer in runner.layers)
+    head = runner.lm_head
+    assert head.packed is not None and head.packed.dtype == torch.int8 and head.pack_mins is None  # type: ignore[union-attr]
     packed_bytes = runner.decode_weight_bytes()
     packed.shutdown()
 
     monkeypatch.setenv("SLOSERVE_PACK_4BIT", "0")
     plain, plain_tokens, plain_logprobs = run(q4_model_dir)
-    assert plain.worker.runner is not None and plain.worker.runner.layers[0].qkv.q4_packed is None
+    assert plain.worker.runner is not None and plain.worker.runner.layers[0].qkv.packed is None
+    assert plain.worker.runner.lm_head.packed is None  # type: ignore[union-attr]
     plain_bytes = plain.worker.runner.decode_weight_bytes()
     plain.shutdown()
 
@@ -87,8 +100,8 @@ def test_bf16_model_decodes_from_the_exact_4bit_values(q4_model_dir: Path, monke
     runner = packed.worker.runner
     assert runner is not None and runner.dtype == torch.bfloat16
     layer = runner.layers[0]
-    assert layer.qkv.weight.dtype == torch.bfloat16 and layer.qkv.q4_packed is not None
-    assert all(m.q4_packed is not None for lyr in runner.layers for m in (lyr.qkv, lyr.o_proj, lyr.gate_up, lyr.down))
+    assert layer.qkv.weight.dtype == torch.bfloat16 and layer.qkv.packed is not None
+    assert all(m.packed is not None for lyr in runner.layers for m in (lyr.qkv, lyr.o_proj, lyr.gate_up, lyr.down))
     source = AutoModelForCausalLM.from_pretrained(q4_model_dir, dtype=torch.float32).model.layers[0].self_attn
     exact = torch.cat([source.q_proj.weight, source.k_proj.weight, source.v_proj.weight]).detach()
     x = torch.randn(2, exact.shape[1]).bfloat16()
@@ -96,6 +109,10 @@ def test_bf16_model_decodes_from_the_exact_4bit_values(q4_model_dir: Path, monke
     assert small is not None
     assert torch.equal(layer.qkv(x), small(x.float(), exact, None).bfloat16())  # not the bf16-rounded weights
     assert not torch.equal(exact.bfloat16().float(), exact)  # (which do differ)
+    head_exact = AutoModelForCausalLM.from_pretrained(q4_model_dir, dtype=torch.float32).lm_head.weight.detach()
+    h = torch.randn(3, head_exact.shape[1]).bfloat16()
+    assert runner.lm_head.packed is not None  # type: ignore[union-attr]
+    assert torch.equal(runner.lm_head(h), small(h.float(), head_exact, None).bfloat16())  # the exact 8-bit values
     outs = packed.generate(["The quick brown fox", "Serving"], SamplingParams(max_tokens=8, temperature=0.0,
                                                                            ignore_eos=True))
     assert [len(o.outputs[0].token_ids) for o in outs] == [8, 8]
@@ -104,7 +121,7 @@ def test_bf16_model_decodes_from_the_exact_4bit_values(q4_model_dir: Path, monke
 
     monkeypatch.setenv("SLOSERVE_PACK_4BIT", "0")
     plain = engine()
-    assert plain.worker.runner is not None and plain.worker.runner.layers[0].qkv.q4_packed is None
+    assert plain.worker.runner is not None and plain.worker.runner.layers[0].qkv.packed is None
     plain_bytes = plain.worker.runner.decode_weight_bytes()
     plain.shutdown()
     assert packed_bytes < plain_bytes
@@ -114,14 +131,14 @@ def test_a_load_time_quantized_bf16_model_is_not_packed(q4_model_dir: Path) -> N
     """int8 replaces the linears after the cast: no fp32 load, no packing left on the old modules."""
     if small_linear_op() is None:
         pytest.skip("the C++ kernels are unavailable here")
-    from inference.decoder_layer import Q4_ATTR
+    from inference.decoder_layer import PACK_ATTR
 
     engine = LLMEngine(EngineConfig(model=str(q4_model_dir), dtype="bfloat16", quantization="torch-int8",
                                     kv_cache_tokens=1024, block_size=8, max_num_seqs=8))
     runner = engine.worker.runner
     assert runner is not None and runner.dtype == torch.bfloat16
     modules = [m for layer in runner.layers for m in layer.modules()]
-    assert not any(hasattr(m, Q4_ATTR) or getattr(m, "q4_packed", None) is not None for m in modules)
+    assert not any(hasattr(m, PACK_ATTR) or getattr(m, "packed", None) is not None for m in modules)
     out = engine.generate(["Serving"], SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True))
     assert len(out[0].outputs[0].token_ids) == 4
     engine.shutdown()

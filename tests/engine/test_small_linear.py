@@ -133,3 +133,46 @@ def test_packing_can_be_turned_off(op, monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setenv("SLOSERVE_PACK_4BIT", "0")
     assert pack_q4_exact(q4_weight(16, 64, seed=0)) is None
+
+
+def q8_weight(n: int, k: int, seed: int) -> torch.Tensor:
+    """fp32 weights that are exactly 8-bit: per group of 32, d * q with d = fp16(max |w| / 127), as
+    GGUF Q8_0 gives (the packaged model's embedding and tied LM head)."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(n, k // 32, 32, generator=g) * 0.05
+    d = (w.abs().amax(-1, keepdim=True) / 127).half().float()
+    return ((w / d).round().clamp(-127, 127) * d).reshape(n, k)
+
+
+@pytest.mark.parametrize("rows", [1, 3, 4, 8, 32, 33])
+def test_exact_8bit_weights_pack_and_compute_the_same_values(op, rows: int) -> None:  # type: ignore[no-untyped-def]
+    from inference.kernels import pack_exact, pack_q4_exact, pack_q8_exact
+
+    w, b = q8_weight(200, 96, seed=rows), torch.randn(200)
+    assert pack_q4_exact(w) is None  # 255 levels are not 4-bit
+    packed = pack_q8_exact(w)
+    assert packed is not None, "exact 8-bit weights should pack"
+    linear, data, scales = packed
+    assert data.dtype == torch.int8 and data.shape == w.shape and scales.shape == (200, 3)
+    assert pack_exact(w)[0] is linear  # type: ignore[index]
+    x = torch.randn(rows, 96)
+    # the same fp32 values through the same kernel (or at::linear past 32 rows): equal bit for bit
+    assert torch.equal(linear(x, data, scales, w, b), op(x, w, b))
+    xb = x.bfloat16()
+    got = linear(xb, data, scales, w.bfloat16(), None)
+    if rows <= 4:  # bf16 rows: the fp32 kernel on the exact weights, rounded once
+        assert torch.equal(got, op(xb.float(), w, None).bfloat16())
+    else:  # more rows: the bf16 GEMM on the bf16 copy
+        assert torch.equal(got, F.linear(xb, w.bfloat16()))
+
+
+def test_weights_that_are_not_exactly_8bit_stay_fp32(op) -> None:  # type: ignore[no-untyped-def]
+    from inference.kernels import pack_exact, pack_q8_exact
+
+    w = q8_weight(16, 64, seed=0)
+    w[3, 5] += 1e-4  # one value off the group's grid
+    assert pack_q8_exact(w) is None and pack_exact(w) is None
+    assert pack_q8_exact(torch.randn(16, 64)) is None
+    assert pack_q8_exact(q8_weight(16, 64, seed=0)[:, :48]) is None  # K not a multiple of 32
+    assert pack_q8_exact(q8_weight(16, 64, seed=0).double()) is None
+    assert pack_q8_exact(torch.zeros(16, 64)) is not None  # all-zero groups are d = 0, q = 0
