@@ -149,6 +149,19 @@ def q4_packing_enabled() -> bool:
     return os.environ.get("SLOSERVE_PACK_4BIT") != "0" and _q4_ops() is not None
 
 
+def _groups_of_32(weight: Any, ops: Any) -> Any | None:
+    """`weight` as [N, K/32, 32] where it may be packed (the kernels built, packing on, a 2-D fp32 CPU
+    tensor, K a multiple of 32), else None."""
+    import torch
+
+    if ops is None or not q4_packing_enabled():
+        return None
+    if weight.dtype != torch.float32 or weight.device.type != "cpu" or weight.dim() != 2 or weight.shape[1] % 32:
+        return None
+    n, k = weight.shape
+    return weight.reshape(n, k // 32, 32)
+
+
 def pack_exact(weight: Any) -> tuple[Any, ...] | None:
     """`pack_q4_exact(weight)`, else `pack_q8_exact(weight)`: `(linear, packed, *scales)`, or None."""
     return pack_q4_exact(weight) or pack_q8_exact(weight)
@@ -167,12 +180,10 @@ def pack_q8_exact(weight: Any) -> tuple[Callable, Any, Any] | None:  # type: ign
     import torch
 
     ops = _q8_ops()
-    if ops is None or not q4_packing_enabled():
-        return None
-    if weight.dtype != torch.float32 or weight.device.type != "cpu" or weight.dim() != 2 or weight.shape[1] % 32:
+    groups = _groups_of_32(weight, ops)
+    if ops is None or groups is None:
         return None
     n, k = weight.shape
-    groups = weight.reshape(n, k // 32, 32)
     scales = (groups.abs().amax(-1) / 127).half().float()
     if not torch.isfinite(scales).all():
         return None
@@ -200,12 +211,10 @@ def pack_q4_exact(weight: Any) -> tuple[Callable, Any, Any, Any] | None:  # type
     import torch
 
     ops = _q4_ops()
-    if ops is None or not q4_packing_enabled():
-        return None
-    if weight.dtype != torch.float32 or weight.device.type != "cpu" or weight.dim() != 2 or weight.shape[1] % 32:
+    groups = _groups_of_32(weight, ops)
+    if ops is None or groups is None:
         return None
     n, k = weight.shape
-    groups = weight.reshape(n, k // 32, 32)
     mins = groups.amin(-1)
     scales = ((groups.amax(-1) - mins) / 15).half().float()
     if not torch.isfinite(scales).all():
