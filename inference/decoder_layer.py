@@ -28,10 +28,10 @@ PACK_ATTR = "sloserve_pack"  # (linear op, packed, *scales) of a linear's fp32 w
 
 
 def attach_exact_packs(model: Any) -> int:
-    """Pack every exactly-4-bit `nn.Linear` of the decoder layers, and the LM head if it is exactly
-    4- or 8-bit, while the weights are still fp32 (`pack_exact`), and keep the packing on the module
-    (`PACK_ATTR`) for `FusedLinear`: called before a model is cast to bf16, whose rounding would lose
-    the exact values. Returns how many were packed."""
+    """Pack every exactly-4- or 8-bit `nn.Linear` of the decoder layers and the LM head while the
+    weights are still fp32 (`pack_exact`), and keep the packing on the module (`PACK_ATTR`) for
+    `FusedLinear`: called before a model is cast to bf16, whose rounding would lose the exact
+    values. Returns how many were packed."""
     modules = [*model.model.layers.modules(), model.lm_head]
     count = 0
     for module in modules:
