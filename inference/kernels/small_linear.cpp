@@ -96,41 +96,11 @@ void run(const float* x, const W* w, const float* bias, float* y, int64_t rows, 
   });
 }
 
-// 4-bit weights, 32 per group along K, w = d * q + m (q in 0..15; the layout of GGUF's Q4_1 with
-// d and m kept as fp32): 16 bytes per group, byte j holding element j (low nibble) and j + 16.
-void dequant_q4_row(const uint8_t* packed, const float* d, const float* m, float* out, int64_t K) {
-  const __m128i low = _mm_set1_epi8(0x0F);
-  for (int64_t g = 0; g < K / 32; ++g) {
-    const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(packed + g * 16));
-    const __m128i lo = _mm_and_si128(bytes, low), hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), low);
-    const __m256 dv = _mm256_set1_ps(d[g]), mv = _mm256_set1_ps(m[g]);
-    float* o = out + g * 32;
-    // d * q is exact in fp32 (fp16-sized d times a 4-bit q), so fused or not, one rounding
-    _mm256_storeu_ps(o, _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo)), dv, mv));
-    _mm256_storeu_ps(o + 8, _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8))), dv, mv));
-    _mm256_storeu_ps(o + 16, _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi)), dv, mv));
-    _mm256_storeu_ps(o + 24, _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8))), dv, mv));
-  }
-}
-
-// 8-bit weights, 32 per group along K, w = d * q (q in -128..127; the layout of GGUF's Q8_0 with d
-// kept as fp32): 32 bytes per group.
-void dequant_q8_row(const int8_t* packed, const float* d, float* out, int64_t K) {
-  for (int64_t g = 0; g < K / 32; ++g) {
-    const __m128i lo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(packed + g * 32));
-    const __m128i hi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(packed + g * 32 + 16));
-    const __m256 dv = _mm256_set1_ps(d[g]);
-    float* o = out + g * 32;
-    // d * q is exact in fp32 (an fp16-sized d times an 8-bit q)
-    _mm256_storeu_ps(o, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo)), dv));
-    _mm256_storeu_ps(o + 8, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8))), dv));
-    _mm256_storeu_ps(o + 16, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi)), dv));
-    _mm256_storeu_ps(o + 24, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8))), dv));
-  }
-}
-
 // The packed formats, as `run_packed` reads them: one group of 32 weights of row n as four
-// vectors of 8 fp32 values (elements 0-7, 8-15, 16-23, 24-31), and a whole row dequantized.
+// vectors of 8 fp32 values (elements 0-7, 8-15, 16-23, 24-31).
+// 4-bit: w = d * q + m (q in 0..15; the layout of GGUF's Q4_1 with d and m kept as fp32), 16 bytes
+// per group, byte j holding element j (low nibble) and j + 16. d * q is exact in fp32 (an
+// fp16-sized d times a 4-bit q), so fused or not, one rounding.
 struct Q4Weights {
   const uint8_t* packed;
   const float *d, *m;
@@ -145,11 +115,10 @@ struct Q4Weights {
     w[2] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi)), dv, mv);
     w[3] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8))), dv, mv);
   }
-  void row(int64_t n, float* out) const {
-    dequant_q4_row(packed + n * K / 2, d + n * (K / 32), m + n * (K / 32), out, K);
-  }
 };
 
+// 8-bit: w = d * q (q in -128..127; the layout of GGUF's Q8_0 with d kept as fp32), 32 bytes per
+// group; d * q is exact in fp32 (an fp16-sized d times an 8-bit q).
 struct Q8Weights {
   const int8_t* packed;
   const float* d;
@@ -164,8 +133,26 @@ struct Q8Weights {
     w[2] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi)), dv);
     w[3] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8))), dv);
   }
-  void row(int64_t n, float* out) const { dequant_q8_row(packed + n * K, d + n * (K / 32), out, K); }
 };
+
+// Row n of packed weights as fp32 values: what the row kernel computes with, exactly.
+template <typename F>
+void dequant_row(const F& f, int64_t n, float* out) {
+  for (int64_t g = 0; g < f.K / 32; ++g) {
+    __m256 w[4];
+    f.group(n, g, w);
+    for (int i = 0; i < 4; ++i) _mm256_storeu_ps(out + g * 32 + 8 * i, w[i]);
+  }
+}
+
+// All N rows of packed weights as an fp32 [N, K] tensor.
+template <typename F>
+torch::Tensor dequantize(const F& f, int64_t N, const torch::TensorOptions& options) {
+  auto out = torch::empty({N, f.K}, options);
+  float* data = out.template data_ptr<float>();
+  for (int64_t n = 0; n < N; ++n) dequant_row(f, n, data + n * f.K);
+  return out;
+}
 
 // `rows_kernel` over packed weights without a buffer, for the first few rows: each group's 32
 // values are dequantized in registers and used at once, added into the accumulators in the same
@@ -219,7 +206,7 @@ void run_packed(const float* x, const F& f, const float* bias, float* y, int64_t
     std::vector<float> buffer(tile * K);
     for (int64_t n0 = begin; n0 < end; n0 += tile) {
       const int64_t n1 = std::min(end, n0 + tile);
-      for (int64_t n = n0; n < n1; ++n) f.row(n, buffer.data() + (n - n0) * K);
+      for (int64_t n = n0; n < n1; ++n) dequant_row(f, n, buffer.data() + (n - n0) * K);
       // the tile is rows 0.. of the buffer: bias and y are offset to match
       row_chunks(x, buffer.data(), bias ? bias + n0 : nullptr, y + n0, rows, K, N, 0, n1 - n0);
     }
@@ -288,16 +275,12 @@ void check_q4(const torch::Tensor& packed, const torch::Tensor& scales, const to
 // The fp32 weights the 4-bit ones stand for (what `q4_linear` computes with, exactly).
 torch::Tensor q4_dequantize(torch::Tensor packed, torch::Tensor scales, torch::Tensor mins) {
   check_q4(packed, scales, mins);
-  const int64_t N = packed.size(0), K = packed.size(1) * 2;
-  auto out = torch::empty({N, K}, scales.options());
 #ifdef SLOSERVE_SMALL_LINEAR
-  for (int64_t n = 0; n < N; ++n)
-    dequant_q4_row(packed.data_ptr<uint8_t>() + n * K / 2, scales.data_ptr<float>() + n * K / 32,
-                   mins.data_ptr<float>() + n * K / 32, out.data_ptr<float>() + n * K, K);
+  const Q4Weights f{packed.data_ptr<uint8_t>(), scales.data_ptr<float>(), mins.data_ptr<float>(), packed.size(1) * 2};
+  return dequantize(f, packed.size(0), scales.options());
 #else
   TORCH_CHECK(false, "4-bit weights need a build with AVX2 and FMA");
 #endif
-  return out;
 }
 
 // x W^T + b where W is held twice: 4-bit (`packed`, `scales`, `mins`, read by the kernel) and as
@@ -334,16 +317,12 @@ void check_q8(const torch::Tensor& packed, const torch::Tensor& scales) {
 // The fp32 weights the 8-bit ones stand for (what `q8_linear` computes with, exactly).
 torch::Tensor q8_dequantize(torch::Tensor packed, torch::Tensor scales) {
   check_q8(packed, scales);
-  const int64_t N = packed.size(0), K = packed.size(1);
-  auto out = torch::empty({N, K}, scales.options());
 #ifdef SLOSERVE_SMALL_LINEAR
-  for (int64_t n = 0; n < N; ++n)
-    dequant_q8_row(packed.data_ptr<int8_t>() + n * K, scales.data_ptr<float>() + n * K / 32,
-                   out.data_ptr<float>() + n * K, K);
+  const Q8Weights f{packed.data_ptr<int8_t>(), scales.data_ptr<float>(), packed.size(1)};
+  return dequantize(f, packed.size(0), scales.options());
 #else
   TORCH_CHECK(false, "8-bit weights need a build with AVX2 and FMA");
 #endif
-  return out;
 }
 
 // `q4_linear` for weights that are exactly 8-bit (GGUF's Q8_0: w = d * q per group of 32): a
