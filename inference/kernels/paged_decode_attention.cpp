@@ -204,8 +204,8 @@ void attend_avx2(const float* qf, const scalar_t* k_pool, const scalar_t* v_pool
 template <typename scalar_t>
 static void attend_scalar(const float* qf, const scalar_t* k_pool, const scalar_t* v_pool, const int64_t* table,
                           int64_t len, int64_t KVH, int64_t kh, int64_t G, int64_t D, int64_t block_size,
-                          float* scores, float* row, float* acc, float* sums) {
-  std::vector<float> maxes(G, -INFINITY);
+                          float* scores, float* row, float* acc, float* sums, float* maxes) {
+  std::fill(maxes, maxes + G, -INFINITY);
   for (int64_t t = 0; t < len; ++t) {
     const int64_t slot = table[t / block_size] * block_size + t % block_size;
     const scalar_t* kp = k_pool + (slot * KVH + kh) * D;
@@ -252,7 +252,7 @@ static void decode_attention_kernel(const scalar_t* q, const scalar_t* k_pool, c
   // rows widened into a buffer and the accumulators in memory (docs/engine-step.md).
   const int64_t per = B >= 2 * at::get_num_threads() ? KVH : 1, items = KVH / per;
   at::parallel_for(0, B * items, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> qf(per * G * D), acc(per * G * D), row(D), scores, sums(per * G);
+    std::vector<float> qf(per * G * D), acc(per * G * D), row(D), scores, sums(per * G), maxes(G);
     for (int64_t idx = begin; idx < end; ++idx) {
       const int64_t b = idx / items, kh0 = idx % items * per, len = lens[b];
       const int64_t* table = tables + b * max_blocks;
@@ -271,7 +271,7 @@ static void decode_attention_kernel(const scalar_t* q, const scalar_t* k_pool, c
         for (int64_t kh = kh0; kh < kh0 + per; ++kh) {
           const int64_t h = (kh - kh0) * G;
           attend_scalar(qf.data() + h * D, k_pool, v_pool, table, len, KVH, kh, G, D, block_size,
-                        scores.data() + h * len, row.data(), acc.data() + h * D, sums.data() + h);
+                        scores.data() + h * len, row.data(), acc.data() + h * D, sums.data() + h, maxes.data());
         }
       for (int64_t h = 0; h < per * G; ++h)
         for (int64_t d = 0; d < D; ++d)
