@@ -179,14 +179,12 @@ async def _run_paths(model_name: str, engine: Any, handle: Any, trace: HopTrace,
 
 
 def run(model: str, num_requests: int, max_tokens: int, threads: int, log: Callable[[str], None],
-        serve_env: dict[str, str] | None = None) -> dict[str, Any]:
-    """`serve_env`: environment variables for every Ray process of the run (Ray Serve's settings, to compare)."""
-    import ray
-    from ray import serve
-
+        serve_env: dict[str, str] | None = None, fast_path: bool = True) -> dict[str, Any]:
+    """The Ray processes start with the config's `cluster.ray_env()` (Ray Serve's fast path, as `sloserve
+    up` runs them; `fast_path=False`: Serve's defaults), updated by `serve_env` (other Serve settings, to
+    compare). They are set in this process before Ray Serve is imported: Serve reads them once, at
+    import, so the driver's own handle (the caller) follows them as well as the processes started below."""
     from cluster.config import parse_config
-    from deployments.app import build_app, engine_config_for
-    from inference.async_engine import AsyncLLMEngine
 
     if max_tokens < 2:
         raise BenchError(f"--max-tokens must be >= 2 (per-token latency needs two tokens), got {max_tokens}")
@@ -194,11 +192,22 @@ def run(model: str, num_requests: int, max_tokens: int, threads: int, log: Calla
         "model": {"source": model},
         "variants": [{"name": "full", "num_cpus_per_rank": threads}],
         "router": {"affinity": "none"},
+        "cluster": {"serve_fast_path": fast_path},
     })
+    serve_env = {**config.cluster.ray_env(), **(serve_env or {})}
+    if serve_env and "ray.serve" in sys.modules:
+        raise BenchError("Ray Serve was imported before the bench could set its settings; run it as `python -m deployments.bench`")
+    os.environ.update(serve_env)
+    import ray
+    from ray import serve
+
+    from deployments.app import build_app, engine_config_for
+    from inference.async_engine import AsyncLLMEngine
+
     results: dict[str, Any] = {"model": model, "requests": num_requests, "max_tokens": max_tokens, "threads": threads,
-                               "serve_env": serve_env or {}, "load_average_1m_before": round(os.getloadavg()[0], 2)}
+                               "serve_env": serve_env, "load_average_1m_before": round(os.getloadavg()[0], 2)}
     trace_path = os.path.join(tempfile.mkdtemp(prefix="sloserve-bench-"), "hops.jsonl")
-    env = {**(serve_env or {}), TRACE_ENV: trace_path}
+    env = {**serve_env, TRACE_ENV: trace_path}
     os.environ.update(env)  # the Serve processes started below inherit it (and get it from runtime_env)
     trace = HopTrace(trace_path)
     port = 8765
@@ -208,13 +217,25 @@ def run(model: str, num_requests: int, max_tokens: int, threads: int, log: Calla
     log("local Ray Serve ...")
     ray.init(address="local", num_cpus=threads + 1, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": env})
+    shut_down = False
+
+    async def measure(handle: Any) -> dict[str, list[Sample]]:
+        nonlocal shut_down
+        try:
+            return await _run_paths(config.model.name, engine, handle, trace, num_requests, max_tokens, port, log)
+        finally:
+            # On this loop: with RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP=0 the handle's router lives on it.
+            await serve.shutdown_async()
+            shut_down = True
+
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         handle = serve.run(build_app(config), name="bench", route_prefix="/")
         log(f"{num_requests} rounds of engine, handle, HTTP ...")
-        samples = asyncio.run(_run_paths(config.model.name, engine, handle, trace, num_requests, max_tokens, port, log))
+        samples = asyncio.run(measure(handle))
     finally:
-        serve.shutdown()
+        if not shut_down:
+            serve.shutdown()
         ray.shutdown()
         engine.shutdown()
         for key in env:
@@ -259,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the engine (and the replica's CPUs)")
     parser.add_argument("--serve-env", action="append", default=[], metavar="KEY=VALUE",
                         help="an environment variable for the Ray processes, e.g. RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0")
+    parser.add_argument("--serve-defaults", action="store_true",
+                        help="Ray Serve's default settings instead of cluster.serve_fast_path (what `sloserve up` runs)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     bad = [kv for kv in args.serve_env if "=" not in kv]
@@ -266,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--serve-env takes KEY=VALUE, got {bad}")
     serve_env = dict(kv.split("=", 1) for kv in args.serve_env)
     results = run(args.model, args.requests, args.max_tokens, args.threads, lambda m: print(m, file=sys.stderr, flush=True),
-                  serve_env)
+                  serve_env, fast_path=not args.serve_defaults)
     if args.json:
         print(json.dumps(results))
     else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from importlib import resources
 from pathlib import Path
@@ -39,6 +40,18 @@ def load_or_exit(path: str | None) -> AppConfig:
     except ConfigError as e:
         print(f"sloserve: {e}", file=sys.stderr)
         raise SystemExit(2) from e
+
+
+def set_ray_env(config: AppConfig) -> dict[str, str]:
+    """Put `cluster.ray_env()` (Ray Serve's fast-path switches) into this process's environment, before
+    Ray Serve is imported here and before the local Ray starts: Serve reads them once per process, and
+    the Ray processes started from here inherit them. Returns what was set."""
+    env = config.cluster.ray_env()
+    if env and "ray.serve" in sys.modules and any(os.environ.get(k) != v for k, v in env.items()):
+        print("sloserve: warning: Ray Serve was imported before its settings were set; this process keeps "
+              "Serve's defaults (the Ray processes started from it still get cluster.serve_fast_path)", file=sys.stderr)
+    os.environ.update(env)
+    return env
 
 
 def build_or_exit(config: AppConfig, path: str | None) -> Any:

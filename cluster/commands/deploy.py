@@ -24,4 +24,7 @@ def run(args: argparse.Namespace) -> int:
     serve.start(http_options={"host": config.cluster.http_host, "port": config.cluster.http_port})
     serve.run(application, **serve_run_options(config))
     print(f"deployed {config.cluster.app_name} to {args.address}: variants {[v.name for v in config.variants]}")
+    if config.cluster.serve_fast_path:
+        print("note: cluster.serve_fast_path takes effect only if the cluster's Ray processes were started with "
+              + " ".join(f"{k}={v}" for k, v in config.cluster.ray_env().items()))
     return 0

@@ -23,7 +23,13 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from cluster.commands.common import add_config_argument, build_or_exit, load_or_exit, prefetch_models
+from cluster.commands.common import (
+    add_config_argument,
+    build_or_exit,
+    load_or_exit,
+    prefetch_models,
+    set_ray_env,
+)
 
 DEFAULT_CONCURRENCIES = "1,4,8,16,32"
 
@@ -73,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
     if missing:
         return _fail(f"--quality {args.quality} has no entry for {missing}; it has {sorted(known)} (see --quality-map)")
     config = config.model_copy(update={"controller": config.controller.model_copy(update={"enabled": False})})
+    set_ray_env(config)  # the served stack measured as `sloserve up` runs it
     application = build_or_exit(config, args.config)
     prefetch_models(config)
 

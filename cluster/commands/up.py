@@ -7,7 +7,13 @@ import signal
 import threading
 import time
 
-from cluster.commands.common import add_config_argument, build_or_exit, load_or_exit, prefetch_models
+from cluster.commands.common import (
+    add_config_argument,
+    build_or_exit,
+    load_or_exit,
+    prefetch_models,
+    set_ray_env,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,6 +27,7 @@ def run(args: argparse.Namespace) -> int:
     config = load_or_exit(args.config)
     host = args.host or config.cluster.http_host
     port = args.port or config.cluster.http_port
+    set_ray_env(config)  # before Ray Serve is imported (build_or_exit) and before Ray starts
     application = build_or_exit(config, args.config)  # checks the controller's manifest before models load
     prefetch_models(config)
 

@@ -32,12 +32,19 @@ from cluster.config.kubernetes import (
     TolerationConfig,
     WorkerGroupConfig,
 )
-from cluster.config.serving import ClusterConfig, EngineSettings, ModelConfig, RouterConfig, VariantConfig
+from cluster.config.serving import (
+    SERVE_FAST_PATH_ENV,
+    ClusterConfig,
+    EngineSettings,
+    ModelConfig,
+    RouterConfig,
+    VariantConfig,
+)
 from cluster.config.slo import ControllerConfig, SLOConfig, SLOTarget
 from inference.validation import describe_validation_error
 
 __all__ = [
-    "API_KEYS_ENV", "DEFAULT_MODEL", "AppConfig", "ClusterConfig", "ConfigError", "ControllerConfig", "DType",
+    "API_KEYS_ENV", "DEFAULT_MODEL", "SERVE_FAST_PATH_ENV", "AppConfig", "ClusterConfig", "ConfigError", "ControllerConfig", "DType",
     "Device", "EngineSettings", "KubernetesConfig", "LoadTimeQuantization", "ModelConfig", "PodSecurityConfig",
     "RouterConfig", "SLOConfig", "SLOTarget", "SecretEnvConfig", "StrictModel", "TolerationConfig", "VariantConfig",
     "WorkerGroupConfig", "describe_validation_error", "load_config", "parse_config",

@@ -64,8 +64,10 @@ def _resources(num_cpus: int, memory: str, gpus: dict[str, int] | None = None) -
     return {"requests": dict(amounts), "limits": dict(amounts)}
 
 
-def _env(k8s: KubernetesConfig) -> list[dict[str, Any]]:
+def _env(k8s: KubernetesConfig, ray_env: dict[str, str]) -> list[dict[str, Any]]:
+    # every Ray process of the pod (proxy, controller, replicas) starts with cluster.ray_env()
     env: list[dict[str, Any]] = [{"name": "HF_HOME", "value": "/home/ray/.cache/huggingface"}]
+    env += [{"name": name, "value": value} for name, value in sorted(ray_env.items())]
     for secret in k8s.secrets:
         ref = {"name": secret.secret_name, "key": secret.key, "optional": secret.optional}
         env.append({"name": secret.env, "valueFrom": {"secretKeyRef": ref}})
@@ -125,20 +127,20 @@ def _pod_template(
     return {"metadata": {"labels": labels(k8s, component)}, "spec": spec}
 
 
-def _container(k8s: KubernetesConfig, name: str, ports: list[tuple[str, int]]) -> dict[str, Any]:
+def _container(k8s: KubernetesConfig, name: str, ports: list[tuple[str, int]], ray_env: dict[str, str]) -> dict[str, Any]:
     return {
         "name": name,
         "image": k8s.image,
         "imagePullPolicy": k8s.image_pull_policy,
         "ports": [{"name": port_name, "containerPort": port} for port_name, port in ports],
-        "env": _env(k8s),
+        "env": _env(k8s, ray_env),
     }
 
 
 def _head(config: AppConfig, k8s: KubernetesConfig) -> dict[str, Any]:
     ports = [("gcs-server", 6379), ("dashboard", 8265), ("client", 10001)]
     ports += [("serve", config.cluster.http_port), ("metrics", METRICS_PORT)]
-    container = _container(k8s, "ray-head", ports)
+    container = _container(k8s, "ray-head", ports, config.cluster.ray_env())
     container["resources"] = _resources(k8s.head_num_cpus, k8s.head_memory)
     container["readinessProbe"] = _http_probe(failure_threshold=6, initial_delay_s=10)
     container["livenessProbe"] = _http_probe(failure_threshold=60, initial_delay_s=30)
@@ -146,7 +148,8 @@ def _head(config: AppConfig, k8s: KubernetesConfig) -> dict[str, Any]:
 
 
 def _worker_group(config: AppConfig, k8s: KubernetesConfig, group: WorkerGroupPlan) -> dict[str, Any]:
-    container = _container(k8s, "ray-worker", [("serve", config.cluster.http_port), ("metrics", METRICS_PORT)])
+    container = _container(k8s, "ray-worker", [("serve", config.cluster.http_port), ("metrics", METRICS_PORT)],
+                           config.cluster.ray_env())
     gpus = {k8s.gpu_resource: group.num_gpus} if group.num_gpus else None
     container["resources"] = _resources(group.num_cpus, group.memory, gpus)
     container["readinessProbe"] = _worker_readiness(config.cluster.http_port)

@@ -7,7 +7,7 @@ import json
 import pytest
 import yaml
 
-from cluster.config import AppConfig, ConfigError
+from cluster.config import SERVE_FAST_PATH_ENV, AppConfig, ConfigError
 from cluster.k8s.render import Rendered, render
 from tests.k8s.conftest import PROFILE_CONFIGS, ROOT, config_with, render_profile
 
@@ -172,3 +172,20 @@ def test_api_keys_variable_without_a_secret_is_rejected() -> None:
         render(config, "cpu-dev", "test")
     render(config_with(PROFILE_CONFIGS["cpu-dev"], kubernetes={"secrets": secrets}, router={"api_keys_env": None}),
            "cpu-dev", "test")
+
+
+def test_every_ray_process_of_a_pod_starts_with_serve_fast_path(rendered: Rendered) -> None:
+    """Ray Serve reads its settings once per process, at start: they are container env (head and
+    workers: proxies, controller and replicas inherit them), not the app's runtime_env (replicas only)."""
+    cluster = rendered.rayservice["spec"]["rayClusterConfig"]
+    for pod in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
+        env = {e["name"]: e.get("value") for e in pod["template"]["spec"]["containers"][0]["env"]}
+        assert {k: env.get(k) for k in SERVE_FAST_PATH_ENV} == SERVE_FAST_PATH_ENV
+    assert not set(SERVE_FAST_PATH_ENV) & set(_serve_app(rendered).get("runtime_env", {}).get("env_vars", {}))
+
+
+def test_serve_fast_path_off_leaves_serve_defaults() -> None:
+    cluster = {"serve_fast_path": False}
+    rendered = render(config_with(PROFILE_CONFIGS["cpu-dev"], cluster=cluster), "cpu-dev", "test")
+    head = rendered.rayservice["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert not set(SERVE_FAST_PATH_ENV) & {e["name"] for e in head["env"]}

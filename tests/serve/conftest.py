@@ -6,8 +6,10 @@ import os
 import socket
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -29,6 +31,20 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@contextmanager
+def ray_env(config: Any) -> Iterator[None]:
+    """The config's `cluster.ray_env()` (Ray Serve's fast path) in the environment the local Ray starts
+    from, as `sloserve up` runs it: Ray's processes inherit it. This test process imported Ray Serve
+    already, so its own handles keep Serve's defaults, as a client service's may."""
+    env = config.cluster.ray_env()
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for key in env:
+            os.environ.pop(key, None)
 
 
 @pytest.fixture(scope="package")
@@ -59,7 +75,9 @@ def serve_app(serve_model_dir: Path) -> Iterator[ServeApp]:
     port, metrics_port = free_port(), free_port()
     # workers report metrics to the node's agent every second (default 10 s), so a test sees them soon
     os.environ[METRICS_INTERVAL_ENV] = "1000"
-    ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False, _metrics_export_port=metrics_port)
+    with ray_env(config):
+        ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False,
+                 _metrics_export_port=metrics_port)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(build_app(config), name="sloserve", route_prefix="/")

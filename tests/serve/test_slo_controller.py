@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.serve.conftest import free_port, wait_until
+from tests.serve.conftest import free_port, ray_env, wait_until
 
 APP, PREFIX = "slo", "/slo"
 
@@ -76,7 +76,8 @@ def slo_app(serve_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     owner = not ray.is_initialized()  # the package's serve_app may already run Ray and Serve
     port = free_port()
     if owner:
-        ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False)
+        with ray_env(config):
+            ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False)
         serve.start(http_options={"host": "127.0.0.1", "port": port})
     else:
         port = int(_serve_client().http_config.port)
