@@ -114,3 +114,16 @@ def test_summarize_of_nothing_is_empty() -> None:
 def test_bad_bounds_raise() -> None:
     with pytest.raises(ValueError, match="window_s"):
         LatencyWindows(window_s=0.0)
+
+
+def test_mean_e2e_counts_every_request_that_ended_in_the_window() -> None:
+    """Little's law (completions x mean time in system) needs every request that ended in the window,
+    not only those that also arrived in it: those are the short ones. Here half the requests last 25 s
+    (arrived before the 20-s window) and half 2 s; the percentiles keep only the latter."""
+    windows = LatencyWindows(window_s=20.0, start_s=0.0)
+    for i in range(10):
+        windows.record(rec(arrival_s=5.0 + i * 0.5, e2e_s=25.0))  # arrived before the horizon (10 s)
+        windows.record(rec(arrival_s=20.0 + i, e2e_s=2.0))
+    stats = windows.snapshot(now_s=30.0).variants["full"].latency
+    assert stats.num_requests == 10 and stats.e2e_p50_s == pytest.approx(2.0)  # the window's own requests
+    assert stats.e2e_mean_s == pytest.approx(13.5)  # (10 x 25 + 10 x 2) / 20; only the short ones gave 2.0

@@ -19,13 +19,11 @@ MEASURED_MANIFEST = ROOT / "cluster" / "configs" / "local-slo-manifest.json"
 MEASURED_CONFIG = TRACES / "sim-local-slo.yaml"
 # Targets the policy does not meet yet on MEASURED_MANIFEST (see docs/slo-controller.md): the test
 # fails once one is met, so the entry is removed and the target asserted from then on.
-# Re-measured 2026-12-01 17:40 (Zen 4, bf16, Serve's fast path): on it `full`'s learned correction
-# settles at 1.1-1.3, so the rest level of 0.6 units runs `full` at ~86% of what the controller
-# believes it carries, and burst's violations and steady's mix changes are open again.
+# Re-measured 2026-12-01 17:40 (Zen 4, bf16, Serve's fast path); the window's mean e2e fixed and
+# MEASURED_CONFIG planning at 65% (docs/slo-controller.md, "The simulator on the re-measured manifest").
 OPEN_ON_MEASURED = {
     "step3x": {"each step: <= 2 mix changes up and 2 back", ">= 30% fewer replica-seconds than static-full"},
-    "burst": {">= 30% fewer replica-seconds than static-full",
-              ">= 5x fewer violations than every ray-default at <= 1.1x replica-s"},
+    "burst": {">= 5x fewer violations than every ray-default at <= 1.1x replica-s"},
     "steady": {"<= 4 variant-mix changes per hour"},
 }
 SHORT_TRACE = """\
