@@ -208,7 +208,7 @@ def run(model: str, num_requests: int, max_tokens: int, threads: int, log: Calla
                                "serve_env": serve_env, "load_average_1m_before": round(os.getloadavg()[0], 2)}
     trace_path = os.path.join(tempfile.mkdtemp(prefix="sloserve-bench-"), "hops.jsonl")
     env = {**serve_env, TRACE_ENV: trace_path}
-    os.environ.update(env)  # the Serve processes started below inherit it (and get it from runtime_env)
+    os.environ[TRACE_ENV] = trace_path  # the Serve processes started below inherit `env` (and get it from runtime_env)
     trace = HopTrace(trace_path)
     port = 8765
 

@@ -202,10 +202,9 @@ class ClusterConfig(StrictModel):
     serve_fast_path: bool = Field(
         default=True,
         description="Ray Serve's low-latency settings in every Ray process (SERVE_FAST_PATH_ENV): user code and "
-        "handle routing on the process's own event loop, gRPC between deployments. Measured: the handle's "
-        "TTFT overhead over the bare engine 14-16 -> 8 ms, HTTP's 21-25 -> 16 ms (docs/serving-path.md). "
-        "Serve reads them at process start: `sloserve up`, `profile` and the k8s pods set them; an existing "
-        "cluster (`sloserve deploy --address`) must have been started with them.",
+        "handle routing on the process's own event loop, gRPC between deployments (measured in "
+        "docs/serving-path.md). Serve reads them at process start: `sloserve up`, `profile` and the k8s pods "
+        "set them; an existing cluster (`sloserve deploy --address`) must have been started with them.",
     )
 
     def ray_env(self) -> dict[str, str]:
