@@ -26,6 +26,7 @@ from deployments.protocol import (
     TokenId,
     TokenLogprobOut,
     Usage,
+    check_message_count,
 )
 from deployments.structured_request import ResponseFormat, guided_options
 from inference.sampling_params import (
@@ -143,7 +144,8 @@ class ChatCompletionRequest(_Common):
     @field_validator("messages", mode="before")
     @classmethod
     def _flatten_content(cls, value: Any) -> Any:
-        """OpenAI allows content as a list of parts; we take the text parts."""
+        """OpenAI allows content as a list of parts; we take the text parts (the count is bounded first)."""
+        check_message_count(value)
         if isinstance(value, list):
             for message in value:
                 if isinstance(message, dict) and isinstance(message.get("content"), list):

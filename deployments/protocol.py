@@ -17,7 +17,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from inference.sampling_params import (
     LENGTH_PENALTY_RANGE,
@@ -39,6 +39,18 @@ from inference.sampling_params import (
 TokenId = Annotated[int, Field(ge=0, le=MAX_TOKEN_ID)]
 StopString = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]
 Bias = Annotated[float, Field(ge=LOGIT_BIAS_RANGE[0], le=LOGIT_BIAS_RANGE[1])]
+
+# Messages in one chat request. Checked before any message is validated: pydantic's own
+# `max_length` counts after validating every item, and 60,000 one-character messages (2 MB of
+# JSON) then held the router's event loop for ~0.5 s before the replica refused them.
+MAX_MESSAGES = 2048
+
+
+def check_message_count(value: object) -> object:
+    """A `mode="before"` check for a `messages` field: refuse a list longer than MAX_MESSAGES."""
+    if isinstance(value, list) and len(value) > MAX_MESSAGES:
+        raise ValueError(f"at most {MAX_MESSAGES} messages are accepted, got {len(value)}")
+    return value
 
 
 class ChatMessage(BaseModel):
@@ -99,6 +111,8 @@ class GenerateRequest(BaseModel):
     affinity_key: str | None = Field(default=None, description="Set by the router: replica affinity key.")
     timeout_s: float | None = Field(default=None, gt=0.0, description="Abort after this long (504 over HTTP).")
     echo: bool = Field(default=False, description="Return the prompt text (and its logprobs, if asked) with each output.")
+
+    _message_count = field_validator("messages", mode="before")(check_message_count)
 
     @model_validator(mode="after")
     def _one_input(self) -> GenerateRequest:

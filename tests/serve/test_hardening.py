@@ -153,6 +153,24 @@ def test_a_huge_prompt_is_refused_before_tokenizing(serve_app: ServeApp) -> None
     assert time.monotonic() - started < 2.0
 
 
+def test_sixty_thousand_messages_are_refused_before_each_is_validated_and_a_stream_keeps_flowing(serve_app: ServeApp) -> None:
+    from deployments.protocol import MAX_MESSAGES
+
+    # 2 MB of JSON, under the body limit: each message was validated, then pickled to the replica
+    # and templated there before the context check refused it (a ~0.5 s stall of the router's loop)
+    messages = [{"role": "user", "content": "a"}] * 60_000
+    with _Stream(serve_app.base_url) as stream:
+        started = time.monotonic()
+        r = httpx.post(f"{serve_app.base_url}/v1/chat/completions", json={"model": "tiny", "messages": messages}, timeout=30)
+        elapsed = time.monotonic() - started
+        error = _error(r, 400)
+        assert error["param"] == "messages" and str(MAX_MESSAGES) in error["message"] and "60000" in error["message"]
+        gaps = stream.gaps_between(started, started + elapsed)
+    print(f"60,000 messages -> 400 in {elapsed:.3f} s; longest gap in a concurrent stream {max(gaps, default=0):.3f} s")
+    assert elapsed < 1.0
+    assert not gaps or max(gaps) < 0.3, gaps
+
+
 @pytest.fixture(scope="module")
 def guarded(serve_app: ServeApp) -> Iterator[str]:
     """A second router (its own app on /guarded) over the same replicas, whose process has API keys in

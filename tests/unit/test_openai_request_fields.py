@@ -93,3 +93,16 @@ def test_echo_puts_the_prompt_and_its_logprobs_first_with_text_offsets() -> None
     assert lp["token_logprobs"] == [None, -2.0, -0.5]
     assert lp["top_logprobs"] == [None, {" there": -2.0}, {"!": -0.5}]
     assert lp["text_offset"] == [0, 2, 8]
+
+
+def test_the_message_count_is_bounded_on_both_apis_before_any_message_is_validated() -> None:
+    from deployments.protocol import MAX_MESSAGES, GenerateRequest
+
+    ChatCompletionRequest.model_validate(dict(CHAT, messages=CHAT["messages"] * MAX_MESSAGES))
+    # one over the bound, and each message malformed: the count is the error, not 2049 role errors
+    too_many = [{"role": "wizard"}] * (MAX_MESSAGES + 1)
+    for model, body in ((ChatCompletionRequest, dict(CHAT, messages=too_many)), (GenerateRequest, {"messages": too_many})):
+        with pytest.raises(ValidationError) as info:
+            model.model_validate(body)
+        [error] = info.value.errors()
+        assert error["loc"] == ("messages",) and f"at most {MAX_MESSAGES} messages" in error["msg"]
