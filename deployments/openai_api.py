@@ -26,6 +26,7 @@ from deployments.protocol import (
     TokenId,
     TokenLogprobOut,
     Usage,
+    check_batch_size,
     check_message_count,
 )
 from deployments.structured_request import ResponseFormat, guided_options
@@ -174,6 +175,8 @@ class CompletionRequest(_Common):
     max_tokens: int | None = Field(default=None, ge=0, le=MAX_TOKENS_LIMIT)  # 0 with echo: score the prompt only
     logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
     echo: bool = False
+
+    _batch_size = field_validator("prompt", mode="before")(check_batch_size)
 
     @field_validator("prompt")
     @classmethod

@@ -106,3 +106,15 @@ def test_the_message_count_is_bounded_on_both_apis_before_any_message_is_validat
             model.model_validate(body)
         [error] = info.value.errors()
         assert error["loc"] == ("messages",) and f"at most {MAX_MESSAGES} messages" in error["msg"]
+
+
+def test_a_batch_of_prompts_is_bounded_before_any_prompt_is_validated() -> None:
+    from deployments.protocol import MAX_BATCH_PROMPTS
+
+    assert len(CompletionRequest.model_validate({"model": "m", "prompt": [[1]] * MAX_BATCH_PROMPTS}).prompts) == MAX_BATCH_PROMPTS
+    CompletionRequest.model_validate({"model": "m", "prompt": [1] * (MAX_BATCH_PROMPTS + 1)})  # one prompt of token ids
+    for batch in ([[1]] * (MAX_BATCH_PROMPTS + 1), ["a"] * (MAX_BATCH_PROMPTS + 1)):
+        with pytest.raises(ValidationError) as info:
+            CompletionRequest.model_validate({"model": "m", "prompt": batch})
+        [error] = info.value.errors()
+        assert error["loc"] == ("prompt",) and f"at most {MAX_BATCH_PROMPTS} prompts" in error["msg"]
