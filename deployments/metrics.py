@@ -112,6 +112,8 @@ class RouterMetrics:
         self.weight = Metric("gauge", "sloserve_controller_weight", "Traffic weight per variant.", v, registry=r)
         self.decisions = Metric("counter", "sloserve_controller_decisions", "Controller decisions by reason.", ("reason",), registry=r)
         self.rejected = Metric("counter", "sloserve_rejected", "Requests refused before reaching a replica.", ("reason",), registry=r)
+        self.spilled = Metric("counter", "sloserve_spilled", "Requests sent to another variant: every batch slot of "
+                              "the one chosen by weight was taken.", ("variant", "to"), registry=r)
         self.in_flight = Metric("gauge", "sloserve_in_flight", "Requests admitted and not yet finished (per router).", registry=r)
         self.router_overhead = Metric(
             "histogram", "sloserve_router_overhead_seconds", "Router + Serve time of a request beyond the engine's own e2e.",

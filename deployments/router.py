@@ -3,7 +3,8 @@
 Order of decisions for each request: (1) admission: a bound on requests in flight, past it
 429 with Retry-After, never an unbounded queue; (2) variant: the one the request names
 (`model: name:variant`), else weighted random by the weights from the config or the SLO
-controller (`set_weights`); (3) replica: affinity by session or prompt prefix, else the less
+controller (`set_weights`), spilling over to a variant with a free batch slot when the chosen one
+has none (`routing.spill_over`; `router.spill_over`); (3) replica: affinity by session or prompt prefix, else the less
 loaded of two (deployments/request_router.py). Timeouts return 504 and abort at the replica;
 a client that goes away aborts its request. Every response names its variant (`model` field
 and `x-sloserve-variant` header). Errors are mapped to HTTP once, in deployments/errors.py; 5xx
@@ -51,7 +52,7 @@ from deployments.openai_api import (
     completion_response,
 )
 from deployments.protocol import GenerateRequest, GenerateResponse, ReplicaStats, StreamChunk
-from deployments.routing import affinity_key, chat_prefix_text, choose_variant, normalize_weights
+from deployments.routing import affinity_key, chat_prefix_text, choose_variant, normalize_weights, spill_over
 from deployments.slo.observation import Observation, RequestRecord, VariantLoad
 from deployments.slo.windows import LatencyWindows
 from inference.errors import InvalidRequestError
@@ -83,6 +84,10 @@ class Router:
         self.weights = normalize_weights({v.name: v.weight for v in self.config.variants}, self.variants)
         self.rng = random.Random()
         self.in_flight = 0
+        self.variant_in_flight = dict.fromkeys(self.variants, 0)
+        # ready replicas per variant: the config's until the SLO controller reports Serve's (`observe`)
+        self.ready_replicas = {v.name: v.num_replicas for v in self.config.variants}
+        self.max_num_seqs = {v.name: v.engine.max_num_seqs for v in self.config.variants}
         self.metrics = RouterMetrics()
         self._metrics_stop = self.metrics.keep_gauges_fresh()
         self.decisions: list[dict[str, Any]] = []
@@ -106,7 +111,7 @@ class Router:
 
     # ---- decisions ---------------------------------------------------------------------------
     @contextlib.contextmanager
-    def _admitted(self) -> Iterator[None]:
+    def _admitted(self, variant: str, seqs: int) -> Iterator[None]:
         bound = self.config.router.max_in_flight
         if self.in_flight >= bound:
             self.metrics.rejected.labels("overloaded").inc()
@@ -114,11 +119,13 @@ class Router:
                 f"server is at its bound of {bound} requests in flight; retry later", self.config.router.retry_after_s
             )
         self.in_flight += 1
+        self.variant_in_flight[variant] = self.variant_in_flight.get(variant, 0) + seqs  # batch slots: n each
         self.metrics.in_flight.set(self.in_flight)
         try:
             yield
         finally:
             self.in_flight -= 1
+            self.variant_in_flight[variant] -= seqs
             self.metrics.in_flight.set(self.in_flight)
 
     def _variant_for(self, model: str | None, variant: str | None) -> str:
@@ -132,7 +139,15 @@ class Router:
             if variant not in self.variants:
                 raise UnknownModelError(f"variant '{variant}' does not exist; variants: {self.variants}")
             return variant
-        return choose_variant(self.weights, self.rng)
+        chosen = choose_variant(self.weights, self.rng)
+        if not self.config.router.spill_over:
+            return chosen
+        share = self.config.router.num_replicas  # each router replica counts only its own requests
+        slots = {n: -(-self.ready_replicas[n] * self.max_num_seqs[n] // share) for n in self.variants}
+        target = spill_over(chosen, self.variant_in_flight, slots, self.weights)
+        if target != chosen:
+            self.metrics.spilled.labels(chosen, target).inc()
+        return target
 
     def _check_size(self, request: GenerateRequest) -> None:
         """Bound the prompt before any replica tokenizes it (characters, or ids of a token prompt)."""
@@ -193,7 +208,7 @@ class Router:
     # ---- handle API ----------------------------------------------------------------------------
     async def generate(self, request: GenerateRequest, model: str | None = None) -> GenerateResponse:
         routed, handle = self._route(request, model)
-        with self._admitted():
+        with self._admitted(routed.variant or "", routed.sampling.n):
             start = time.monotonic()
             self.windows.record_arrival(routed.variant or "", self._slo_class(routed), start)
             try:
@@ -215,7 +230,7 @@ class Router:
 
     async def stream(self, request: GenerateRequest, model: str | None = None) -> AsyncGenerator[StreamChunk, None]:
         routed, handle = self._route(request, model)
-        with self._admitted():
+        with self._admitted(routed.variant or "", routed.sampling.n):
             start = time.monotonic()
             self.windows.record_arrival(routed.variant or "", self._slo_class(routed), start)
             first_token_s: float | None = None
@@ -273,6 +288,8 @@ class Router:
     def observe(self, replicas: dict[str, tuple[int, int]] | None = None) -> Observation:
         """The latency windows now, for the SLO controller. `replicas`: variant -> (running, ready)."""
         stats = {}
+        if replicas is not None:  # Serve's count, for spilling over (`_variant_for`)
+            self.ready_replicas.update({n: ready for n, (_, ready) in replicas.items() if n in self.ready_replicas})
         for name in self.variants:
             running, ready = (replicas or {}).get(name, (0, 0))
             load = self.replica_load.get(name)
@@ -408,7 +425,7 @@ class Router:
     @app.get("/v1/sloserve/stats")
     async def stats(self) -> dict[str, Any]:
         per_variant = await self.variant_stats()
-        return {"in_flight": self.in_flight, "weights": self.weights,
+        return {"in_flight": self.in_flight, "in_flight_by_variant": self.variant_in_flight, "weights": self.weights,
                 "variants": {k: v.model_dump() for k, v in per_variant.items()}}
 
 

@@ -138,6 +138,13 @@ class RouterConfig(StrictModel):
         "that replica has more than this many requests in flight above the least loaded one (Serve's "
         "queue-length view); then the least loaded takes it. 0: any imbalance breaks affinity.",
     )
+    spill_over: bool = Field(
+        default=True,
+        description="A request for a variant (by weight, not named by the client) whose ready replicas have "
+        "every batch slot (engine.max_num_seqs; a request takes n) taken goes to the variant with a free slot "
+        "that has the most weight, instead of queueing. Each router replica counts its own requests and takes "
+        "its share (1 / num_replicas) of the slots.",
+    )
     num_replicas: int = Field(default=1, ge=1, le=64, description="Router replicas.")
     api_keys_env: str | None = Field(
         default=API_KEYS_ENV,

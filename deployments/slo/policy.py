@@ -40,7 +40,13 @@ from deployments.slo.settings import ControllerSettings, SLOTargets, VariantBoun
 from deployments.slo.signals import Signals, read_signals
 from inference.manifest import VariantManifest
 
-MIN_MOVE = 0.02  # a split change smaller than this share of traffic is noise
+# A split change smaller than this share of traffic is noise: 0.02 where a variant's risk is seen
+# (its latency, a backlog, no ready replica); 0.1 where it is only predicted from the rate. At 0.02
+# each small re-plan on a noisy rate during a sustained step was one more mix change (step3x: 3-5
+# changes up per step, simulated); the router's spilling over (routing.spill_over) takes what
+# such a small move would have.
+MIN_MOVE = 0.02
+MIN_MOVE_PREDICTED = 0.1
 MIN_RESTORE = 0.1  # a restore moves at least this share of traffic (or all that is left): each move is a change
 QUALITY_EPS = 1e-3
 RISK_BACKOFF = 0.85  # a variant seen at risk keeps at most this share of its current load
@@ -79,12 +85,12 @@ def _seen_at_risk(sig: Signals, state: PolicyState, current: Weights, controller
 
 def _at_risk(
     sig: Signals, state: PolicyState, current: Weights, seen: set[str], controller: ControllerSettings
-) -> list[str]:
+) -> tuple[list[str], bool]:
     """Variants carrying traffic whose SLO is at risk: seen, or at risk with a backlog now, or
     running more requests than the SLO allows (once a degrade's requests have had `recent_window_s`
     to drain: those already running stay where they are), or predicted (their share of the
     surely-risen rate passes `degrade_at_ratio` of their ready replicas' capacity), or without a
-    ready replica."""
+    ready replica; and whether any of them is at risk by more than the prediction."""
     limit = capacity_rps(sig.ready, sig.caps, controller.degrade_at_ratio)
     draining = sig.now_s - state.last_degrade_s < controller.recent_window_s
     backlogged = {
@@ -93,12 +99,9 @@ def _at_risk(
         if (sig.queue_depth[n] > 0 and sig.risk[n] >= controller.degrade_at_ratio)
         or (sig.excess[n] > 0 and not draining)
     }
-    return [
-        n
-        for n, w in current.items()
-        if w > 0
-        and (n in seen or n in backlogged or w * sig.rate_rise_rps > limit[n] + 1e-9 or sig.ready[n] == 0)
-    ]
+    observed = {n for n in current if n in seen or n in backlogged or sig.ready[n] == 0}
+    risky = [n for n, w in current.items() if w > 0 and (n in observed or w * sig.rate_rise_rps > limit[n] + 1e-9)]
+    return risky, bool(observed & set(risky))
 
 
 def _room(sig: Signals, utilization: float, drain_s: float) -> dict[str, float]:
@@ -120,6 +123,7 @@ def _move_traffic(
     current: Weights,
     risky: list[str],
     seen: set[str],
+    observed: bool,
     floor_applies: bool,
     controller: ControllerSettings,
 ) -> tuple[Weights, ReasonCode | None, str, float | None]:
@@ -138,7 +142,8 @@ def _move_traffic(
         stranded = any(sig.ready[n] == 0 for n in risky)
         worse = traffic_quality(plan, quality) < traffic_quality(current, quality) - 1e-9
         relieves = any(plan.get(n, 0.0) < current[n] - 1e-9 for n in risky)  # else: a restore without the hold
-        if plan and (worse or relieves) and (total_variation(plan, current) >= MIN_MOVE or stranded):
+        min_move = MIN_MOVE if observed else MIN_MOVE_PREDICTED
+        if plan and (worse or relieves) and (total_variation(plan, current) >= min_move or stranded):
             what = ", ".join(f"{n} (risk {sig.risk[n]:.2f}, ready {sig.ready[n]})" for n in risky)
             text = f"SLO at risk on {what} at {sig.rate_plan_rps:.2f} rps: {_fmt(current)} -> {_fmt(plan)}"
             return plan, ("degrade" if worse else "rebalance"), text, None
@@ -194,11 +199,11 @@ def decide(
     sig = read_signals(observation, state, slo, manifest, controller, variants)
     current = _current(state, names)
     seen = _seen_at_risk(sig, state, current, controller)
-    risky = _at_risk(sig, state, current, seen, controller)
+    risky, observed = _at_risk(sig, state, current, seen, controller)
 
     scale: ScaleStep = scale_step(sig, state, controller, variants, at_risk=bool(risky))
     floor_applies = _floor_applies(scale.targets, sig, controller)
-    weights, traffic, text, calm_since = _move_traffic(sig, state, current, risky, seen, floor_applies, controller)
+    weights, traffic, text, calm_since = _move_traffic(sig, state, current, risky, seen, observed, floor_applies, controller)
     if traffic == "restore" and scale.direction > 0:  # one step at a time: capacity first
         weights, traffic, calm_since = current, None, state.calm_since_s
     elif traffic == "restore" and scale.direction < 0:  # ... but quality before savings

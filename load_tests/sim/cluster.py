@@ -4,8 +4,9 @@ A replica is a continuous-batching server: its running requests (at most `max_nu
 it, each advancing one token every TPOT(c) seconds at concurrency c (processor sharing on the
 manifest's `SpeedCurve`, times a `slowdown` to model a manifest that is off). Prefill costs the
 variant's batch-1 TTFT in decode steps, so TTFT grows with load. Further requests wait FIFO at the
-replica. The router picks a variant by weight among variants with a ready replica, then the less
-loaded of two random ready replicas. New replicas serve after the cold start; removed ones drain.
+replica. The router picks a variant by weight among variants with a ready replica, spills over as
+the real router does (`routing.spill_over`: every batch slot of the chosen variant's ready
+replicas taken), then the less loaded of two random ready replicas. New replicas serve after the cold start; removed ones drain.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import random
 from collections import deque
 from dataclasses import dataclass
 
+from deployments.routing import spill_over
 from deployments.slo.capacity import SpeedCurve
 from deployments.slo.observation import VariantLoad
 from load_tests.sim.traces import SimRequest
@@ -95,10 +97,12 @@ class SimReplica:
 class SimRouter:
     """Variant by weight among those with a ready replica; replica by the less loaded of two."""
 
-    def __init__(self, quality: dict[str, float], seed: int) -> None:
+    def __init__(self, quality: dict[str, float], seed: int, spill: bool = True) -> None:
         self.quality = quality
         self.weights: dict[str, float] = {}
         self.rng = random.Random(seed)
+        self.spill = spill
+        self.spilled = 0
 
     def pick(self, replicas: list[SimReplica], now_s: float) -> SimReplica | None:
         ready: dict[str, list[SimReplica]] = {}
@@ -113,6 +117,14 @@ class SimRouter:
             variant = self.rng.choices(names, shares)[0]
         else:  # the weighted variants have no ready replica: the best one that does
             variant = max(names, key=lambda n: (self.quality.get(n, 0.0), n))
+        if self.spill:
+            in_flight: dict[str, int] = {}
+            for r in replicas:  # the router counts what it sent, draining replicas too
+                in_flight[r.variant] = in_flight.get(r.variant, 0) + r.load
+            slots = {n: sum(r.max_num_seqs for r in pool) for n, pool in ready.items()}
+            target = spill_over(variant, in_flight, slots, self.weights)
+            self.spilled += target != variant
+            variant = target
         pool = ready[variant]
         if len(pool) == 1:
             return pool[0]

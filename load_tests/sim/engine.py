@@ -53,7 +53,7 @@ class _Loop:
         self.curves = {v.name: SpeedCurve.from_profile(manifest.get(v.name).speed) for v in config.variants}
         self.max_num_seqs = {v.name: v.engine.max_num_seqs for v in config.variants}
         quality = {v.name: manifest.get(v.name).quality.agreement for v in config.variants}
-        self.router = SimRouter(quality, seed)
+        self.router = SimRouter(quality, seed, config.router.spill_over)
         ctl = config.controller
         self.windows = LatencyWindows(ctl.window_s, ctl.recent_window_s, start_s=0.0)
         self.needs_windows = isinstance(policy, (SloservePolicy, ThresholdPolicy))

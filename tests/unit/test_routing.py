@@ -15,6 +15,7 @@ from deployments.routing import (
     normalize_weights,
     prefix_key,
     rendezvous_rank,
+    spill_over,
 )
 from inference.prefix_hash import extend_block_hashes
 
@@ -87,3 +88,18 @@ def test_rendezvous_ranking_is_stable_and_moves_few_keys_when_a_replica_leaves()
     after = {k: rendezvous_rank(k, replicas[:-1])[0] for k in keys}
     moved = [k for k in keys if before[k] != after[k]]
     assert all(before[k] == "r4" for k in moved)  # only the departed replica's keys move
+
+
+def test_spill_over_only_when_every_slot_of_the_chosen_variant_is_taken() -> None:
+    slots = {"full": 32, "int8": 0, "distilled": 32}
+    weights = {"full": 0.8, "int8": 0.0, "distilled": 0.2}
+    assert spill_over("full", {"full": 31, "distilled": 0}, slots, weights) == "full"
+    assert spill_over("full", {"full": 32, "distilled": 5}, slots, weights) == "distilled"
+    # int8 has no ready replica (0 slots): never a target; nothing free anywhere: the request stays
+    assert spill_over("full", {"full": 32, "distilled": 32}, slots, weights) == "full"
+    # among variants with room: the most weight, then the most free slots
+    slots3 = {"full": 8, "int8": 8, "distilled": 16}
+    assert spill_over("full", {"full": 8, "int8": 0, "distilled": 0}, slots3, {"full": 1.0}) == "distilled"
+    assert spill_over("full", {"full": 8}, slots3, {"full": 0.5, "int8": 0.3, "distilled": 0.2}) == "int8"
+    # a variant without a ready replica spills too (its requests would wait for a cold start)
+    assert spill_over("int8", {}, slots, weights) == "full"

@@ -21,10 +21,9 @@ MEASURED_CONFIG = TRACES / "sim-local-slo.yaml"
 # fails once one is met, so the entry is removed and the target asserted from then on.
 # Re-measured 2026-12-01 17:40 (Zen 4, bf16, Serve's fast path); the window's mean e2e fixed and
 # MEASURED_CONFIG planning at 65% (docs/slo-controller.md, "The simulator on the re-measured manifest").
+# The router's spilling over (routing.spill_over) and MIN_MOVE 0.1 met the rest (2026-12-01).
 OPEN_ON_MEASURED = {
-    "step3x": {"each step: <= 2 mix changes up and 2 back", ">= 30% fewer replica-seconds than static-full"},
-    "burst": {">= 5x fewer violations than every ray-default at <= 1.1x replica-s"},
-    "steady": {"<= 4 variant-mix changes per hour"},
+    "step3x": {">= 30% fewer replica-seconds than static-full"},
 }
 SHORT_TRACE = """\
 name: short-step
