@@ -93,7 +93,10 @@ def _config(full: Path, fast: Path, directory: Path) -> Path:
             {"name": "full", "dtype": "float32", "weight": 1.0, "engine": ENGINE},
             {"name": "fast", "source": str(fast), "dtype": "float32", "weight": 0.0, "engine": FAST_ENGINE},
         ],
-        "router": {"max_in_flight": 256, "request_timeout_s": 120},
+        # Spilling over off: with `full`'s 2 slots the router would answer the step (and much of the
+        # low phase) from `fast` before the controller moves a weight, and the switches this test
+        # times would not show. Spilling has its own test (tests/serve/test_spill_over.py).
+        "router": {"max_in_flight": 256, "request_timeout_s": 120, "spill_over": False},
         "slo": {"default_class": "interactive", "classes": {"interactive": SLO_MS}},
         "controller": {
             "enabled": True, "manifest": "variants.json",  # next to the config file
