@@ -95,14 +95,14 @@ class SimReplica:
 
 
 class SimRouter:
-    """Variant by weight among those with a ready replica; replica by the less loaded of two."""
+    """Variant by weight among those with a ready replica, spilled over as the real router does;
+    replica by the less loaded of two."""
 
     def __init__(self, quality: dict[str, float], seed: int, spill: bool = True) -> None:
         self.quality = quality
         self.weights: dict[str, float] = {}
         self.rng = random.Random(seed)
         self.spill = spill
-        self.spilled = 0
 
     def pick(self, replicas: list[SimReplica], now_s: float) -> SimReplica | None:
         ready: dict[str, list[SimReplica]] = {}
@@ -122,9 +122,7 @@ class SimRouter:
             for r in replicas:  # the router counts what it sent, draining replicas too
                 in_flight[r.variant] = in_flight.get(r.variant, 0) + r.load
             slots = {n: sum(r.max_num_seqs for r in pool) for n, pool in ready.items()}
-            target = spill_over(variant, in_flight, slots, self.weights)
-            self.spilled += target != variant
-            variant = target
+            variant = spill_over(variant, in_flight, slots, self.weights)
         pool = ready[variant]
         if len(pool) == 1:
             return pool[0]
