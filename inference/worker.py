@@ -15,6 +15,7 @@ import os
 import pickle
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -81,6 +82,21 @@ class RankWorker:
             torch.cuda.set_device(self.device)
         backend = "nccl" if self.device.type == "cuda" else "gloo"
         deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(seconds=120))
+        if self.device.type == "cpu":
+            self._unlink_shm_buffer()
+
+    def _unlink_shm_buffer(self) -> None:
+        """Remove this rank's name for DeepSpeed's CPU all-reduce buffer once every rank has mapped
+        every buffer. DeepSpeed never unlinks it: each CPU tensor-parallel group left tp_size
+        buffers of 64 MiB in /dev/shm (RAM) after it exited, and a test machine had gathered 17 GiB
+        of them. The mappings stay valid; the memory goes when the group's processes exit."""
+        import torch.distributed as dist
+
+        assert self.rendezvous is not None
+        dist.barrier()  # every rank's init has opened every rank's buffer
+        name = (f"deepspeed_allreduce_buffer_{os.getuid()}_{self.rendezvous.master_addr}_"
+                f"{self.rendezvous.master_port}_{self.rank}")
+        Path("/dev/shm", name).unlink(missing_ok=True)
 
     def load(self) -> ModelInfo:
         import deepspeed

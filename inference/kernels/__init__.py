@@ -5,43 +5,90 @@ linear, each None where the kernels cannot be built (no compiler, not CPU,
 `SLOSERVE_DISABLE_KERNELS=1`); callers then use the pure-torch path, which the tests compare
 them against. Both sources build into one module.
 
-The build goes to a directory named after a hash of the source and flags, so checkouts with the
-same kernel share one build and different ones never rebuild each other's. torch serialises
-builds with a lock file and waits on it forever; a build killed mid-way leaves it behind, so a
-lock older than `STALE_LOCK_S` (a build takes about a minute) is removed first.
+The build goes to a directory named after a hash of the sources, the flags, and the torch and
+Python it builds against, with the sources copied in: checkouts and virtual environments that
+build the same thing share one build and never rebuild each other's (the build file names the
+source paths and torch's headers, so a shared directory rebuilt, about a minute, whenever another
+checkout had loaded last).
+
+Builds are serialised by `fcntl.flock` on a file in that directory, which the kernel releases
+when its holder dies. torch's own lock is a file that it waits on forever, and a build killed
+mid-way (a replica stopped while it starts) leaves it behind: every replica started after that
+hung in `__init__`. Holding the flock, a process knows that torch's lock file is stale and removes
+it. A process that waits longer than `BUILD_WAIT_S` for another's build serves the torch paths.
 """
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import hashlib
 import logging
 import os
+import shutil
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
 NAME = "sloserve_paged_decode_attention"
 CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp"]
-STALE_LOCK_S = 600.0
+BUILD_WAIT_S = 600.0  # a build takes about a minute on 2 cores; waiting longer means something is wrong
+FLOCK_NAME = "sloserve.flock"
 
 
 SOURCES = ("paged_decode_attention.cpp", "small_linear.cpp")
 
 
 def _build_dir(sources: list[Path]) -> Path:
+    """The content-addressed build directory, with the sources copied in (once: a fresh copy's
+    mtime would make ninja rebuild)."""
+    import torch
     from torch.utils.cpp_extension import _get_build_directory
 
     content = b"".join(source.read_bytes() for source in sources)
-    digest = hashlib.sha256(content + " ".join(CFLAGS).encode()).hexdigest()[:12]
+    against = f"{' '.join(CFLAGS)}|{torch.__version__}|{Path(torch.__file__).parent}|{sys.version}"
+    digest = hashlib.sha256(content + against.encode()).hexdigest()[:12]
     build = Path(_get_build_directory(f"{NAME}_{digest}", verbose=False))
-    lock = build / "lock"
-    if lock.exists() and time.time() - lock.stat().st_mtime > STALE_LOCK_S:
-        log.warning("removing a stale kernel build lock %s (a build was killed mid-way)", lock)
-        lock.unlink(missing_ok=True)
+    for source in sources:
+        copy = build / "src" / source.name
+        if not copy.exists() or copy.read_bytes() != source.read_bytes():
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            partial = copy.with_name(f".{copy.name}.{os.getpid()}")
+            shutil.copyfile(source, partial)
+            os.replace(partial, copy)  # atomic: a concurrent reader sees the old file or the new
     return build
+
+
+@contextmanager
+def build_lock(build: Path, wait_s: float = BUILD_WAIT_S) -> Iterator[None]:
+    """Hold the build directory's flock (waiting at most `wait_s`, else TimeoutError). While it is
+    held no other sloserve process builds or loads there, so torch's lock file, if any, is stale."""
+    fd = os.open(build / FLOCK_NAME, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        deadline = time.monotonic() + wait_s
+        waited = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not waited:
+                    log.info("waiting for another process building the CPU kernels in %s", build)
+                    waited = True
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(f"another process has held {build / FLOCK_NAME} for over {wait_s:.0f} s") from None
+                time.sleep(0.2)
+        stale = build / "lock"
+        if stale.exists():
+            log.warning("removing torch's build lock %s, left by a build that was killed mid-way", stale)
+            stale.unlink(missing_ok=True)
+        yield
+    finally:
+        os.close(fd)  # releases the flock
 
 
 @functools.cache
@@ -51,16 +98,19 @@ def _module() -> Any | None:
     try:
         from torch.utils.cpp_extension import load
 
-        sources = [Path(__file__).with_name(name) for name in SOURCES]
-        return load(
-            name=NAME,
-            sources=[str(source) for source in sources],
-            extra_cflags=CFLAGS,
-            extra_ldflags=["-fopenmp"],
-            build_directory=str(_build_dir(sources)),
-            verbose=False,
-        )
-    except Exception as e:  # no compiler, headers, ...: the torch path serves
+        build = _build_dir([Path(__file__).with_name(name) for name in SOURCES])
+        if not (build / f"{NAME}.so").exists():
+            log.info("building the compiled CPU kernels in %s (about a minute, once per machine)", build)
+        with build_lock(build):
+            return load(
+                name=NAME,
+                sources=[str(build / "src" / name) for name in SOURCES],
+                extra_cflags=CFLAGS,
+                extra_ldflags=["-fopenmp"],
+                build_directory=str(build),
+                verbose=False,
+            )
+    except Exception as e:  # no compiler, headers, a build that never ends, ...: the torch path serves
         log.warning("compiled CPU kernels unavailable (%s); using the torch paths", e)
         return None
 

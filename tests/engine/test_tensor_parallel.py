@@ -13,18 +13,27 @@ from inference.sampling_params import SamplingParams
 PROMPTS = ["The quick brown fox", "What is the capital of France?", "Serving large language models", "0123456789"]
 
 
+def _shm_buffers() -> set[str]:
+    return {p.name for p in Path("/dev/shm").glob("deepspeed_allreduce_buffer_*")}
+
+
 def _run(model_dir: Path, tp_size: int) -> tuple[list[list[int]], list[int]]:
+    before = _shm_buffers()
     engine = LLMEngine(
         EngineConfig(model=str(model_dir), dtype="float32", tp_size=tp_size, num_threads=1,
                      kv_cache_tokens=1024, max_num_batched_tokens=16)
     )
     try:
+        # DeepSpeed's CPU all-reduce buffers (64 MiB of RAM per rank) are unlinked once every rank
+        # has mapped them: none is left named in /dev/shm, while running or after.
+        assert _shm_buffers() - before == set()
         heads = [engine.worker.runner.num_heads, engine.worker.runner.num_kv_heads]
         outs = engine.generate(PROMPTS, SamplingParams(max_tokens=16, temperature=0.0, ignore_eos=True))
         engine.block_manager.check_whole()
         return [o.outputs[0].token_ids for o in outs], heads
     finally:
         engine.shutdown()
+        assert _shm_buffers() - before == set()
 
 
 @pytest.mark.timeout(300)
