@@ -39,6 +39,7 @@ from inference.async_engine import AsyncLLMEngine
 from inference.config import EngineConfig
 from inference.errors import InvalidRequestError
 from inference.guided import GuidedDecoding
+from inference.logs import show_engine_log
 from inference.outputs import RequestOutput, TokenLogprob
 from inference.sampling_params import SamplingParams
 
@@ -62,6 +63,7 @@ class LLMServer:
     async def __init__(self, variant: str, model_name: str, engine_config_json: str) -> None:  # type: ignore[misc]
         self.variant = variant
         self.model_name = f"{model_name}:{variant}"
+        show_engine_log()  # the kernel build and compile steps of a first start
         config = EngineConfig.model_validate_json(engine_config_json)
         started = time.monotonic()
         self.engine = await asyncio.to_thread(self._build_engine, config)

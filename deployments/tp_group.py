@@ -19,6 +19,7 @@ from ray.util.placement_group import get_current_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from inference.config import EngineConfig
+from inference.logs import show_engine_log
 from inference.worker import RankWorker, RendezvousInfo
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ def this_process_placement(rank: int, device: str) -> RankPlacement:
 @ray.remote(max_restarts=0, max_concurrency=2)  # type: ignore[call-overload]  # run() blocks a thread; placement() answers
 class RankActor:
     def __init__(self, config_json: str, rank: int, rendezvous: RendezvousInfo) -> None:
+        show_engine_log()
         self.config = EngineConfig.model_validate_json(config_json)
         self.rank = rank
         self.rendezvous = rendezvous
