@@ -6,6 +6,7 @@ import argparse
 import signal
 import threading
 import time
+from pathlib import Path
 
 from cluster.commands.common import (
     add_config_argument,
@@ -23,6 +24,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
 
 
+SHM = Path("/dev/shm")
+LEAKED_SHM_GLOB = "deepspeed_allreduce_buffer_*"
+
+
+def warn_leaked_shm(shm: Path = SHM) -> int:
+    """Print a warning when /dev/shm holds DeepSpeed's CPU all-reduce buffers (sloserve before
+    2026-12-01 and DeepSpeed itself never removed them: 64 MiB of RAM each, 17 GiB on a test
+    machine, and Ray's memory monitor then killed the Serve controller). Returns their bytes."""
+    try:
+        found = [p.stat().st_size for p in shm.glob(LEAKED_SHM_GLOB)]
+    except OSError:
+        return 0
+    total = sum(found)
+    if total >= 1 << 20:
+        print(f"warning: {len(found)} DeepSpeed all-reduce buffers ({total / (1 << 30):.1f} GiB of RAM) are left in "
+              f"{shm}, from processes that have exited; with no sloserve or DeepSpeed job running, "
+              f"free them with: rm {shm}/{LEAKED_SHM_GLOB}", flush=True)
+    return total
+
+
 def run(args: argparse.Namespace) -> int:
     config = load_or_exit(args.config)
     host = args.host or config.cluster.http_host
@@ -36,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
 
     from deployments.app import serve_run_options
 
+    warn_leaked_shm()
     started = time.monotonic()
     print("starting a local Ray ...", flush=True)
     ray.init(address="local", num_cpus=args.num_cpus or config.cluster.num_cpus, include_dashboard=False, log_to_driver=True)
