@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import torch
 from inference.config import EngineConfig
 from inference.errors import KVCacheTooSmallError, ModelSourceError, UnsupportedModelError
 from inference.llm_engine import LLMEngine
-from inference.model_loader import load_model, resolve_model_dir
+from inference.model_loader import gguf_cache_key, load_model, resolve_model_dir
 
 
 def test_packaged_model_is_converted_once_then_loaded_from_the_cache() -> None:
@@ -65,10 +66,26 @@ def test_gguf_path_source_converts_like_the_packaged_one(tmp_path: Path) -> None
     from inference.model_loader import packaged_gguf_path
 
     gguf = packaged_gguf_path("smollm2-135m-instruct")
-    os.environ["SLOSERVE_CACHE_DIR"] = str(tmp_path)  # a fresh cache: this run converts
+    cache = tmp_path / "cache"
+    os.environ["SLOSERVE_CACHE_DIR"] = str(cache)  # a fresh cache: this run converts
     try:
         location = resolve_model_dir(str(gguf))
+        # The same file installed elsewhere (another venv, a newer mtime) is the same cache entry:
+        # keyed by content, it is not converted again.
+        other = tmp_path / "other-install" / gguf.name
+        other.parent.mkdir()
+        shutil.copyfile(gguf, other)
+        started = time.monotonic()
+        assert resolve_model_dir(str(other)) == location and time.monotonic() - started < 1.0
+        assert [p.name for p in (cache / "models").iterdir() if p.is_dir()] == [location.name]
+        # ... and a different file is another entry.
+        with open(other, "r+b") as f:
+            f.seek(-1, os.SEEK_END)
+            last = f.read(1)
+            f.seek(-1, os.SEEK_END)
+            f.write(bytes([last[0] ^ 0xFF]))
+        assert gguf_cache_key(other) != gguf_cache_key(gguf)
     finally:
         del os.environ["SLOSERVE_CACHE_DIR"]
-    assert isinstance(location, Path) and location.parent.parent == tmp_path
+    assert isinstance(location, Path) and location.parent.parent == cache
     assert (location / "model.safetensors").is_file()
