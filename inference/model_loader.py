@@ -172,11 +172,14 @@ def checkpoint_dtype(location: Path | str) -> str | None:
     return None if stored is None else str(stored).removeprefix("torch.")
 
 
-def load_model(source: str, dtype: torch.dtype, device: str = "cpu") -> LoadedModel:
-    """Load model and tokenizer from any source, checking the architecture is supported."""
+def load_model(
+    source: str, dtype: torch.dtype, device: str = "cpu", location: Path | str | None = None
+) -> LoadedModel:
+    """Load model and tokenizer from any source, checking the architecture is supported.
+    `location`: `resolve_model_dir(source)` where the caller has it already."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    location = resolve_model_dir(source)
+    location = resolve_model_dir(source) if location is None else location
     try:
         config = AutoConfig.from_pretrained(location)
     except OSError as e:

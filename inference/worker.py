@@ -28,6 +28,9 @@ if TYPE_CHECKING:
     from inference.model_runner import ModelRunner
 
 log = logging.getLogger(__name__)
+# DeepSpeed's CPU all-reduce buffers: <prefix><uid>_<MASTER_ADDR>_<MASTER_PORT>_<rank> (its shm.cpp)
+SHM_DIR = Path("/dev/shm")
+DEEPSPEED_SHM_PREFIX = "deepspeed_allreduce_buffer_"
 
 _STOP = 0
 
@@ -94,9 +97,8 @@ class RankWorker:
 
         assert self.rendezvous is not None
         dist.barrier()  # every rank's init has opened every rank's buffer
-        name = (f"deepspeed_allreduce_buffer_{os.getuid()}_{self.rendezvous.master_addr}_"
-                f"{self.rendezvous.master_port}_{self.rank}")
-        Path("/dev/shm", name).unlink(missing_ok=True)
+        name = f"{DEEPSPEED_SHM_PREFIX}{os.getuid()}_{self.rendezvous.master_addr}_{self.rendezvous.master_port}_{self.rank}"
+        (SHM_DIR / name).unlink(missing_ok=True)
 
     def load(self) -> ModelInfo:
         import deepspeed
@@ -121,7 +123,8 @@ class RankWorker:
         # decode steps of a few rows then read the packing (docs/engine-step.md).
         pack_first = (self.device.type == "cpu" and dtype == torch.bfloat16 and cfg.tp_size == 1 and method == "none"
                       and q4_packing_enabled() and checkpoint_dtype(location) == "float32")
-        loaded = load_model(cfg.model, dtype=torch.float32 if pack_first else dtype, device=str(self.device))
+        loaded = load_model(cfg.model, dtype=torch.float32 if pack_first else dtype, device=str(self.device),
+                            location=location)
         model: Any = loaded.model
         if pack_first:
             log.info("packed %d exactly-4/8-bit linears for bf16 decode", attach_exact_packs(model))

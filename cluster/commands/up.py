@@ -24,23 +24,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
 
 
-SHM = Path("/dev/shm")
-LEAKED_SHM_GLOB = "deepspeed_allreduce_buffer_*"
-
-
-def warn_leaked_shm(shm: Path = SHM) -> int:
+def warn_leaked_shm(shm: Path | None = None) -> int:
     """Print a warning when /dev/shm holds DeepSpeed's CPU all-reduce buffers (sloserve before
     2026-12-01 and DeepSpeed itself never removed them: 64 MiB of RAM each, 17 GiB on a test
     machine, and Ray's memory monitor then killed the Serve controller). Returns their bytes."""
+    from inference.worker import DEEPSPEED_SHM_PREFIX, SHM_DIR
+
+    shm = SHM_DIR if shm is None else shm
+    pattern = f"{DEEPSPEED_SHM_PREFIX}*"
     try:
-        found = [p.stat().st_size for p in shm.glob(LEAKED_SHM_GLOB)]
+        found = [p.stat().st_size for p in shm.glob(pattern)]
     except OSError:
         return 0
     total = sum(found)
     if total >= 1 << 20:
         print(f"warning: {len(found)} DeepSpeed all-reduce buffers ({total / (1 << 30):.1f} GiB of RAM) are left in "
               f"{shm}, from processes that have exited; with no sloserve or DeepSpeed job running, "
-              f"free them with: rm {shm}/{LEAKED_SHM_GLOB}", flush=True)
+              f"free them with: rm {shm}/{pattern}", flush=True)
     return total
 
 

@@ -25,7 +25,6 @@ import functools
 import hashlib
 import logging
 import os
-import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -49,16 +48,16 @@ def _build_dir(sources: list[Path]) -> Path:
     import torch
     from torch.utils.cpp_extension import _get_build_directory
 
-    content = b"".join(source.read_bytes() for source in sources)
+    contents = {source: source.read_bytes() for source in sources}
     against = f"{' '.join(CFLAGS)}|{torch.__version__}|{Path(torch.__file__).parent}|{sys.version}"
-    digest = hashlib.sha256(content + against.encode()).hexdigest()[:12]
+    digest = hashlib.sha256(b"".join(contents.values()) + against.encode()).hexdigest()[:12]
     build = Path(_get_build_directory(f"{NAME}_{digest}", verbose=False))
-    for source in sources:
+    for source, content in contents.items():
         copy = build / "src" / source.name
-        if not copy.exists() or copy.read_bytes() != source.read_bytes():
+        if not copy.exists() or copy.read_bytes() != content:
             copy.parent.mkdir(parents=True, exist_ok=True)
             partial = copy.with_name(f".{copy.name}.{os.getpid()}")
-            shutil.copyfile(source, partial)
+            partial.write_bytes(content)
             os.replace(partial, copy)  # atomic: a concurrent reader sees the old file or the new
     return build
 
