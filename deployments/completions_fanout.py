@@ -78,6 +78,7 @@ async def stream_all(stream: Stream, requests: list[GenerateRequest], n: int) ->
 
     tasks = [asyncio.create_task(pump(i, r)) for i, r in enumerate(requests)]
     finals: list[StreamChunk] = []
+    latest: dict[int, Usage] = {}  # continuous usage: each prompt's usage so far, summed on every chunk
     try:
         remaining = len(tasks)
         while remaining:
@@ -89,7 +90,11 @@ async def stream_all(stream: Stream, requests: list[GenerateRequest], n: int) ->
             elif item.finished:
                 finals.append(item)
             else:
-                yield item.model_copy(update={"index": i * n + item.index})
+                update: dict[str, object] = {"index": i * n + item.index}
+                if item.usage is not None:
+                    latest[i] = item.usage
+                    update["usage"] = _sum_usage(list(latest.values()))
+                yield item.model_copy(update=update)
         usages = [f.usage for f in finals if f.usage is not None]
         yield finals[-1].model_copy(update={"usage": _sum_usage(usages) if usages else None})
     finally:

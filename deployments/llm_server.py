@@ -152,7 +152,7 @@ class LLMServer:
                 yield StreamChunk(
                     request_id=out.request_id, variant=self.variant, model=self.model_name, index=c.index,
                     delta_text=c.delta_text, delta_token_ids=c.delta_token_ids, finish_reason=c.finish_reason,
-                    logprobs=self._logprobs(c.delta_logprobs),
+                    logprobs=self._logprobs(c.delta_logprobs), usage=_usage(out) if request.continuous_usage else None,
                 )
             if out.finished:
                 yield StreamChunk(
@@ -224,6 +224,10 @@ class LLMServer:
 
     def check_health(self) -> None:
         self.engine.check_health()  # raises EngineDeadError: Serve replaces this replica
+
+    def dtype(self) -> str:
+        """The dtype this replica computes in and why (`dtype: auto` measures on CPU): for `sloserve status`."""
+        return self.engine.info.dtype_choice.summary()
 
     def placement(self) -> list[RankPlacement]:
         """Where each rank of this replica runs: node, GPU ids Ray assigned, torch device."""

@@ -15,6 +15,7 @@ Ray exports a gauge only in the report after it was set, so gauges are set again
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 from typing import Any, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -24,6 +25,7 @@ LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10
 TPOT_BUCKETS_S = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.0)
 GAUGE_REFRESH_S = 1.0  # at most Ray's metrics report interval (10 s by default)
 OVERHEAD_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
+REJECT_REASONS = ("overloaded",)  # `sloserve_rejected_total{reason}`: refused before reaching a replica
 
 Kind = Literal["counter", "gauge", "histogram"]
 
@@ -43,6 +45,12 @@ class _Series:
         if self._local is not None:
             self._local.inc(amount)
         self._ray.inc(amount, self._tags)
+
+    def start_at_zero(self) -> None:
+        """Export this counter series at 0 before its first event, so a dashboard's rate() reads 0
+        instead of "No data". Ray's `Counter.inc` refuses 0; `_record(0)` is what it calls inside
+        (ray 2.60.0, pinned). The local registry's series exists at 0 once labelled."""
+        self._ray._record(0, tags=self._tags)
 
     def set(self, value: float) -> None:
         if self._local is not None:
@@ -122,6 +130,16 @@ class RouterMetrics:
         # the last replica load seen in a response: this router's /metrics only (replicas export their own to Ray)
         self.queue_depth = Gauge("sloserve_queue_depth", "Requests waiting in a replica's engine.", ["variant"], registry=r)
         self.kv_used = Gauge("sloserve_kv_blocks_used_ratio", "Share of a replica's KV blocks in use.", ["variant"], registry=r)
+
+    def start_at_zero(self, variants: Iterable[str], decision_reasons: Iterable[str]) -> None:
+        """Every counter series the dashboard queries, exported at 0 from the start."""
+        for variant in variants:
+            self.requests.labels(variant, "ok").start_at_zero()
+            self.tokens.labels(variant).start_at_zero()
+        for reason in decision_reasons:
+            self.decisions.labels(reason).start_at_zero()
+        for reason in REJECT_REASONS:
+            self.rejected.labels(reason).start_at_zero()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -59,7 +59,9 @@ IGNORED_FIELDS = {
 
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    include_usage: bool = False
+    include_usage: bool = Field(default=False, description="A last chunk with the request's usage.")
+    continuous_usage_stats: bool = Field(
+        default=False, description="vLLM's extension: with include_usage, every chunk carries the usage so far.")
 
 
 class _Common(BaseModel):
@@ -135,6 +137,11 @@ class _Common(BaseModel):
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
 
+    @property
+    def continuous_usage(self) -> bool:
+        """Usage on every chunk: both stream options set, as vLLM has it."""
+        return bool(self.include_usage and self.stream_options and self.stream_options.continuous_usage_stats)
+
 
 class ChatCompletionRequest(_Common):
     messages: list[ChatMessage] = Field(min_length=1)
@@ -200,7 +207,8 @@ class CompletionRequest(_Common):
 
     def to_generate_requests(self, headers: dict[str, Any]) -> list[GenerateRequest]:
         sampling = self.to_sampling()
-        return [GenerateRequest(prompt=p, sampling=sampling, echo=self.echo, **headers) for p in self.prompts]
+        return [GenerateRequest(prompt=p, sampling=sampling, echo=self.echo, continuous_usage=self.continuous_usage,
+                                **headers) for p in self.prompts]
 
 
 def _chat_logprobs(items: list[TokenLogprobOut] | None) -> dict[str, Any] | None:
@@ -296,7 +304,8 @@ class SSEFormatter:
             payload["usage"] = usage.model_dump()
         return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
-    def delta(self, index: int, text: str, finish_reason: str | None, logprobs: list[TokenLogprobOut] | None) -> str:
+    def delta(self, index: int, text: str, finish_reason: str | None, logprobs: list[TokenLogprobOut] | None,
+              usage: Usage | None = None) -> str:
         if self.kind == "chat":
             delta: dict[str, Any] = {"content": text}
             if index not in self.started:
@@ -308,7 +317,7 @@ class SSEFormatter:
             self.text_offsets[index] = offset + len(text)
             choice = {"index": index, "text": text, "finish_reason": finish_reason,
                       "logprobs": _completion_logprobs(logprobs, offset)}
-        return self._event([choice])
+        return self._event([choice], usage)
 
     def usage(self, usage: Usage) -> str:
         return self._event([], usage)

@@ -121,6 +121,8 @@ class GenerateRequest(BaseModel):
     affinity_key: str | None = Field(default=None, description="Set by the router: replica affinity key.")
     timeout_s: float | None = Field(default=None, gt=0.0, description="Abort after this long (504 over HTTP).")
     echo: bool = Field(default=False, description="Return the prompt text (and its logprobs, if asked) with each output.")
+    continuous_usage: bool = Field(
+        default=False, description="stream(): every chunk carries the usage so far (vLLM's continuous_usage_stats).")
 
     _message_count = field_validator("messages", mode="before")(check_message_count)
 
@@ -195,7 +197,8 @@ class GenerateResponse(BaseModel):
 
 
 class StreamChunk(BaseModel):
-    """One step's progress of one output; the last chunk of a request has `finished=True` and `usage`."""
+    """One step's progress of one output; the last chunk of a request has `finished=True` and `usage`
+    (every chunk has the usage so far when the request asked for `continuous_usage`)."""
 
     request_id: str
     variant: str

@@ -43,7 +43,7 @@ from deployments.errors import (
 )
 from deployments.hop_trace import TRACE
 from deployments.http_guard import GuardSettings, HTTPGuard
-from deployments.metrics import RouterMetrics
+from deployments.metrics import REJECT_REASONS, RouterMetrics
 from deployments.openai_api import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -53,10 +53,12 @@ from deployments.openai_api import (
 )
 from deployments.protocol import GenerateRequest, GenerateResponse, ReplicaStats, StreamChunk
 from deployments.routing import affinity_key, chat_prefix_text, choose_variant, normalize_weights, spill_over
+from deployments.slo.decision import REASON_CODES
 from deployments.slo.observation import Observation, RequestRecord, VariantLoad
 from deployments.slo.windows import LatencyWindows
 from inference.errors import InvalidRequestError
 
+MANUAL_REASON = "manual"  # `set_weights` called by hand (a handle), not by the controller
 log = logging.getLogger("ray.serve")
 VARIANT_HEADER = "x-sloserve-variant"
 
@@ -89,6 +91,7 @@ class Router:
         self.ready_replicas = {v.name: v.num_replicas for v in self.config.variants}
         self.max_num_seqs = {v.name: v.engine.max_num_seqs for v in self.config.variants}
         self.metrics = RouterMetrics()
+        self.metrics.start_at_zero(self.variants, [*REASON_CODES, MANUAL_REASON])
         self._metrics_stop = self.metrics.keep_gauges_fresh()
         self.decisions: list[dict[str, Any]] = []
         self.controller_learned: dict[str, Any] | None = None
@@ -114,7 +117,7 @@ class Router:
     def _admitted(self, variant: str, seqs: int) -> Iterator[None]:
         bound = self.config.router.max_in_flight
         if self.in_flight >= bound:
-            self.metrics.rejected.labels("overloaded").inc()
+            self.metrics.rejected.labels(REJECT_REASONS[0]).inc()
             raise OverloadedError(
                 f"server is at its bound of {bound} requests in flight; retry later", self.config.router.retry_after_s
             )
@@ -263,7 +266,7 @@ class Router:
                 if not finished:
                     chunks.cancel()  # the caller left or failed: abort at the replica, free its KV
 
-    def set_weights(self, weights: dict[str, float], reason: str = "manual", details: dict[str, Any] | None = None) -> dict[str, float]:
+    def set_weights(self, weights: dict[str, float], reason: str = MANUAL_REASON, details: dict[str, Any] | None = None) -> dict[str, float]:
         """Set traffic weights per variant (normalized); the controller calls this every interval."""
         self.weights = normalize_weights(weights, self.variants)
         for name, weight in self.weights.items():
@@ -311,7 +314,8 @@ class Router:
     async def chat_completions(self, body: ChatCompletionRequest, http: Request) -> Response:
         TRACE.stamp(request_id_of(http), "router.route")
         try:
-            request = GenerateRequest(messages=body.messages, sampling=body.to_sampling(), **self._headers(http))
+            request = GenerateRequest(messages=body.messages, sampling=body.to_sampling(),
+                                      continuous_usage=body.continuous_usage, **self._headers(http))
         except Exception as e:
             return failure_response(as_invalid(e), self.config.router.retry_after_s, request_id_of(http))
         return await self._serve_http(request, body.model, body.stream, body.include_usage, "chat", request_id_of(http))
@@ -391,7 +395,7 @@ class Router:
                         if include_usage and chunk.usage is not None:
                             yield sse.usage(chunk.usage)
                     else:
-                        yield sse.delta(chunk.index, chunk.delta_text, chunk.finish_reason, chunk.logprobs)
+                        yield sse.delta(chunk.index, chunk.delta_text, chunk.finish_reason, chunk.logprobs, chunk.usage)
                     chunk = await anext(chunks, None)
                 yield SSEFormatter.DONE
             except Exception as e:

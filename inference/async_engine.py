@@ -40,6 +40,7 @@ class AsyncLLMEngine:
     def __init__(self, config: EngineConfig, peers_factory: PeersFactory = MultiprocPeers) -> None:
         self.engine = LLMEngine(config, peers_factory)
         self.tokenizer = self.engine.tokenizer
+        self.info = self.engine.info  # what the model loaded as (dtype and why, vocabulary, ...)
         self._lock = threading.Lock()
         self._new: list[tuple[str, list[int], SamplingParams, float]] = []
         self._aborts: list[str] = []

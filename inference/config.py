@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 DTypeName = Literal["auto", "bfloat16", "float16", "float32", "float64"]
-QuantizationName = Literal["none", "torch-int8", "bnb-int8", "bnb-nf4"]
+QuantizationName = Literal["none", "torch-int8", "int8-compute", "bnb-int8", "bnb-nf4"]
 
 
 def check_kv_pool(kv_cache_tokens: int, block_size: int) -> None:
@@ -32,8 +32,9 @@ class EngineConfig(BaseModel):
     )
     dtype: DTypeName = Field(
         default="auto",
-        description="'auto': bf16 on CPUs that do bf16 matmul in hardware (AVX512-BF16/AMX) and on CUDA "
-        "with bf16 support, else fp32 on CPU and fp16 on CUDA. float64 exists for exactness tests.",
+        description="'auto': on CPU bf16 where a GEMM probe at first start measures it faster than fp32 "
+        "(cached per CPU model), else fp32; on CUDA bf16 where supported, else fp16. Logits are fp32 "
+        "whatever the dtype. float64 exists for exactness tests.",
     )
     device: Literal["cpu", "cuda"] = Field(default="cpu")
     quantization: QuantizationName = Field(default="none", description="Load-time compression of the weights.")

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from inference.kernels import pack_exact, small_linear_op
+from inference.w8a8_linear import W8A8Linear
 
 
 def _is_plain_linear(module: Any) -> bool:
@@ -92,10 +93,12 @@ class FusedLinear(nn.Module):
         self.small = small_linear_op() if cpu and weight.dtype in (torch.float32, torch.bfloat16) else None
         if self.small is None:
             pack = None
-        elif weight.dtype == torch.float32:
-            pack = pack_exact(weight)
-        else:  # bf16: packed from the fp32 weights before the cast, if they were exact
+        elif any(hasattr(m, PACK_ATTR) for m in modules) or weight.dtype != torch.float32:
+            # packed from the fp32 weights before a cast to bf16, if they were exact (also for an
+            # fp32 LM head widened from bf16, whose values are no longer exact)
             pack = _joined_packs(modules, widths, int(weight.shape[1]))
+        else:
+            pack = pack_exact(weight)
         self.packed_linear = None if pack is None else pack[0]
         self.register_buffer("packed", None if pack is None else pack[1])
         self.register_buffer("pack_scales", None if pack is None else pack[2])
@@ -123,7 +126,11 @@ class ConcatLinear(nn.Module):
 
 
 def fuse(modules: list[Any]) -> nn.Module:
-    return FusedLinear(modules) if all(_is_plain_linear(m) for m in modules) else ConcatLinear(modules)
+    if all(_is_plain_linear(m) for m in modules):
+        return FusedLinear(modules)
+    if all(type(m) is W8A8Linear for m in modules):  # one activation quantization and one int8 GEMM
+        return W8A8Linear.concat(modules)
+    return ConcatLinear(modules)
 
 
 def single(module: Any) -> nn.Module:

@@ -15,6 +15,11 @@ class UnsupportedModelError(InferenceError):
     """The model's architecture (or an option asked for it) is not supported by the engine."""
 
 
+class QualityCheckError(InferenceError):
+    """A compressed variant could not be calibrated or failed its load-time quality check: it refuses
+    to start rather than serve below its quality floor."""
+
+
 class KVCacheTooSmallError(InferenceError):
     """The KV pool asked for does not fit in memory, or cannot hold even one full-length request."""
 

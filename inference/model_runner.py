@@ -21,7 +21,7 @@ from torch import nn
 
 from inference.attention import paged_attention
 from inference.compiled_decode import CompiledDecode, why_not_compiled
-from inference.decoder_layer import DecoderLayer, single
+from inference.decoder_layer import PACK_ATTR, DecoderLayer, single
 from inference.kv_cache import KVCache
 from inference.step_input import StepInput
 
@@ -42,9 +42,10 @@ class ModelRunner:
         self.head_dim: int = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         self.eps: float = config.rms_norm_eps
         self.embed_tokens = model.model.embed_tokens
-        self.final_norm = model.model.norm.weight.detach()
-        lm_head = self._lm_head = model.lm_head
-        self.lm_head: Linear = single(lm_head) if type(lm_head) is nn.Linear else (lambda x: lm_head(x[None])[0])
+        self.logits_dtype = torch.float64 if self.dtype == torch.float64 else torch.float32
+        self.final_norm = model.model.norm.weight.detach().to(self.logits_dtype)
+        self._lm_head = model.lm_head
+        self.lm_head: Linear = fp32_lm_head(model.lm_head)
         if config.hidden_act != "silu":
             raise ValueError(f"unsupported hidden_act {config.hidden_act!r}")
         self.layers = [DecoderLayer(layer, self.head_dim, self.eps) for layer in model.model.layers]
@@ -111,7 +112,8 @@ class ModelRunner:
 
     @torch.inference_mode()
     def execute(self, step: StepInput) -> torch.Tensor:
-        """Run one step; returns logits [len(step.logits_indices), vocab] in the model's dtype."""
+        """Run one step; returns fp32 logits [len(step.logits_indices), vocab] whatever the model's
+        dtype (fp64 in an fp64 model)."""
         if step.block_copies:
             self.kv_cache.copy_blocks(step.block_copies)
         dev = self.device
@@ -132,8 +134,35 @@ class ModelRunner:
                 v_pool.index_copy_(0, slots, v)
                 h = layer.post_attention(h, paged_attention(q, k, v, k_pool, v_pool, step))
         h = h[step.logits_indices.to(dev)]
-        h = F.rms_norm(h, (h.shape[-1],), self.final_norm, self.eps)
-        return self.lm_head(h)
+        return self.lm_head(F.rms_norm(h.to(self.logits_dtype), (h.shape[-1],), self.final_norm, self.eps))
+
+
+def fp32_lm_head(lm_head: Any) -> Linear:
+    """The LM head as a function of fp32 hidden states to fp32 logits, whatever the model's dtype.
+
+    bf16 logits of magnitude 16-32 are 0.125 apart: two candidate tokens can tie exactly (the
+    packaged model's first answer token to the README question: "L" and "The" both -1.8895 in bf16,
+    -1.965 and -1.883 in fp32), and sampling, beam scores and logprobs would read the rounding.
+    A bf16 plain linear gets an fp32 copy of its weight (untied from the embedding, which stays
+    bf16) with its exact 4/8-bit packing if it has one; DeepSpeed's all-reducing head under tensor
+    parallelism gets its shard in fp32. Quantizers leave the head alone (weight-only int8's kernel
+    computes in bf16)."""
+    if type(lm_head) is nn.Linear:
+        if lm_head.weight.dtype in (torch.bfloat16, torch.float16):
+            head = nn.Linear(lm_head.in_features, lm_head.out_features, bias=lm_head.bias is not None,
+                             device="meta")
+            head.weight = nn.Parameter(lm_head.weight.detach().float(), requires_grad=False)
+            if lm_head.bias is not None:
+                head.bias = nn.Parameter(lm_head.bias.detach().float(), requires_grad=False)
+            if hasattr(lm_head, PACK_ATTR):
+                setattr(head, PACK_ATTR, getattr(lm_head, PACK_ATTR))
+            lm_head = head
+        return single(lm_head)
+    for name in ("weight", "bias"):
+        tensor = getattr(lm_head, name, None)
+        if isinstance(tensor, torch.Tensor) and tensor.dtype in (torch.bfloat16, torch.float16):
+            setattr(lm_head, name, nn.Parameter(tensor.detach().float(), requires_grad=False))
+    return lambda x: lm_head(x[None])[0]
 
 
 def _to_device(step: StepInput, device: torch.device) -> StepInput:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from inference.config import EngineConfig
-from inference.dtypes import resolve_dtype
+from inference.dtypes import DtypeChoice, dtype_choice, torch_dtype
 from inference.step_input import StepInput
 
 if TYPE_CHECKING:
@@ -51,6 +51,7 @@ class ModelInfo:
     vocab_size: int
     eos_token_ids: list[int]
     dtype: str
+    dtype_choice: DtypeChoice  # why this dtype (`dtype: auto` measures on CPU)
     num_params: int
     kv_cache_bytes: int
 
@@ -114,7 +115,8 @@ class RankWorker:
             torch.set_num_threads(cfg.num_threads or max(1, (os.cpu_count() or 1) // cfg.tp_size))
         if cfg.tp_size > 1:
             self._init_distributed()
-        dtype = resolve_dtype(cfg.dtype, self.device)
+        choice = dtype_choice(cfg.dtype, self.device)
+        dtype = torch_dtype(choice.dtype)
         location = resolve_model_dir(cfg.model)
         # load-time quantization: asked for in the config, or by a variant directory's recipe (sloserve_variant.json)
         method = cfg.quantization if cfg.quantization != "none" else recipe_quantization(location)
@@ -137,7 +139,7 @@ class RankWorker:
         )
         model = engine.module
         if method != "none":
-            model = apply_load_time_quantization(model, method)
+            model = apply_load_time_quantization(model, method, loaded.tokenizer, Path(location))
         model_limit = int(getattr(model.config, "max_position_embeddings", 2048))
         max_model_len = min(cfg.max_model_len or model_limit, model_limit)
         self.runner = ModelRunner(model, cfg.num_kv_blocks, cfg.block_size, max_model_len, compile=cfg.compile,
@@ -148,7 +150,8 @@ class RankWorker:
             max_model_len=max_model_len,
             vocab_size=int(model.config.vocab_size),
             eos_token_ids=eos,
-            dtype=str(dtype).removeprefix("torch."),
+            dtype=choice.dtype,
+            dtype_choice=choice,
             num_params=sum(p.numel() for p in model.parameters()),
             kv_cache_bytes=self.runner.kv_cache.num_bytes,
         )

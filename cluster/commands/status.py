@@ -1,4 +1,5 @@
-"""`sloserve status`: applications, deployments and replica states of a running cluster; with
+"""`sloserve status`: applications, deployments and replica states of a running cluster, and each
+variant's compute dtype with why (`dtype: auto`'s measured GEMM timings on CPU); with
 `--placement`, where every rank of every variant's replicas runs (node, GPUs Ray assigned,
 CUDA_VISIBLE_DEVICES, torch device)."""
 
@@ -27,9 +28,23 @@ def run(args: argparse.Namespace) -> int:
         for dep_name, dep in app.deployments.items():
             counts = ", ".join(f"{k}={v}" for k, v in dep.replica_states.items())
             print(f"  {dep_name:<20} {dep.status}  replicas: {counts}")
+            running = dep.replica_states.get(ReplicaState.RUNNING, 0)
+            if dep_name.startswith("llm-") and running:
+                _print_dtype(name, dep_name)
             if args.placement and dep_name.startswith("llm-"):
-                _print_placement(name, dep_name, dep.replica_states.get(ReplicaState.RUNNING, 0))
+                _print_placement(name, dep_name, running)
     return 0
+
+
+def _print_dtype(app_name: str, deployment: str) -> None:
+    """What one replica of the variant computes in, and why (`dtype: auto` is measured per machine)."""
+    from ray import serve
+
+    try:
+        summary = serve.get_deployment_handle(deployment, app_name).dtype.remote().result(timeout_s=30)
+    except Exception as e:  # a replica that cannot answer still leaves the rest of the status
+        summary = f"unknown ({type(e).__name__}: {e})"
+    print(f"    dtype: {summary}")
 
 
 def _print_placement(app_name: str, deployment: str, num_replicas: int) -> None:

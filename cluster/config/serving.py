@@ -68,7 +68,7 @@ class VariantConfig(StrictModel):
     quantization: LoadTimeQuantization = Field(
         default="none", description="Compression applied at load time (for variants without a directory)."
     )
-    dtype: DType = Field(default="auto", description="Compute dtype; 'auto' = bf16 where fast, else fp32.")
+    dtype: DType = Field(default="auto", description="Compute dtype; 'auto' = bf16 where measured faster than fp32, else fp32 (logits fp32).")
     device: Device = Field(default="cpu", description="Where the replica's ranks run.")
     tp_size: int = Field(default=1, ge=1, le=16, description="Tensor-parallel ranks per replica.")
     num_cpus_per_rank: float = Field(

@@ -6,10 +6,11 @@ engine's load-time hook lives here:
 
     from inference.compression import apply_load_time_quantization, recipe_quantization
     method = cfg.quantization if cfg.quantization != "none" else recipe_quantization(model_dir)
-    model = apply_load_time_quantization(model, method)   # "torch-int8" | "bnb-int8" | "bnb-nf4"
+    model = apply_load_time_quantization(model, method, tokenizer, model_dir)  # "torch-int8" | "int8-compute" | ...
 
 Modules: `base` (the `Compressor` interface), `methods` (the names `--methods` takes),
-`quantize` (bitsandbytes int8/nf4, torch int8), `int8_linear`, `runtime` (load-time quantization),
+`quantize` (bitsandbytes int8/nf4, torch int8), `int8_linear`, `smoothquant` (int8 compute,
+over `inference.w8a8_linear`), `runtime` (load-time quantization),
 `prune_magnitude`, `prune_structured`, `surgery` (layer/FFN removal), `distill` and `kd`
 (knowledge distillation), `data` (shipped prompts, text, QA), `quality`, `speed`, `pareto`,
 `pipeline` and `cli` (`sloserve compress`).
@@ -21,11 +22,12 @@ from pathlib import Path
 from typing import Any
 
 
-def apply_load_time_quantization(model: Any, method: str) -> Any:
-    """Quantize a loaded model's linear layers in place ('none', 'torch-int8', 'bnb-int8', 'bnb-nf4')."""
+def apply_load_time_quantization(model: Any, method: str, tokenizer: Any = None, model_dir: Path | None = None) -> Any:
+    """Quantize a loaded model's linear layers in place ('none', 'torch-int8', 'int8-compute',
+    'bnb-int8', 'bnb-nf4'); int8-compute calibrates with `tokenizer`, cached by `model_dir`."""
     from inference.compression.runtime import apply_load_time_quantization as apply
 
-    return apply(model, method)
+    return apply(model, method, tokenizer, model_dir)
 
 
 def recipe_quantization(model_dir: Path | str) -> str:

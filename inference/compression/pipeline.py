@@ -189,7 +189,9 @@ def _base_name(source: str) -> str:
 
 
 def _hardware() -> str:
-    from inference.dtypes import resolve_dtype
+    """The CPU, its core count and what `dtype: auto` chose there, with the probe's timings."""
+    from inference.dtypes import dtype_choice
 
-    dtype = resolve_dtype("auto", torch.device("cpu"))
-    return f"cpu-{os.cpu_count()}core-{'bf16' if dtype == torch.bfloat16 else 'fp32'}"
+    choice = dtype_choice("auto", torch.device("cpu"))
+    short = "bf16" if choice.dtype == "bfloat16" else "fp32"
+    return f"cpu-{os.cpu_count()}core-{short}: {choice.cpu}; dtype auto = {choice.summary()}"

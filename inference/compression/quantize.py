@@ -69,7 +69,7 @@ class TorchInt8Compressor(Compressor):
     method = "torch-int8"
 
     def options(self) -> dict[str, Option]:
-        return {"weights": "int8 per-channel", "activations": "float (weight-only)", "lm_head": True}
+        return {"weights": "int8 per-channel", "activations": "float (weight-only)", "lm_head": False}
 
     def compress(self, ctx: CompressionContext, out_dir: Path) -> CompressedVariant:
         model = load_base_model(ctx.base_dir)

@@ -2,8 +2,14 @@
 
 `apply_load_time_quantization(model, method)` is what the engine calls for `EngineConfig.quantization`
 (and for a variant directory whose `sloserve_variant.json` names a `load_time_quantization`):
-  torch-int8  every nn.Linear (LM head included) -> `Int8Linear` (weight-only int8, per output
-              channel; float activations); CPU kernel for decode rows, dense matmul otherwise;
+  torch-int8  every decoder nn.Linear -> `Int8Linear` (weight-only int8, per output channel; float
+              activations); CPU kernel for decode rows, dense matmul otherwise. The LM head stays
+              float: the int8 kernel computes in bf16 and would round the logits, which are fp32
+              (`model_runner.fp32_lm_head`; an exactly-8-bit head is read packed anyway);
+  int8-compute every decoder nn.Linear -> `W8A8Linear` (int8 weights per channel, int8 activations
+              per token after SmoothQuant smoothing, int32 products through `torch._int_mm`),
+              calibrated on the shipped prompts and checked against the float model at load
+              (`smoothquant.py`); the LM head stays float;
   bnb-int8    every decoder nn.Linear -> bitsandbytes `Linear8bitLt` (LLM.int8, threshold 6.0);
   bnb-nf4     every decoder nn.Linear -> bitsandbytes `Linear4bit` (nf4, blocks of 64, compute in
               the model's float dtype).
@@ -13,21 +19,30 @@ The LM head stays in float for the bitsandbytes methods, as transformers does.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
 from inference.compression.base import VariantRecipe
 from inference.compression.int8_linear import quantize_linears_int8
 
-LOAD_TIME_METHODS = ("torch-int8", "bnb-int8", "bnb-nf4")
+LOAD_TIME_METHODS = ("torch-int8", "int8-compute", "bnb-int8", "bnb-nf4")
 
 
-def apply_load_time_quantization(model: nn.Module, method: str) -> nn.Module:
-    """Quantize `model`'s linear layers in place with `method`; returns the model."""
+def apply_load_time_quantization(model: nn.Module, method: str, tokenizer: Any = None,
+                                 model_dir: Path | None = None) -> nn.Module:
+    """Quantize `model`'s linear layers in place with `method`; returns the model. int8-compute
+    calibrates on the shipped prompts with `tokenizer` (cached by `model_dir`'s content) and raises
+    `QualityCheckError` when it fails its quality check."""
     if method == "none":
         return model
+    if method == "int8-compute":
+        from inference.compression.smoothquant import quantize_int8_compute
+
+        quantize_int8_compute(model, tokenizer, model_dir)
+        return model
     if method == "torch-int8":
-        return quantize_linears_int8(model, include_lm_head=True)
+        return quantize_linears_int8(model, include_lm_head=False)
     if method in ("bnb-int8", "bnb-nf4"):
         return _bnb_replace(model, four_bit=method == "bnb-nf4")
     raise ValueError(f"unknown load-time quantization {method!r}; known: {list(LOAD_TIME_METHODS)}")

@@ -192,6 +192,14 @@ def _q8_ops() -> tuple[Callable, Callable] | None:  # type: ignore[type-arg]
     return torch.ops.sloserve.q8_linear, torch.ops.sloserve.q8_dequantize
 
 
+def q8_linear_op() -> Callable | None:  # type: ignore[type-arg]
+    """`torch.ops.sloserve.q8_linear(x, packed, scales, weight, bias)` over any int8 weights with
+    one fp32 scale per group of 32 along K (up to `kMaxRows` fp32 rows), or None where the kernels
+    are unavailable. For the int8-compute variant's few-row steps (`inference/w8a8_linear.py`)."""
+    ops = _q8_ops()
+    return None if ops is None else ops[0]
+
+
 def q4_packing_enabled() -> bool:
     """Whether exactly-4-bit (and exactly-8-bit) weights are packed: the kernels build and
     `SLOSERVE_PACK_4BIT` is not "0"."""

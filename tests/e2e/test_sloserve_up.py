@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 from openai import OpenAI
 
+from tests.e2e.test_packaged_model import ONE_WORD_QUESTION  # a margin every dtype auto may pick resolves
 from tests.serve.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,14 +37,14 @@ def test_sloserve_up_serves_the_packaged_model_and_stops_on_ctrl_c(tmp_path: Pat
         assert {"smollm2-135m-instruct:full", "smollm2-135m-instruct:int8"} <= ids
         answer = client.chat.completions.create(
             model="smollm2-135m-instruct",
-            messages=[{"role": "user", "content": "What is the capital of France?"}],
+            messages=ONE_WORD_QUESTION,
             max_tokens=32, temperature=0,
         )
         assert "Paris" in answer.choices[0].message.content
         assert answer.model == "smollm2-135m-instruct:full"
         compressed = client.chat.completions.create(
             model="smollm2-135m-instruct:int8",
-            messages=[{"role": "user", "content": "What is the capital of France?"}],
+            messages=ONE_WORD_QUESTION,
             max_tokens=32, temperature=0,
         )
         assert "Paris" in compressed.choices[0].message.content

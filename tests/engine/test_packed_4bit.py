@@ -110,9 +110,11 @@ def test_bf16_model_decodes_from_the_exact_4bit_values(q4_model_dir: Path, monke
     assert torch.equal(layer.qkv(x), small(x.float(), exact, None).bfloat16())  # not the bf16-rounded weights
     assert not torch.equal(exact.bfloat16().float(), exact)  # (which do differ)
     head_exact = AutoModelForCausalLM.from_pretrained(q4_model_dir, dtype=torch.float32).lm_head.weight.detach()
-    h = torch.randn(3, head_exact.shape[1]).bfloat16()
+    h = torch.randn(3, head_exact.shape[1])
     assert runner.lm_head.packed is not None  # type: ignore[union-attr]
-    assert torch.equal(runner.lm_head(h), small(h.float(), head_exact, None).bfloat16())  # the exact 8-bit values
+    logits = runner.lm_head(h)
+    assert logits.dtype == torch.float32  # never rounded to bf16
+    assert torch.equal(logits, small(h, head_exact, None))  # the exact 8-bit values
     outs = packed.generate(["The quick brown fox", "Serving"], SamplingParams(max_tokens=8, temperature=0.0,
                                                                            ignore_eos=True))
     assert [len(o.outputs[0].token_ids) for o in outs] == [8, 8]

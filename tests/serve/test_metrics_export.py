@@ -60,6 +60,25 @@ def _traffic(serve_app: ServeApp) -> None:
     router.set_weights.remote(weights, "metrics-test").result(timeout_s=30)
 
 
+def test_counters_the_dashboard_queries_are_exported_at_zero_before_their_first_event(serve_app: ServeApp) -> None:
+    """No "No data" panels on a quiet cluster: the controller's decisions and the rejections exist at 0
+    (or more) before anything was decided or refused, for every reason the router can record."""
+    from deployments.metrics import REJECT_REASONS
+    from deployments.slo.decision import REASON_CODES
+
+    wanted = {f'ray_sloserve_controller_decisions_total{{reason="{r}"}}' for r in REASON_CODES}
+    wanted |= {f'ray_sloserve_rejected_total{{reason="{r}"}}' for r in REJECT_REASONS}
+    deadline, absent = time.monotonic() + 45, wanted
+    while absent and time.monotonic() < deadline:
+        text = httpx.get(serve_app.metrics_url, timeout=10).text
+        present = {f'{name}{{reason="{reason}"}}' for name, reason in re.findall(
+            r'^(ray_sloserve_(?:controller_decisions|rejected)_total)\{[^}]*reason="([^"]+)"', text, re.M)}
+        absent = wanted - present
+        if absent:
+            time.sleep(1.0)
+    assert not absent, f"counters not exported before their first event: {sorted(absent)}"
+
+
 def test_every_dashboard_metric_is_on_the_scraped_port_with_data(serve_app: ServeApp) -> None:
     pod_monitor = render_profile("cpu-dev").pod_monitor
     assert [e["port"] for e in pod_monitor["spec"]["podMetricsEndpoints"]] == ["metrics"]

@@ -146,3 +146,25 @@ def test_openapi_schema_describes_the_api(serve_app: ServeApp) -> None:
         assert path in schema["paths"], path
     body = schema["paths"]["/v1/chat/completions"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert body["$ref"].endswith("ChatCompletionRequest")
+
+
+def test_continuous_usage_stats_puts_the_usage_so_far_on_every_chunk(client: OpenAI) -> None:
+    """vLLM's `stream_options.continuous_usage_stats` (guidellm sends it on every request): each chunk
+    carries the usage so far, counting up by the chunk's tokens; a batched completion sums its prompts."""
+    options = {"include_usage": True, "continuous_usage_stats": True}
+    chat = list(client.chat.completions.create(
+        model="tiny:full", messages=[{"role": "user", "content": "Count"}], max_tokens=8, temperature=0,
+        stream=True, stream_options=options, extra_body={"ignore_eos": True}))  # type: ignore[arg-type]
+    assert all(c.usage is not None for c in chat)
+    completion = [c.usage.completion_tokens for c in chat if c.usage is not None]
+    assert completion == sorted(completion) and completion[-1] == 8
+    assert len({c.usage.prompt_tokens for c in chat if c.usage is not None}) == 1
+    batch = list(client.completions.create(
+        model="tiny:full", prompt=["Serving", "The quick brown"], max_tokens=5, temperature=0, stream=True,
+        stream_options=options, extra_body={"ignore_eos": True}))  # type: ignore[arg-type]
+    assert all(c.usage is not None for c in batch)
+    assert batch[-1].usage is not None and batch[-1].usage.completion_tokens == 10
+    # without include_usage it asks for nothing, as in vLLM
+    plain = list(client.completions.create(model="tiny:full", prompt="Serving", max_tokens=3, stream=True,
+                                           stream_options={"continuous_usage_stats": True}))  # type: ignore[typeddict-unknown-key]
+    assert all(c.usage is None for c in plain)

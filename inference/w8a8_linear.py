@@ -1,0 +1,182 @@
+"""`W8A8Linear`: int8 compute — int8 weights and int8 activations, the product in int32.
+
+Weights are int8 per output channel; activations are quantized at run time per token (one scale a
+row), after SmoothQuant smoothing: each input channel j is divided by s_j and the weight's column
+j multiplied by it, s_j = max|X_j|^alpha / max|W_j|^(1 - alpha), which moves the activations'
+outlier channels into the weights, where per-channel scales absorb them. The int8 x int8 product
+runs through `torch._int_mm` (oneDNN on CPU: VNNI where the CPU has it; cuBLASLt on CUDA), and the
+int32 result is scaled back to fp32 by (token scale x channel scale).
+
+The int8 GEMM, by device (`int8_gemm_backend`):
+  cpu   oneDNN's u8 x s8 GEMM (`onednn::qlinear_pointwise`, the x86 inductor quantization op):
+        activations go as u8 with a zero point. With VNNI (`vpdpbusd`) they take 8 bits. Without it
+        (the AVX2 kind) oneDNN multiplies with `vpmaddubsw`, whose int16 pair sums saturate past
+        32767 (255 x 127 x 2): activations take 7 bits there (|q| <= 63, zero point 64, pairs <=
+        32258), as fbgemm's reduce_range does. `torch._int_mm` is not used on CPU: on the AVX2
+        kind it ran a reference loop, 20 ms for 32 x 576 -> 1536 against fp32's 0.64;
+  cuda  `torch._int_mm` (cuBLASLt).
+Decode steps of a few rows (`SMALL_ROWS`) skip the activation quantization where the compiled CPU
+kernels build: the int8 weights go through the 8-bit small-row kernel with fp32 activations, which
+reads 1.125 bytes a weight and beats a GEMM call at one row.
+
+Why per token with smoothing: per-tensor activation scales cut the packaged model's greedy
+agreement to ~0.4, per token alone to 0.889, per token with smoothing (alpha 0.5) kept 0.929
+(issue 27's fake-quantization figures; `calibrate.py` measures this module itself).
+Linears that share an input (q/k/v, gate/up) share the smoothing vector, so `concat` fuses them
+into one quantization and one GEMM.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from inference.dtypes import cpu_model
+from inference.kernels import q8_linear_op
+
+QMAX = 127.0
+SMALL_ROWS = 4  # rows up to which a CPU step reads the int8 weights with fp32 activations
+
+
+@functools.cache
+def cpu_has_vnni() -> bool:
+    """AVX512-VNNI, AVX-VNNI or AMX-INT8: int8 dot products that accumulate in int32 directly."""
+    _, flags = cpu_model()
+    return any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+
+
+def activation_qmax(device: torch.device) -> float:
+    """127 where the int8 GEMM cannot saturate, 63 on x86 CPUs without VNNI (see the module doc)."""
+    return QMAX if device.type != "cpu" or cpu_has_vnni() else 63.0
+
+
+def int8_gemm_backend(device: torch.device) -> str:
+    """Which int8 GEMM runs on `device`: 'onednn' (CPU), '_int_mm' (CUDA, or a CPU torch without oneDNN)."""
+    if device.type == "cpu" and hasattr(torch.ops.onednn, "qlinear_pointwise") and torch.backends.mkldnn.is_available():
+        return "onednn"
+    return "_int_mm"
+
+
+def quantize_per_token(x: torch.Tensor, qmax: float = QMAX) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [M, K] float -> (int8 [M, K], fp32 scale [M, 1]) with x ~ q * scale, |q| <= qmax."""
+    scale = x.abs().amax(dim=-1, keepdim=True).clamp(min=1e-8) / qmax
+    return torch.round(x / scale).to(torch.int8), scale
+
+
+class W8A8Linear(nn.Module):
+    """A drop-in for a float `nn.Linear` in inference: y = (q(x/s) @ q(W*s)^T) * scales + b."""
+
+    qweight: torch.Tensor  # int8 [N, K]
+    weight_scales: torch.Tensor  # fp32 [N]
+    inv_smooth: torch.Tensor | None  # fp32 [K]: 1 / s
+    bias: torch.Tensor | None
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, smooth: torch.Tensor | None) -> None:
+        """`weight` [N, K] float, `smooth` [K] (s, > 0) or None for no smoothing."""
+        super().__init__()
+        w = weight.detach().float()
+        if smooth is not None:
+            w = w * smooth.float().to(w.device)[None, :]
+        scales = w.abs().amax(dim=1).clamp(min=1e-8) / QMAX
+        self._setup(torch.round(w / scales[:, None]).to(torch.int8), scales,
+                    None if smooth is None else 1.0 / smooth.float().to(w.device),
+                    None if bias is None else bias.detach().float())
+
+    def _setup(self, qweight: torch.Tensor, scales: torch.Tensor, inv_smooth: torch.Tensor | None,
+               bias: torch.Tensor | None) -> None:
+        self.register_buffer("qweight", qweight.contiguous())
+        self.register_buffer("weight_scales", scales.contiguous())
+        self.register_buffer("inv_smooth", inv_smooth)
+        self.register_buffer("bias", bias)
+        self.out_features, self.in_features = int(qweight.shape[0]), int(qweight.shape[1])
+        # Shape-only stand-in so code that reads `weight.shape` (output widths) keeps working.
+        self.weight = torch.empty((self.out_features, self.in_features), dtype=torch.int8, device="meta")
+        device = qweight.device
+        self.backend = int8_gemm_backend(device)
+        self.qmax = activation_qmax(device)
+        self.zero_point = 0 if self.qmax == QMAX and self.backend == "_int_mm" else int(self.qmax) + 1
+        self.packed: torch.Tensor | None = None
+        if self.backend == "onednn":
+            self.packed = torch.ops.onednn.qlinear_prepack(self.qweight, None)
+            self.w_zero_points = torch.zeros(self.out_features, dtype=torch.int64)
+        # few-row steps: the 8-bit small-row kernel over the same int8 weights (one scale per group of 32)
+        self.small = q8_linear_op() if device.type == "cpu" and self.in_features % 32 == 0 else None
+        self.group_scales = (None if self.small is None else
+                             self.weight_scales[:, None].expand(-1, self.in_features // 32).contiguous())
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, smooth: torch.Tensor | None) -> W8A8Linear:
+        return cls(linear.weight, linear.bias, smooth)
+
+    @classmethod
+    def concat(cls, parts: list[W8A8Linear]) -> W8A8Linear:
+        """One module computing the parts' outputs side by side (they share their input's smoothing)."""
+        first = parts[0]
+
+        def same_smoothing(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
+            return (a is None and b is None) or (a is not None and b is not None and torch.equal(a, b))
+
+        if not all(same_smoothing(p.inv_smooth, first.inv_smooth) for p in parts):
+            raise ValueError("only linears with the same input smoothing can be fused")
+        fused = cls.__new__(cls)
+        nn.Module.__init__(fused)
+        bias = None
+        if any(p.bias is not None for p in parts):
+            bias = torch.cat([p.bias if p.bias is not None else torch.zeros(p.out_features) for p in parts])
+        fused._setup(torch.cat([p.qweight for p in parts]), torch.cat([p.weight_scales for p in parts]),
+                     first.inv_smooth, bias)
+        return fused
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, self.in_features).float()
+        if self.inv_smooth is not None:
+            rows = rows * self.inv_smooth
+        if self.small is not None and rows.shape[0] <= SMALL_ROWS:
+            y = self.small(rows.contiguous(), self.qweight, self.group_scales, self.qweight, self.bias)
+        else:
+            y = self._int8_gemm(rows)
+            if self.bias is not None:
+                y = y + self.bias
+        return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+
+    def _int8_gemm(self, rows: torch.Tensor) -> torch.Tensor:
+        """rows [M, K] fp32 -> fp32 [M, N], activations quantized per token."""
+        scale = rows.abs().amax(dim=-1, keepdim=True).clamp(min=1e-8) / self.qmax
+        if self.backend == "onednn":
+            u8 = torch.round(rows / scale).add_(self.zero_point).to(torch.uint8)
+            y = torch.ops.onednn.qlinear_pointwise(
+                u8, 1.0, self.zero_point, self.packed, self.weight_scales, self.w_zero_points, None,
+                1.0, 0, torch.float32, "none", [], "")
+            return y * scale  # type: ignore[no-any-return]
+        q = torch.round(rows / scale).to(torch.int8)
+        return torch._int_mm(q, self.qweight.t()).float() * (scale * self.weight_scales)
+
+    def dequantized_weight(self) -> torch.Tensor:
+        """The float weight this module computes with, smoothing undone ([N, K]): for tests."""
+        w = self.qweight.float() * self.weight_scales[:, None]
+        return w if self.inv_smooth is None else w * self.inv_smooth[None, :]
+
+    def extra_repr(self) -> str:
+        smoothed = "smoothed" if self.inv_smooth is not None else "not smoothed"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, W8A8 per token "
+                f"({self.backend}, activations |q| <= {int(self.qmax)}), {smoothed}")
+
+
+def smoothing(act_absmax: torch.Tensor, weights: list[torch.Tensor], alpha: float) -> torch.Tensor:
+    """SmoothQuant's s [K] for linears sharing one input: max|X_j|^a / max_over_their_rows|W_j|^(1-a)."""
+    w_absmax = torch.stack([w.detach().float().abs().amax(dim=0) for w in weights]).amax(dim=0)
+    s = act_absmax.float().clamp(min=1e-5).pow(alpha) / w_absmax.clamp(min=1e-5).pow(1 - alpha)
+    return s.clamp(min=1e-5)
+
+
+def reference_linear(x: torch.Tensor, module: W8A8Linear) -> torch.Tensor:
+    """What `module` computes past `SMALL_ROWS` rows, in plain float ops (fake quantization): for tests."""
+    rows = x.reshape(-1, module.in_features).float()
+    if module.inv_smooth is not None:
+        rows = rows * module.inv_smooth
+    q, scale = quantize_per_token(rows, module.qmax)
+    w = module.qweight.float() * module.weight_scales[:, None]
+    return F.linear(q.float() * scale, w, module.bias).reshape(*x.shape[:-1], module.out_features)
