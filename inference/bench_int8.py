@@ -1,7 +1,7 @@
 """The int8-compute benchmark: the W8A8 variant against the full model, same machine, same run.
 
     python -m inference.bench_int8 [--model packaged:smollm2-135m-instruct] [--levels 1,16,32]
-                                   [--max-tokens 64] [--repeats 3] [--json]
+                                   [--max-tokens 64] [--repeats 3] [--lm-head] [--json]
 
 Run it alone (load average below 0.5 first; it prints the load before and after). Prints:
   - the CPU (model name and the flags that decide int8 and bf16 speed) and the torch threads;
@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--levels", default="1,16,32", help="concurrencies (comma-separated)")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--lm-head", action="store_true", help="also measure the variant with an int8 LM head")
     parser.add_argument("--json", action="store_true", help="print the results as one JSON object too")
     args = parser.parse_args(argv)
     levels = tuple(int(v) for v in args.levels.split(","))
@@ -81,6 +82,12 @@ def main(argv: list[str] | None = None) -> int:
 
     full = engine_speed(args.model, "none", levels, args.max_tokens, args.repeats)
     int8 = engine_speed(args.model, "int8-compute", levels, args.max_tokens, args.repeats)
+    head = None
+    if args.lm_head:  # the same variant with its LM head in int8 too
+        from inference.compression import smoothquant
+
+        smoothquant.INCLUDE_LM_HEAD = True
+        head = engine_speed(args.model, "int8-compute", levels, args.max_tokens, args.repeats)
 
     from transformers import AutoConfig
 
@@ -101,6 +108,11 @@ def main(argv: list[str] | None = None) -> int:
         ratio = int8.tok_s_at[n] / full.tok_s_at[n]
         print(f"  {n:>3} concurrent      {full.tok_s_at[n]:9.1f}  {int8.tok_s_at[n]:9.1f}  {ratio:5.2f}x"
               f"  {full.tpot_ms_at[n]:7.1f} ms {int8.tpot_ms_at[n]:7.1f} ms  {full.ttft_ms_at[n]:7.1f} ms {int8.ttft_ms_at[n]:7.1f} ms")
+    if head is not None:
+        print("int8-compute with an int8 LM head:")
+        for n in levels:
+            print(f"  {n:>3} concurrent      {head.tok_s_at[n]:9.1f} tok/s  {head.tok_s_at[n] / full.tok_s_at[n]:5.2f}x full"
+                  f"  TPOT {head.tpot_ms_at[n]:7.1f} ms  TTFT {head.ttft_ms_at[n]:7.1f} ms")
     after = load_average()
     targets = []
     for n in (16, 32):

@@ -64,6 +64,8 @@ def why_not_compiled(layers: list[DecoderLayer], device: torch.device, dtype: to
     names = {type(m).__name__ for layer in layers for m in layer.modules()}
     if names & {"Linear8bitLt", "Linear4bit"}:
         return "bitsandbytes linears"
+    if "W8A8Linear" in names:
+        return "int8-compute linears (oneDNN's prepacked weights are not traced; not measured compiled)"
     return None
 
 

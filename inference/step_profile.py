@@ -2,6 +2,7 @@
 
     python -m inference.step_profile [--model packaged:smollm2-135m-instruct] [--batch 1 32]
                                      [--steps 20] [--compile/--no-compile] [--torch-profile]
+                                     [--quantization int8-compute]
 
 For each batch size, admits that many requests (64-token prompts, greedy, ignore_eos), runs the
 prefill, then times `--steps` decode steps split the way `LLMEngine.step` runs them: schedule,
@@ -74,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m inference.step_profile", description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="packaged:smollm2-135m-instruct")
     parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--quantization", default="none", help="load-time quantization (e.g. int8-compute)")
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=None)
@@ -82,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--torch-profile", action="store_true")
     args = parser.parse_args(argv)
     engine = LLMEngine(EngineConfig(model=args.model, dtype=args.dtype, max_num_seqs=max(args.batch),
-                                    num_threads=args.threads, compile=args.compile))
+                                    num_threads=args.threads, compile=args.compile,
+                                    quantization=args.quantization))
     try:
         print(f"model {args.model}  dtype {engine.info.dtype}  threads {torch.get_num_threads()}  "
               f"compile {args.compile}", flush=True)

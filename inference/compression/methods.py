@@ -3,6 +3,8 @@
   bnb-int8          bitsandbytes LLM.int8, saved quantized (a memory variant; slow on CPU)
   bnb-nf4           bitsandbytes nf4 4-bit, bf16 compute, saved quantized (the smallest)
   torch-int8        weight-only int8 at load time (a batch-1 latency and memory variant on CPU)
+  int8-compute      W8A8 at load time: int8 weights and per-token int8 activations (SmoothQuant),
+                    calibrated on the shipped prompts; saved as fp32 weights + recipe
   prune-magnitude   30% unstructured magnitude sparsity, saved dense (a quality reference;
                     50% without retraining left the 135M model answering nothing right)
   prune-structured  6 least influential layers and 25% of FFN channels removed, healed by KD
@@ -23,7 +25,7 @@ from inference.compression.distill import DistillCompressor
 from inference.compression.kd import UNBOUNDED_STEPS, KDBudget
 from inference.compression.prune_magnitude import MagnitudePruneCompressor
 from inference.compression.prune_structured import StructuredPruneCompressor
-from inference.compression.quantize import BnbCompressor, TorchInt8Compressor
+from inference.compression.quantize import BnbCompressor, Int8ComputeCompressor, TorchInt8Compressor
 
 QUICK_KD = KDBudget(max_steps=3, max_seconds=60.0, batch_size=2, ckpt_every=2)
 DISTILL_KD = KDBudget(max_steps=400, max_seconds=540.0, batch_size=8, lr=3e-4)
@@ -33,6 +35,7 @@ METHODS: dict[str, Callable[[bool], Compressor]] = {
     "bnb-int8": lambda quick: BnbCompressor(four_bit=False),
     "bnb-nf4": lambda quick: BnbCompressor(four_bit=True),
     "torch-int8": lambda quick: TorchInt8Compressor(),
+    "int8-compute": lambda quick: Int8ComputeCompressor(),
     "prune-magnitude": lambda quick: MagnitudePruneCompressor(sparsity=0.3),
     "prune-structured": lambda quick: StructuredPruneCompressor(
         drop_layers=6, ffn_keep=0.75, heal=QUICK_KD if quick else HEAL_KD, num_calib=8 if quick else 64

@@ -155,7 +155,7 @@ def _measure(variant: CompressedVariant, job: CompressJob, data: EvalData) -> Va
     log.warning("measuring %s (%s)", variant.name, variant.recipe.method)
     model: Any = load_model(str(variant.path), compute_dtype()).model
     params = count_params(model)
-    model = apply_load_time_quantization(model, quantization)
+    model = apply_load_time_quantization(model, quantization, data.tokenizer, variant.path)
     agreement, kl = compare_to_reference(model, data.reference)
     quality = QualityMetrics(
         agreement=agreement, kl=kl,

@@ -76,3 +76,22 @@ class TorchInt8Compressor(Compressor):
         recipe = VariantRecipe(self.method, self.options(), load_time_quantization="torch-int8")
         save_variant(model, ctx.base_dir, out_dir, recipe, torch.bfloat16)
         return CompressedVariant(self.method, out_dir, recipe)
+
+
+class Int8ComputeCompressor(Compressor):
+    """int8 compute (`int8-compute`, W8A8): bf16 weights on disk, SmoothQuant int8 weights and per-token
+    int8 activations at load time, calibrated on the shipped prompts (`smoothquant.py`)."""
+
+    method = "int8-compute"
+
+    def options(self) -> dict[str, Option]:
+        from inference.compression.smoothquant import ALPHA, INCLUDE_LM_HEAD
+
+        return {"weights": "int8 per-channel", "activations": "int8 per-token, SmoothQuant", "alpha": ALPHA,
+                "lm_head": INCLUDE_LM_HEAD}
+
+    def compress(self, ctx: CompressionContext, out_dir: Path) -> CompressedVariant:
+        model = load_base_model(ctx.base_dir)
+        recipe = VariantRecipe(self.method, self.options(), load_time_quantization="int8-compute")
+        save_variant(model, ctx.base_dir, out_dir, recipe, torch.float32)
+        return CompressedVariant(self.method, out_dir, recipe)

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from inference.errors import QualityCheckError
-from inference.w8a8_linear import W8A8Linear, activation_qmax, smoothing
+from inference.w8a8_linear import W8A8Linear, smoothing, weight_qmax
 
 log = logging.getLogger(__name__)
 ALPHA = 0.5  # SmoothQuant's migration strength (the value measured on the packaged model)
@@ -35,7 +35,8 @@ MIN_AGREEMENT = 0.85  # teacher-forced next-token agreement with the float model
 NUM_CALIB_PROMPTS = 60
 CHECK_TOKENS = 512  # held-out tokens the check reads (in windows of CHECK_WINDOW)
 CHECK_WINDOW = 128
-FORMAT = 2  # bump when calibration or quantization changes what a cached record means
+INCLUDE_LM_HEAD = False  # measured both ways: docs/int8-compute.md
+FORMAT = 3  # bump when calibration or quantization changes what a cached record means
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,14 +144,16 @@ def _cache_path(model_dir: Path, dtype: torch.dtype, include_lm_head: bool) -> P
 
     files = sorted(p for p in model_dir.iterdir() if p.suffix in (".safetensors", ".json", ".bin"))
     stamp = "|".join(f"{p.name}:{p.stat().st_size}:{int(p.stat().st_mtime)}" for p in files)
-    qmax = activation_qmax(torch.device("cpu"))  # the check's numerics depend on it
+    qmax = weight_qmax(torch.device("cpu"))  # the check's numerics depend on it
     key = f"{model_dir.resolve()}|{stamp}|{dtype}|{include_lm_head}|{ALPHA}|{NUM_CALIB_PROMPTS}|{qmax}|{FORMAT}"
     return cache_root() / "w8a8" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
 
 
 def quantize_int8_compute(model: Any, tokenizer: Any, model_dir: Path | None,
-                          include_lm_head: bool = False) -> Int8ComputeReport:
-    """Calibrate (or read the cached calibration), quantize in place, and check quality."""
+                          include_lm_head: bool | None = None) -> Int8ComputeReport:
+    """Calibrate (or read the cached calibration), quantize in place, and check quality. The LM head
+    is quantized too where `include_lm_head` (default `INCLUDE_LM_HEAD`) says so."""
+    include_lm_head = INCLUDE_LM_HEAD if include_lm_head is None else include_lm_head
     _check_plain(model)
     dtype = next(model.parameters()).dtype
     path = _cache_path(model_dir, dtype, include_lm_head) if model_dir is not None and model_dir.is_dir() else None

@@ -200,6 +200,22 @@ def q8_linear_op() -> Callable | None:  # type: ignore[type-arg]
     return None if ops is None else ops[0]
 
 
+@functools.cache
+def quantize_rows_op() -> Callable | None:  # type: ignore[type-arg]
+    """`torch.ops.sloserve.quantize_rows(x, inv_smooth, qmax, zero_point) -> (u8, scale)`: the
+    int8-compute variant's per-token activation quantization in one pass, or None where the
+    kernels are unavailable."""
+    if _module() is None:
+        return None
+    import torch
+
+    @torch.library.register_fake("sloserve::quantize_rows")
+    def _(x, inv_smooth, qmax, zero_point):  # type: ignore[no-untyped-def]
+        return x.new_empty(x.shape, dtype=torch.uint8), x.new_empty((x.shape[0], 1))
+
+    return torch.ops.sloserve.quantize_rows  # type: ignore[no-any-return]
+
+
 def q4_packing_enabled() -> bool:
     """Whether exactly-4-bit (and exactly-8-bit) weights are packed: the kernels build and
     `SLOSERVE_PACK_4BIT` is not "0"."""

@@ -33,6 +33,71 @@ def test_the_int8_product_equals_its_fake_quantized_reference() -> None:
     torch.testing.assert_close(module(x), reference_linear(x, module), rtol=1e-5, atol=1e-5)
     q, scale = quantize_per_token(x)
     assert q.dtype == torch.int8 and int(q.abs().max()) == 127 and scale.shape == (7, 1)
+    # 7-bit weights without VNNI: oneDNN's vpmaddubsw pairs would saturate
+    assert int(module.qweight.abs().max()) in (63, 127)
+
+
+def test_the_largest_codes_do_not_saturate_the_int8_gemm() -> None:
+    """Every activation and weight at its largest code (|x| 127 -> u8 255 or 1, weights at their most):
+    without VNNI, oneDNN's int16 pair sums would saturate at 8-bit weights; 7-bit ones keep it exact."""
+    for sign in (1.0, -1.0):
+        weight = torch.full((8, 64), 0.5)
+        weight[1::2] *= -1
+        module = W8A8Linear(weight, None, None)
+        x = torch.full((6, 64), sign)  # more rows than SMALL_ROWS: the int8 GEMM path
+        torch.testing.assert_close(module(x), F.linear(x, weight), rtol=1e-5, atol=1e-5)
+
+
+def test_the_one_pass_activation_quantization_matches_torchs() -> None:
+    """The C++ per-token quantization (smoothing, scale, round, zero point) against the same in torch ops:
+    equal scales, codes within one step (multiplying by 1/scale may round a half the other way)."""
+    from inference.kernels import quantize_rows_op
+
+    op = quantize_rows_op()
+    if op is None:
+        pytest.skip("the C++ kernels are unavailable here")
+    x = torch.randn(9, 96) * torch.linspace(0.1, 20.0, 96)
+    inv_smooth = torch.rand(96) + 0.2
+    for qmax, zero_point in ((127.0, 128), (63.0, 64)):
+        codes, scale = op(x, inv_smooth, qmax, zero_point)
+        smoothed = x * inv_smooth
+        want_scale = smoothed.abs().amax(dim=-1, keepdim=True) / qmax
+        torch.testing.assert_close(scale, want_scale)
+        want = torch.round(smoothed / want_scale) + zero_point
+        assert codes.dtype == torch.uint8 and int((codes.float() - want).abs().max()) <= 1
+        assert int(codes.min()) >= zero_point - qmax and int(codes.max()) <= zero_point + qmax
+
+
+def test_few_rows_read_the_int8_weights_with_fp32_activations() -> None:
+    """A decode step of up to SMALL_ROWS rows skips the activation quantization: exactly the int8
+    weights (smoothing undone) against the fp32 rows."""
+    from inference.w8a8_linear import SMALL_ROWS
+
+    linear = _linear(96, 40, seed=3)
+    module = W8A8Linear.from_linear(linear, smoothing(torch.rand(96) + 0.1, [linear.weight], 0.5))
+    if module.small is None:
+        pytest.skip("the C++ kernels are unavailable here")
+    x = torch.randn(SMALL_ROWS, 96)
+    torch.testing.assert_close(module(x), F.linear(x, module.dequantized_weight(), module.bias), rtol=1e-4, atol=1e-4)
+
+
+def test_few_rows_of_an_exactly_4bit_model_compute_with_its_exact_values() -> None:
+    """A GGUF model's weights are exactly 4-bit: its few-row steps read those values packed (the full
+    model's own batch-1 decode), the GEMM path past SMALL_ROWS is int8; fused parts keep the packing."""
+    from tests.engine.test_packed_4bit import snap_to_4bit
+
+    parts = [_linear(64, n, seed=n) for n in (32, 32)]
+    for p in parts:
+        p.weight.copy_(snap_to_4bit(p.weight))
+    s = smoothing(torch.rand(64) + 0.5, [p.weight for p in parts], 0.5)
+    fused = W8A8Linear.concat([W8A8Linear.from_linear(p, s) for p in parts])
+    if fused.exact is None:
+        pytest.skip("the C++ kernels are unavailable here")
+    x = torch.randn(2, 64)
+    exact = torch.cat([F.linear(x, p.weight, p.bias) for p in parts], dim=-1)
+    torch.testing.assert_close(fused(x), exact, rtol=1e-5, atol=1e-5)
+    many = torch.randn(16, 64)
+    torch.testing.assert_close(fused(many), reference_linear(many, fused), rtol=1e-5, atol=1e-5)
 
 
 def test_per_token_scales_with_smoothing_keep_an_outlier_channel_from_ruining_the_rest() -> None:
