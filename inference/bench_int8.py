@@ -15,9 +15,9 @@ Run it alone (load average below 0.5 first; it prints the load before and after)
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
-import time
 from typing import Any
 
 import torch
@@ -25,19 +25,9 @@ import torch.nn.functional as F
 
 from inference.compression.speed import SpeedResult, load_average, measure_speed
 from inference.config import EngineConfig
-from inference.dtypes import cpu_model
+from inference.dtypes import cpu_model, time_ms
 from inference.llm_engine import LLMEngine
 from inference.w8a8_linear import W8A8Linear
-
-
-def _best_ms(fn: Any, repeats: int = 20) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return 1e3 * best
 
 
 def gemm_table(shapes: list[tuple[int, int, int]]) -> list[dict[str, Any]]:
@@ -49,9 +39,9 @@ def gemm_table(shapes: list[tuple[int, int, int]]) -> list[dict[str, Any]]:
             int8 = W8A8Linear(w, None, None)
             rows_out.append({
                 "shape": f"{m} x {k} -> {n}",
-                "fp32_ms": _best_ms(lambda x=x, w=w: F.linear(x, w)),
-                "bf16_ms": _best_ms(lambda x=x.bfloat16(), w=w.bfloat16(): F.linear(x, w)),
-                "int8_ms": _best_ms(lambda x=x, int8=int8: int8(x)),
+                "fp32_ms": time_ms(functools.partial(F.linear, x, w), 20),
+                "bf16_ms": time_ms(functools.partial(F.linear, x.bfloat16(), w.bfloat16()), 20),
+                "int8_ms": time_ms(functools.partial(int8, x), 20),
             })
     return rows_out
 

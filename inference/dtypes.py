@@ -67,7 +67,7 @@ def cpu_model() -> tuple[str, list[str]]:
     return name, [f for f in _FLAGS_OF_INTEREST if f in flags]
 
 
-def _time_ms(fn: Callable[[], object], repeats: int) -> float:
+def time_ms(fn: Callable[[], object], repeats: int) -> float:
     """The best of `repeats` timings of `fn()` (after one warm-up call): the least disturbed."""
     fn()
     best = float("inf")
@@ -98,7 +98,7 @@ def measure_cpu_gemms(rounds: int = 3, repeats: int = 4) -> dict[str, float]:
     with torch.inference_mode():
         for _ in range(rounds):
             for name, probe in probes.items():
-                timings[name] = min(timings[name], _time_ms(probe, repeats))
+                timings[name] = min(timings[name], time_ms(probe, repeats))
     return {k: round(v, 4) for k, v in timings.items()}
 
 

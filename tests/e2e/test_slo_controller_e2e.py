@@ -17,10 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,6 +26,7 @@ import httpx
 import pytest
 import yaml
 
+from tests.e2e.sloserve_process import sloserve_up
 from tests.serve.conftest import free_port, wait_until
 from tests.tiny_models import make_tiny_model_dir
 
@@ -129,23 +126,8 @@ def _full_capacity_rps(config_path: Path) -> float:
 
 @contextmanager
 def _sloserve_up(config: Path, port: int, log: Path) -> Iterator[str]:
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "cluster.cli", "up", "--config", str(config), "--port", str(port)],
-            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + 180
-        while "sloserve is serving" not in log.read_text():
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(1)
+    with sloserve_up(config, port, log, ready_timeout_s=180):
         yield f"http://127.0.0.1:{port}"
-    finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def _run_trace(base_url: str, model: str, rates: tuple[float, float], result_dir: Path | None) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 from openai import OpenAI
 
+from tests.e2e.sloserve_process import sloserve_up
 from tests.e2e.test_packaged_model import ONE_WORD_QUESTION  # a margin every dtype auto may pick resolves
 from tests.serve.conftest import free_port
 
@@ -21,17 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_sloserve_up_serves_the_packaged_model_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     port = free_port()
     log = tmp_path / "up.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "cluster.cli", "up", "--config", "cluster/configs/local.yaml", "--port", str(port)],
-            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + 240
-        while "sloserve is serving" not in log.read_text():
-            assert proc.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(1)
+    with sloserve_up("cluster/configs/local.yaml", port, log) as proc:
         client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=120)
         ids = {m.id for m in client.models.list().data}
         assert {"smollm2-135m-instruct:full", "smollm2-135m-instruct:int8"} <= ids
@@ -50,14 +41,7 @@ def test_sloserve_up_serves_the_packaged_model_and_stops_on_ctrl_c(tmp_path: Pat
         assert "Paris" in compressed.choices[0].message.content
         assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).json()["status"] == "ok"
         _bounded_load_test(port, tmp_path / "load")
-    finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            code = proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            raise
-    assert code == 0, log.read_text()[-3000:]
+    assert proc.returncode == 0, log.read_text()[-3000:]
     assert "stopped." in log.read_text()
 
 

@@ -20,10 +20,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,6 +30,7 @@ from typing import Any
 
 import pytest
 
+from tests.e2e.sloserve_process import sloserve_up
 from tests.serve.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,30 +54,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """One `sloserve up` (the default config) for both clients; SIGINT stops it, as Ctrl-C would."""
     port = free_port()
     log = tmp_path_factory.mktemp("sloserve-up") / "up.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "cluster.cli", "up", "--config", "cluster/configs/local.yaml", "--port", str(port)],
-            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + 240
-        while "sloserve is serving" not in log.read_text():
-            assert proc.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(1)
+    with sloserve_up("cluster/configs/local.yaml", port, log):
         # resolved only now: the server has converted (and cached) the packaged model by this point
         from inference.model_loader import resolve_model_dir
 
         tokenizer_dir = Path(resolve_model_dir(f"packaged:{MODEL}"))
         yield Server(port=port, log=log, tokenizer_dir=tokenizer_dir)
-    finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
-            raise
 
 
 def _text(stream: str | bytes | None) -> str:
