@@ -4,8 +4,7 @@ Weights are int8 per output channel; activations are quantized at run time per t
 row), after SmoothQuant smoothing: each input channel j is divided by s_j and the weight's column
 j multiplied by it, s_j = max|X_j|^alpha / max|W_j|^(1 - alpha), which moves the activations'
 outlier channels into the weights, where per-channel scales absorb them. The int8 x int8 product
-runs through `torch._int_mm` (oneDNN on CPU: VNNI where the CPU has it; cuBLASLt on CUDA), and the
-int32 result is scaled back to fp32 by (token scale x channel scale).
+accumulates in int32 and is scaled back to fp32 by (token scale x channel scale).
 
 The int8 GEMM, by device (`int8_gemm_backend`):
   cpu   oneDNN's u8 x s8 GEMM (`onednn::qlinear_pointwise`, the x86 inductor quantization op):
@@ -169,11 +168,10 @@ class W8A8Linear(nn.Module):
             return self.quantize(rows, self.inv_smooth, self.qmax, self.zero_point)  # type: ignore[no-any-return]
         if self.inv_smooth is not None:
             rows = rows * self.inv_smooth
-        scale = rows.abs().amax(dim=-1, keepdim=True).clamp(min=1e-8) / self.qmax
-        q = torch.round(rows / scale)
+        q, scale = quantize_per_token(rows, self.qmax)
         if self.backend == "onednn":
-            return q.add_(self.zero_point).to(torch.uint8), scale
-        return q.to(torch.int8), scale
+            return (q.to(torch.int16) + self.zero_point).to(torch.uint8), scale
+        return q, scale
 
     def _int8_gemm(self, rows: torch.Tensor) -> torch.Tensor:
         """rows [M, K] fp32 -> fp32 [M, N], activations quantized per token."""

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from inference.errors import QualityCheckError
+from inference.errors import QualityCheckError, UnsupportedModelError
 from inference.w8a8_linear import W8A8Linear, smoothing, weight_qmax
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ def _check_plain(model: Any) -> None:
             for parent, attr in members:
                 module = getattr(parent, attr)
                 if type(module) is not nn.Linear:
-                    raise QualityCheckError(
+                    raise UnsupportedModelError(
                         f"int8-compute needs plain float linears; layer {i} {name} has {type(module).__name__} "
                         "(tensor parallelism and other quantizations are not supported with it)")
 
