@@ -33,6 +33,7 @@ from deployments.slo.decision import Decision, PolicyState
 from deployments.slo.merge import merge_observations
 from deployments.slo.policy import decide
 from deployments.slo.settings import PolicyInputs
+from inference.dtypes import cpu_label
 from inference.manifest import ManifestError, VariantManifest
 
 log = logging.getLogger("ray.serve")
@@ -41,11 +42,13 @@ ROUTER_DEPLOYMENT = "router"
 REMEMBER_EVERY_S = 5.0  # how often the routers get the policy's learned state (and after every change)
 HISTORY = 500  # decisions kept by the controller (the routers keep their own log of applied ones)
 WEIGHT_TOLERANCE = 1e-6
+PACKAGED_CONFIGS = Path(__file__).resolve().parents[1] / "cluster" / "configs"
 
 
 def load_manifest(config: AppConfig, config_path: str | Path | None = None) -> tuple[Path, VariantManifest]:
     """The manifest `controller.manifest` names: a relative path is looked up next to the config
-    file, then in the working directory. Raises ConfigError naming `controller.manifest` when it is
+    file, then in the working directory, then among the packaged configs (cluster/configs/: how a
+    RayService rendered from local.yaml finds its manifest in the image). Raises ConfigError naming `controller.manifest` when it is
     unset, missing, invalid, or lacks a configured variant."""
     if config.controller.manifest is None:
         raise ConfigError("controller.manifest: the SLO controller is enabled but no manifest (variants.json) is set")
@@ -55,6 +58,7 @@ def load_manifest(config: AppConfig, config_path: str | Path | None = None) -> t
     else:
         candidates = [Path(config_path).resolve().parent / given] if config_path else []
         candidates.append(Path.cwd() / given)
+        candidates.append(PACKAGED_CONFIGS / given)
     path = next((c for c in candidates if c.is_file()), None)
     if path is None:
         looked = ", ".join(str(c) for c in candidates)
@@ -95,6 +99,13 @@ class SLOController:
         self.scaling_disabled = False
         self.remembered_s = -math.inf
         self.started_unix = time.time()
+        self.cpu = cpu_label()
+        self.manifest_cpu_matches = self.cpu in self.manifest.hardware
+        if not self.manifest_cpu_matches:
+            log.warning(
+                "slo-controller: the manifest was measured on %r, this is %r: planning from its speeds, "
+                "corrected online from the latency observed here (the corrections are in the decision log)",
+                self.manifest.hardware, self.cpu)
         self.task = asyncio.get_running_loop().create_task(self._loop())
 
     async def _loop(self) -> None:
@@ -191,6 +202,10 @@ class SLOController:
             "started_unix": self.started_unix, "num_intervals": self.num_intervals,
             "num_failures": self.num_failures, "last_error": self.last_error,
             "scaling_disabled": self.scaling_disabled,
+            "manifest_hardware": self.manifest.hardware, "cpu": self.cpu,
+            "manifest_cpu_matches": self.manifest_cpu_matches,
+            "corrections": ({n: [c.tpot, c.ttft] for n, c in self.state.corrections.items()}
+                            if self.state else None),
             "weights": dict(self.state.weights) if self.state else None,
             "replica_targets": dict(self.state.replica_targets) if self.state else None,
         }

@@ -67,6 +67,12 @@ def cpu_model() -> tuple[str, list[str]]:
     return name, [f for f in _FLAGS_OF_INTEREST if f in flags]
 
 
+def cpu_label() -> str:
+    """`cpu_model()` as one string, "AMD EPYC [avx2]": how manifests and dtype choices name a CPU."""
+    name, flags = cpu_model()
+    return f"{name} [{' '.join(flags)}]"
+
+
 def time_ms(fn: Callable[[], object], repeats: int) -> float:
     """The best of `repeats` timings of `fn()` (after one warm-up call): the least disturbed."""
     fn()
@@ -137,7 +143,7 @@ def cpu_dtype_choice() -> DtypeChoice:
                 log.warning("dtype auto: ignoring an unreadable cache file %s (%s); measuring again", path, e)
         timings = measure_cpu_gemms()
         dtype, reason = choose_cpu_dtype(timings)
-        choice = DtypeChoice(dtype=dtype, reason=reason, cpu=f"{name} [{' '.join(flags)}]", timings_ms=timings,
+        choice = DtypeChoice(dtype=dtype, reason=reason, cpu=cpu_label(), timings_ms=timings,
                              num_threads=num_threads, measured_at=time.strftime("%Y-%m-%d"))
         partial = path.with_name(f".{path.name}.{os.getpid()}")
         partial.write_text(json.dumps(asdict(choice), indent=1))

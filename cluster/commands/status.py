@@ -1,5 +1,7 @@
 """`sloserve status`: applications, deployments and replica states of a running cluster, and each
 variant's compute dtype with why (`dtype: auto`'s measured GEMM timings on CPU); with
+the SLO controller's weights, replica targets and whether its manifest was measured on this CPU
+(else it plans from the manifest corrected online: the corrections are shown); with
 `--placement`, where every rank of every variant's replicas runs (node, GPUs Ray assigned,
 CUDA_VISIBLE_DEVICES, torch device)."""
 
@@ -18,6 +20,8 @@ def run(args: argparse.Namespace) -> int:
     from ray import serve
     from ray.serve.schema import ReplicaState
 
+    from deployments.controller import CONTROLLER_DEPLOYMENT
+
     ray.init(address=args.address, log_to_driver=False)
     status = serve.status()
     if not status.applications:
@@ -33,6 +37,8 @@ def run(args: argparse.Namespace) -> int:
                 _print_dtype(name, dep_name)
             if args.placement and dep_name.startswith("llm-"):
                 _print_placement(name, dep_name, running)
+            if dep_name == CONTROLLER_DEPLOYMENT and running:
+                _print_controller(name, dep_name)
     return 0
 
 
@@ -45,6 +51,22 @@ def _print_dtype(app_name: str, deployment: str) -> None:
     except Exception as e:  # a replica that cannot answer still leaves the rest of the status
         summary = f"unknown ({type(e).__name__}: {e})"
     print(f"    dtype: {summary}")
+
+
+def _print_controller(app_name: str, deployment: str) -> None:
+    """The controller's view: traffic weights, replica targets, and how far its manifest is from here."""
+    from ray import serve
+
+    try:
+        s = serve.get_deployment_handle(deployment, app_name).status.remote().result(timeout_s=30)
+    except Exception as e:
+        print(f"    controller: unknown ({type(e).__name__}: {e})")
+        return
+    print(f"    weights: {s['weights']}  replica targets: {s['replica_targets']}  "
+          f"intervals: {s['num_intervals']} ({s['num_failures']} failed)")
+    where = "this CPU" if s["manifest_cpu_matches"] else f"{s['manifest_hardware']!r}, not this CPU ({s['cpu']})"
+    corrections = {n: f"tpot x{t:.2f} ttft x{f:.2f}" for n, (t, f) in (s["corrections"] or {}).items()}
+    print(f"    manifest measured on {where}; online corrections: {corrections or 'none yet'}")
 
 
 def _print_placement(app_name: str, deployment: str, num_replicas: int) -> None:

@@ -19,6 +19,7 @@ from load_tests.sim.traces import RateTrace
 
 TARGET_TRACES = ("step3x", "burst")
 STEADY_TRACES = ("steady", "steady-noisy")
+STEADY_COST_RATIO = 1.1  # steady load: sloserve's replica-seconds at most this times static-full's
 RAY_COST_RATIO = 1.1  # ray-default settings at most this many times sloserve's replica-seconds are compared
 MAX_CHANGES_PER_STEP = 2  # each way: up during the step, back after it
 RECOVERY_BIN_S = 10.0
@@ -125,8 +126,15 @@ def check_targets(trace: str, results: dict[str, PolicyResult]) -> list[TargetCh
     if s is None:
         return []
     if trace in STEADY_TRACES:
-        return [TargetCheck(trace, "<= 4 variant-mix changes per hour", f"{s.mix_changes_per_hour:.1f} per hour",
-                            s.mix_changes_per_hour <= 4.0)]
+        checks = [TargetCheck(trace, "<= 4 variant-mix changes per hour", f"{s.mix_changes_per_hour:.1f} per hour",
+                              s.mix_changes_per_hour <= 4.0)]
+        full = results.get("static-full")
+        if full is not None and full.replica_seconds > 0:  # no replica kept warm for nothing under steady load
+            ratio = s.replica_seconds / full.replica_seconds
+            checks.append(TargetCheck(trace, f"<= {STEADY_COST_RATIO}x static-full's replica-seconds",
+                                      f"{s.replica_seconds:.0f} vs {full.replica_seconds:.0f} replica-s ({ratio:.2f}x)",
+                                      ratio <= STEADY_COST_RATIO + 1e-9))
+        return checks
     checks = [TargetCheck(trace, "sloserve SLO attainment >= 99%", f"{s.attainment:.2%}", s.attainment >= 0.99)]
     if s.mix_changes_per_step:
         worst = max(max(up, back) for up, back in s.mix_changes_per_step)

@@ -1,4 +1,5 @@
-"""`sloserve up` with the default config serves the packaged SmolLM2; Ctrl-C stops it cleanly."""
+"""`sloserve up` with the default config serves the packaged SmolLM2 as `full` and `int8-compute`
+with the SLO controller on; `sloserve status` shows the controller; Ctrl-C stops it cleanly."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ def test_sloserve_up_serves_the_packaged_model_and_stops_on_ctrl_c(tmp_path: Pat
     with sloserve_up("cluster/configs/local.yaml", port, log) as proc:
         client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=120)
         ids = {m.id for m in client.models.list().data}
-        assert {"smollm2-135m-instruct:full", "smollm2-135m-instruct:int8"} <= ids
+        assert {"smollm2-135m-instruct:full", "smollm2-135m-instruct:int8-compute"} <= ids
         answer = client.chat.completions.create(
             model="smollm2-135m-instruct",
             messages=ONE_WORD_QUESTION,
@@ -34,13 +35,18 @@ def test_sloserve_up_serves_the_packaged_model_and_stops_on_ctrl_c(tmp_path: Pat
         assert "Paris" in answer.choices[0].message.content
         assert answer.model == "smollm2-135m-instruct:full"
         compressed = client.chat.completions.create(
-            model="smollm2-135m-instruct:int8",
+            model="smollm2-135m-instruct:int8-compute",
             messages=ONE_WORD_QUESTION,
             max_tokens=32, temperature=0,
         )
         assert "Paris" in compressed.choices[0].message.content
         assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).json()["status"] == "ok"
         _bounded_load_test(port, tmp_path / "load")
+        status = subprocess.run([sys.executable, "-m", "cluster.cli", "status"], cwd=ROOT, capture_output=True,
+                                text=True, timeout=120)
+        assert status.returncode == 0, status.stderr[-2000:]
+        assert "slo-controller" in status.stdout and "manifest measured on" in status.stdout, status.stdout
+        assert "int8-compute" in status.stdout
     assert proc.returncode == 0, log.read_text()[-3000:]
     assert "stopped." in log.read_text()
 
@@ -60,7 +66,7 @@ def _bounded_load_test(port: int, result_dir: Path) -> None:
     assert summary["completed"] == 8 and summary["failed"] == 0
     assert summary["mean_ttft_ms"] > 0 and summary["output_throughput"] > 0
     records = [json.loads(line) for line in (result_dir / "requests.jsonl").read_text().splitlines()]
-    assert len(records) == 8 and {r["variant"] for r in records} == {"full"}
+    assert len(records) == 8 and {r["variant"] for r in records} <= {"full", "int8-compute"}
 
 
 def test_ctrl_c_while_deploying_stops_sloserve_up(tmp_path: Path) -> None:

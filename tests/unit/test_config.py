@@ -83,7 +83,7 @@ def test_default_config_is_the_packaged_one_from_any_folder(tmp_path: Path, monk
     monkeypatch.chdir(tmp_path)  # not the repository root
     config = load_or_exit(None)
     assert [v.name for v in config.variants] == [v.name for v in load_config(DEFAULT_CONFIG).variants]
-    assert {"full", "int8"} <= {v.name for v in config.variants}
+    assert {"full", "int8-compute"} <= {v.name for v in config.variants} and config.controller.enabled
     assert f"config: {DEFAULT_CONFIG.resolve()}" in capsys.readouterr().out
 
 

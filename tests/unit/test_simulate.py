@@ -1,7 +1,8 @@
 """The controller simulator end to end: output structure, trace files, errors, and the issue's
 targets — on the labelled example manifest, and on the measured manifest of the packaged model
-(`MEASURED_MANIFEST`: cluster/configs/local-slo-manifest.json, served measurements of full, int8
-and distill-20; `MEASURED_CONFIG` lets `full` scale to 2 replicas and keeps distill-20 warm)."""
+(`MEASURED_MANIFEST`: cluster/configs/local-slo-manifest.json, served measurements of full,
+int8-compute, int8 and distill-20; `MEASURED_CONFIG` lets `full` scale to 3 replicas and starts the
+compressed variants from 0), at seeds 0-9."""
 
 from __future__ import annotations
 
@@ -17,15 +18,18 @@ ROOT = Path(__file__).parents[2]
 TRACES = ROOT / "load_tests" / "traces"
 MEASURED_MANIFEST = ROOT / "cluster" / "configs" / "local-slo-manifest.json"
 MEASURED_CONFIG = TRACES / "sim-local-slo.yaml"
-# Targets the policy does not meet yet on MEASURED_MANIFEST (see docs/slo-controller.md): the test
-# fails once one is met, so the entry is removed and the target asserted from then on.
-# Re-measured 2026-12-01 17:40 (Zen 4, bf16, Serve's fast path); the window's mean e2e fixed and
-# MEASURED_CONFIG planning at 65% (docs/slo-controller.md, "The simulator on the re-measured manifest").
-# The router's spilling over (routing.spill_over) and MIN_MOVE 0.1 met the rest (2026-12-01).
-# step3x's replica-seconds cannot be met on these variants with the attainment and quality targets
-# (docs/slo-controller.md, "Status now"): it waits for a faster, better compressed variant.
+MEASURED_SEEDS = range(10)
+RAY_SWEEP = ("--ray-sweep", "1,2,4,8,16")  # Ray's default autoscaler at five settings (first seed only: it is slow)
+# Targets the policy does not meet at every seed on MEASURED_MANIFEST (see docs/slo-controller.md,
+# "The simulator on the AVX2 manifest"): the test fails once one is met at every seed, so the entry is
+# removed and the target asserted from then on. Re-measured 2026-12-07 04:24 (AVX2 EPYC kind, fp32,
+# served). int8-compute carries 1.17-1.19x full's tokens at 16-32 concurrent there: not enough to
+# carry a step on the same replicas, so every step and burst needs a new replica (12 s cold start)
+# unless one is kept warm, which costs 2x static-full's replica-seconds under steady load.
 OPEN_ON_MEASURED = {
-    "step3x": {">= 30% fewer replica-seconds than static-full"},
+    "step3x": {"sloserve SLO attainment >= 99%", ">= 30% fewer replica-seconds than static-full"},
+    "burst": {"sloserve SLO attainment >= 99%"},
+    "steady": {"<= 1.1x static-full's replica-seconds"},
 }
 SHORT_TRACE = """\
 name: short-step
@@ -120,14 +124,20 @@ def test_steady_keeps_the_variant_mix(trace: str, capsys: pytest.CaptureFixture[
 
 @pytest.mark.parametrize("trace", ["step3x", "burst", "steady"])
 def test_targets_on_the_measured_manifest(trace: str, capsys: pytest.CaptureFixture[str]) -> None:
-    report = run_json(capsys, "--trace", trace, "--manifest", str(MEASURED_MANIFEST), "--config", str(MEASURED_CONFIG),
-                      "--policies", "sloserve,static-full,static-compressed", "--ray-sweep", "1,2,4,8,16")
-    checks = {c["target"].split(" (sloserve")[0]: c for c in report["traces"][0]["targets"] if c["primary"]}
-    missed = {t: c["value"] for t, c in checks.items() if not c["met"]}
-    still_open = OPEN_ON_MEASURED.get(trace, set())
-    assert still_open <= set(checks)  # the open targets are still checked by these names
-    assert not set(missed) - still_open, f"targets missed on {MEASURED_MANIFEST.name}: {missed}"
-    now_met = still_open - set(missed)
-    assert not now_met, f"now met, remove from OPEN_ON_MEASURED: {now_met}"
-    if missed:
-        pytest.xfail(f"open on {MEASURED_MANIFEST.name}: {missed}")
+    """Every seed of MEASURED_SEEDS: one lucky arrival sequence is not a met target. The comparison
+    with Ray's default autoscaler runs at the first seed."""
+    missed_by_seed: dict[int, dict[str, str]] = {}
+    for seed in MEASURED_SEEDS:
+        report = run_json(capsys, "--trace", trace, "--manifest", str(MEASURED_MANIFEST), "--config",
+                          str(MEASURED_CONFIG), "--policies", "sloserve,static-full,static-compressed",
+                          "--seed", str(seed), *RAY_SWEEP * (seed == MEASURED_SEEDS[0]))
+        checks = {c["target"].split(" (sloserve")[0]: c for c in report["traces"][0]["targets"] if c["primary"]}
+        still_open = OPEN_ON_MEASURED.get(trace, set())
+        assert still_open <= set(checks)  # the open targets are still checked by these names
+        missed = {t: c["value"] for t, c in checks.items() if not c["met"]}
+        assert not set(missed) - still_open, f"seed {seed}: targets missed on {MEASURED_MANIFEST.name}: {missed}"
+        missed_by_seed[seed] = missed
+    now_met = OPEN_ON_MEASURED.get(trace, set()) - {t for m in missed_by_seed.values() for t in m}
+    assert not now_met, f"now met at every seed, remove from OPEN_ON_MEASURED: {now_met}"
+    if any(missed_by_seed.values()):
+        pytest.xfail(f"open on {MEASURED_MANIFEST.name}: {missed_by_seed}")
