@@ -37,7 +37,7 @@ from deployments.protocol import (
 from deployments.tp_group import RankPlacement, this_process_placement
 from inference.async_engine import AsyncLLMEngine
 from inference.config import EngineConfig
-from inference.errors import InvalidRequestError
+from inference.errors import InvalidRequestError, QualityCheckError
 from inference.guided import GuidedDecoding
 from inference.logs import show_engine_log
 from inference.outputs import RequestOutput, TokenLogprob
@@ -66,7 +66,10 @@ class LLMServer:
         show_engine_log()  # the kernel build and compile steps of a first start
         config = EngineConfig.model_validate_json(engine_config_json)
         started = time.monotonic()
-        self.engine = await asyncio.to_thread(self._build_engine, config)
+        try:
+            self.engine = await asyncio.to_thread(self._build_engine, config)
+        except QualityCheckError as e:  # the variant does not serve; Serve's deploy error names it
+            raise QualityCheckError(f"variant {variant!r} refuses to start: {e}") from e
         await self._warm_up()
         self.metrics = ReplicaMetrics()
         self._series = (variant, serve.get_replica_context().replica_id.unique_id)
