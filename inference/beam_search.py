@@ -32,6 +32,12 @@ def _clone(parent: Sequence, seq_id: int) -> Sequence:
     return child
 
 
+def candidate_scores(cumulative: list[float], logprobs: torch.Tensor) -> torch.Tensor:
+    """Every (beam, token) continuation's cumulative logprob, flattened, on the logprobs' device."""
+    prior = torch.tensor(cumulative, dtype=logprobs.dtype).to(logprobs.device)
+    return (prior[:, None] + logprobs).view(-1)
+
+
 def beam_step(
     group: SequenceGroup,
     logprobs: torch.Tensor,  # [len(live beams), vocab], rows in group.live_seqs order
@@ -42,8 +48,7 @@ def beam_step(
     params = group.params
     width = params.n
     live = group.live_seqs
-    cumulative = torch.tensor([s.cumulative_logprob for s in live], dtype=logprobs.dtype)
-    scores = (cumulative[:, None] + logprobs).view(-1)
+    scores = candidate_scores([s.cumulative_logprob for s in live], logprobs)
     top_scores, top_ids = torch.topk(scores, min(2 * width, scores.numel()))
     vocab = logprobs.shape[1]
     at_min = live[0].num_output_tokens + 1 >= params.min_tokens

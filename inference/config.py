@@ -54,6 +54,10 @@ class EngineConfig(BaseModel):
     master_port: int | None = Field(
         default=None, ge=1024, le=65535, description="Rendezvous port of the TP group; default: a free port."
     )
+    collective_timeout_s: float = Field(
+        default=120.0, ge=1.0, le=86_400.0,
+        description="Longest wait of a rank in one collective; an idle group sends keep-alives at a quarter of it.",
+    )
     seed: int = Field(default=0, ge=0, description="Seed for requests that give none.")
     enable_prefix_caching: bool = Field(
         default=True,

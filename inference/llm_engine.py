@@ -109,7 +109,7 @@ class LLMEngine:
         max_tokens = self.check_request(prompt_ids, params)
         generator = None
         if params.seed is not None:
-            generator = torch.Generator().manual_seed(params.seed)
+            generator = torch.Generator(device=self.worker.device).manual_seed(params.seed)
         eos = frozenset(self.info.eos_token_ids)
         seq = self._new_seq(prompt_ids, params, index=0)
         group = SequenceGroup(
@@ -213,20 +213,23 @@ class LLMEngine:
     ) -> list[RequestOutput]:
         now = time.monotonic()
         sampling = [item for item in sched.decodes + sched.prefills if item.completes_prefill]
+        failed: dict[str, BaseException] = {}
+        touched: dict[str, SequenceGroup] = {}
         if spans:  # prompt-logprob rows come after the sampling rows
-            record_prompt_logprobs(spans, logits[len(sampling) :])
+            failed.update(record_prompt_logprobs(spans, logits[len(sampling) :]))
+            touched.update({s.group.request_id: s.group for s in spans if s.group.request_id in failed})
             logits = logits[: len(sampling)]
         for item in sched.decodes + sched.prefills:
             item.seq.num_computed_tokens += item.num_tokens
             self.block_manager.cache_full_blocks(item.seq, item.seq.num_computed_tokens - item.num_tokens)
             if item.group.metrics.scheduled_s is None:
                 item.group.metrics.scheduled_s = now
-        touched: dict[str, SequenceGroup] = {}
-        failed: dict[str, BaseException] = {}
         plain: list[tuple[int, ScheduledSeq]] = []
         beams: dict[str, list[int]] = {}
         for row, item in enumerate(sampling):
             touched[item.group.request_id] = item.group
+            if item.group.request_id in failed:  # its prompt logprobs failed: it ends with that error
+                continue
             if item.group.max_tokens == 0:  # prompt only (echo / prompt logprobs): nothing to sample
                 item.seq.status, item.seq.finish_reason = SequenceStatus.FINISHED, "length"
                 self.block_manager.free(item.seq.block_table)
@@ -389,6 +392,10 @@ class LLMEngine:
             prefix_cache_queried_tokens=self.scheduler.num_prefix_queried_tokens,
             prefix_cache_hit_tokens=self.scheduler.num_prefix_hit_tokens,
         )
+
+    def keepalive_if_idle(self) -> None:
+        """Between steps: keep an idle tensor-parallel group's peers from timing out."""
+        self.worker.keepalive_if_idle()
 
     def dead_ranks(self) -> list[int]:
         return self.peers.dead_ranks() if self.peers is not None else []

@@ -45,22 +45,44 @@ def prompt_logprob_spans(sched: SchedulerOutput) -> list[PromptLogprobSpan]:
     return spans
 
 
-def record_prompt_logprobs(spans: Sequence[PromptLogprobSpan], logits: torch.Tensor) -> None:
-    """logits: [sum(num_rows), vocab], the spans' rows in order; appends to each group's prompt_logprobs."""
+def record_prompt_logprobs(spans: Sequence[PromptLogprobSpan], logits: torch.Tensor) -> dict[str, Exception]:
+    """logits: [sum(num_rows), vocab], the spans' rows in order; appends to each group's prompt_logprobs.
+    A span that fails ends only its own request: returns {request_id: error} for the engine to end."""
+    failed: dict[str, Exception] = {}
     offset = 0
     for span in spans:
-        rows = logits[offset : offset + span.num_rows].float()
+        rows = logits[offset : offset + span.num_rows]
         offset += span.num_rows
-        logp = torch.log_softmax(rows, dim=-1)
-        prompt = span.group.prompt_token_ids
-        targets = torch.tensor(prompt[span.start_pos + 1 : span.start_pos + 1 + span.num_rows], dtype=torch.int64)
-        chosen = logp.gather(1, targets[:, None])[:, 0].tolist()
-        k = span.group.params.prompt_logprobs or 0
-        tops: list[dict[int, float]] = [{} for _ in chosen]
-        if k:
-            values, ids = torch.topk(logp, k, dim=-1)
-            tops = [dict(zip(i, v, strict=True)) for i, v in zip(ids.tolist(), values.tolist(), strict=True)]
-        assert span.group.prompt_logprobs is not None
-        span.group.prompt_logprobs.extend(
-            TokenLogprob(t, lp, top) for t, lp, top in zip(targets.tolist(), chosen, tops, strict=True)
-        )
+        try:
+            _record(span, rows)
+        except (MemoryError, torch.OutOfMemoryError):  # the engine's failure, not this request's
+            raise
+        except Exception as e:  # isolated per request; the engine ends it with this error
+            failed[span.group.request_id] = e
+    return failed
+
+
+def prompt_logprob_tensors(
+    rows: torch.Tensor, targets: list[int], k: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """On the rows' device: log-probabilities [rows, vocab], each target's [rows], and the top k's
+    values and ids [rows, k] (empty when k is 0)."""
+    logp = torch.log_softmax(rows.float(), dim=-1)
+    target_ids = torch.tensor(targets, dtype=torch.int64).to(logp.device)
+    chosen = logp.gather(1, target_ids[:, None])[:, 0]
+    values, ids = torch.topk(logp, k, dim=-1)
+    return logp, chosen, values, ids
+
+
+def _record(span: PromptLogprobSpan, rows: torch.Tensor) -> None:
+    prompt = span.group.prompt_token_ids
+    targets = prompt[span.start_pos + 1 : span.start_pos + 1 + span.num_rows]
+    k = span.group.params.prompt_logprobs or 0
+    _, chosen, values, ids = prompt_logprob_tensors(rows, targets, k)
+    tops: list[dict[int, float]] = [{} for _ in targets]
+    if k:
+        tops = [dict(zip(i, v, strict=True)) for i, v in zip(ids.tolist(), values.tolist(), strict=True)]
+    assert span.group.prompt_logprobs is not None
+    span.group.prompt_logprobs.extend(
+        TokenLogprob(t, lp, top) for t, lp, top in zip(targets, chosen.tolist(), tops, strict=True)
+    )

@@ -6,6 +6,11 @@ step it broadcasts the `StepInput` to ranks 1..N-1 (a torch.distributed broadcas
 group, cheaper than an RPC per step) and all ranks run the forward in lockstep. Ranks 1..N-1
 sit in `serve_forever`. The engine starts them as processes (`multiproc.py`); the Serve
 replica starts them as Ray actors. Neither matters here.
+
+An idle group stays alive: the peers wait for the next step inside a broadcast, which times out
+after `EngineConfig.collective_timeout_s` (120 s), so rank 0 broadcasts a
+keep-alive header when it has sent nothing for a quarter of that (`keepalive_if_idle`, called by
+the engine loop while it waits for work).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -33,6 +39,24 @@ SHM_DIR = Path("/dev/shm")
 DEEPSPEED_SHM_PREFIX = "deepspeed_allreduce_buffer_"
 
 _STOP = 0
+_KEEPALIVE = -1
+ALLOW_CPU_FOR_CUDA_ENV = "SLOSERVE_CUDA_ON_CPU"  # "1": a 'cuda' rank where torch sees no GPU runs on the CPU
+
+
+class DeviceUnavailableError(RuntimeError):
+    """A variant asks for a device this process's torch cannot use."""
+
+
+def distributed_env(rank: int, tp_size: int, device: torch.device, master_addr: str, master_port: int) -> dict[str, str]:
+    """The environment `deepspeed.init_distributed` and `init_inference` read for this rank.
+
+    LOCAL_RANK is the index of this rank's own GPU as this process sees it (DeepSpeed calls
+    `set_device(LOCAL_RANK)`): under Ray each rank sees only its bundle's GPU, cuda:0, whatever its
+    rank. On CPU it is the rank: with LOCAL_SIZE it names the rank's shared-memory all-reduce
+    buffer (without LOCAL_SIZE the first CPU all-reduce segfaults)."""
+    local_rank = (device.index or 0) if device.type == "cuda" else rank
+    return {"RANK": str(rank), "LOCAL_RANK": str(local_rank), "WORLD_SIZE": str(tp_size),
+            "LOCAL_SIZE": str(tp_size), "MASTER_ADDR": master_addr, "MASTER_PORT": str(master_port)}
 
 
 @dataclass(slots=True)
@@ -66,6 +90,7 @@ class RankWorker:
         self.runner: ModelRunner | None = None
         self.tokenizer: Any = None
         self.device = select_device(config.device, rank)
+        self.last_broadcast_s = time.monotonic()
 
     def _init_distributed(self) -> None:
         import deepspeed
@@ -74,18 +99,12 @@ class RankWorker:
         n = self.config.tp_size
         # LOCAL_SIZE must be set before init: without it DeepSpeed's CPU shared-memory all-reduce
         # is not initialised and the first all-reduce segfaults.
-        os.environ.update(
-            RANK=str(self.rank),
-            LOCAL_RANK=str(self.rank),
-            WORLD_SIZE=str(n),
-            LOCAL_SIZE=str(n),
-            MASTER_ADDR=self.rendezvous.master_addr,
-            MASTER_PORT=str(self.rendezvous.master_port),
-        )
+        os.environ.update(distributed_env(self.rank, n, self.device, self.rendezvous.master_addr,
+                                          self.rendezvous.master_port))
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         backend = "nccl" if self.device.type == "cuda" else "gloo"
-        deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(seconds=120))
+        deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(seconds=self.config.collective_timeout_s))
         if self.device.type == "cpu":
             self._unlink_shm_buffer()
 
@@ -163,6 +182,12 @@ class RankWorker:
             self._broadcast(pickle.dumps(step, protocol=pickle.HIGHEST_PROTOCOL))
         return self.runner.execute(step)
 
+    def keepalive_if_idle(self) -> None:
+        """Rank 0, between steps: a keep-alive header to the peers if nothing went out for a
+        quarter of the collective timeout (their wait for the next step would otherwise time out)."""
+        if self.config.tp_size > 1 and time.monotonic() - self.last_broadcast_s >= self.config.collective_timeout_s / 4:
+            self._send_header(_KEEPALIVE)
+
     def serve_forever(self) -> None:
         """Ranks 1..N-1: run every step rank 0 broadcasts, until it says stop."""
         assert self.rank > 0 and self.runner is not None
@@ -170,7 +195,8 @@ class RankWorker:
             payload = self._receive()
             if payload is None:
                 break
-            self.runner.execute(pickle.loads(payload))
+            if payload:
+                self.runner.execute(pickle.loads(payload))
         self.close()
 
     def stop_peers(self) -> None:
@@ -184,11 +210,16 @@ class RankWorker:
         if self.config.tp_size > 1 and dist.is_initialized():
             dist.destroy_process_group()
 
+    def _send_header(self, value: int) -> None:
+        import torch.distributed as dist
+
+        dist.broadcast(torch.tensor([value], dtype=torch.int64, device=self.device), src=0)
+        self.last_broadcast_s = time.monotonic()
+
     def _broadcast(self, payload: bytes) -> None:
         import torch.distributed as dist
 
-        header = torch.tensor([len(payload)], dtype=torch.int64, device=self.device)
-        dist.broadcast(header, src=0)
+        self._send_header(len(payload))
         if payload:
             data = torch.frombuffer(bytearray(payload), dtype=torch.uint8).to(self.device)
             dist.broadcast(data, src=0)
@@ -201,6 +232,8 @@ class RankWorker:
         size = int(header.item())
         if size == _STOP:
             return None
+        if size == _KEEPALIVE:
+            return b""
         data = torch.empty(size, dtype=torch.uint8, device=self.device)
         dist.broadcast(data, src=0)
         return data.cpu().numpy().tobytes()
@@ -211,18 +244,20 @@ def select_device(requested: str, rank: int) -> torch.device:
 
     Under Ray each rank holds one GPU of its bundle and Ray sets CUDA_VISIBLE_DEVICES to it alone,
     so torch sees one device: cuda:0. Ranks started as local processes see every GPU: cuda:rank.
-    Where torch sees no CUDA device (a CPU build, or GPUs Ray only declares, as in tests), a
-    'cuda' rank runs on the CPU and says so in the log.
+    'cuda' where torch sees no CUDA device (a CPU build, or no GPU visible) is an error naming the
+    torch build: never a silent CPU run. Only with SLOSERVE_CUDA_ON_CPU=1 (tests whose GPUs Ray
+    merely declares) does such a rank run on the CPU, saying so in the log.
     """
     if requested != "cuda":
         return torch.device("cpu")
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if count == 0:
-        log.warning(
-            "rank %d: device 'cuda' asked, but torch sees no CUDA device (CUDA_VISIBLE_DEVICES=%r, "
-            "torch CUDA build %s); running on the CPU",
-            rank, os.environ.get("CUDA_VISIBLE_DEVICES"), torch.version.cuda,
-        )
+        why = (f"device 'cuda' asked, but torch {torch.__version__} (CUDA build {torch.version.cuda}) sees no "
+               f"CUDA device (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r})")
+        if os.environ.get(ALLOW_CPU_FOR_CUDA_ENV) != "1":
+            raise DeviceUnavailableError(
+                f"{why}: install a CUDA build of torch (make gpu-check does) or set the variant's device to 'cpu'")
+        log.warning("rank %d: %s; running on the CPU (%s=1)", rank, why, ALLOW_CPU_FOR_CUDA_ENV)
         return torch.device("cpu")
     return torch.device("cuda", rank % count)
 

@@ -60,3 +60,20 @@ def test_engine_benchmark_runs_on_cuda() -> None:
     for scenario in ("single", "uniform32", "mixed64"):
         assert result[scenario]["engine"] > 0, result
     print(json.dumps(result, indent=2))  # the figures, for the report (-s)
+
+
+def test_seeded_sampling_beam_search_and_prompt_logprobs_on_cuda(tiny_model_dir: Path) -> None:
+    """The per-request generator, beam scores and prompt-logprob targets live on the GPU: each of
+    these took a request (or the replica) down before."""
+    engine = LLMEngine(EngineConfig(model=str(tiny_model_dir), device="cuda", dtype="float32", kv_cache_tokens=1024))
+    try:
+        seeded = SamplingParams(max_tokens=8, temperature=0.9, seed=11, ignore_eos=True)
+        first, again = (engine.generate(["The quick brown fox"], seeded)[0] for _ in range(2))
+        assert first.outputs[0].token_ids == again.outputs[0].token_ids and len(first.outputs[0].token_ids) == 8
+        [beams] = engine.generate(["Serving"], SamplingParams(max_tokens=6, n=2, use_beam_search=True, temperature=0.0))
+        assert len(beams.outputs) == 2
+        [echo] = engine.generate(["one two three four"], SamplingParams(max_tokens=0, prompt_logprobs=2))
+        assert echo.prompt_logprobs is not None and echo.prompt_logprobs[0] is None
+        assert all(lp is not None and lp.logprob <= 0 for lp in echo.prompt_logprobs[1:])
+    finally:
+        engine.shutdown()

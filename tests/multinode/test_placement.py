@@ -1,7 +1,7 @@
 """GPU placement across several nodes (ray.cluster_utils.Cluster on one machine, fake GPUs).
 
 Two worker nodes of 4 CPUs and 4 GPUs each (Ray-declared, not real: torch sees no CUDA, so the
-ranks run on the CPU, but Ray still assigns each a GPU and sets CUDA_VISIBLE_DEVICES); a CUDA
+ranks run on the CPU, allowed by SLOSERVE_CUDA_ON_CPU=1, but Ray still assigns each a GPU and sets CUDA_VISIBLE_DEVICES); a CUDA
 variant of tp_size 2 with two replicas. Checked: every rank, rank 0 included, holds its own GPU of
 its replica's STRICT_PACK group, the group never spans nodes, the two replicas sit on different
 nodes, and removing a node mid-stream ends the requests there with an error (none hangs) while
@@ -10,6 +10,7 @@ Serve recovers the replica on the remaining node.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ import httpx
 import pytest
 
 from deployments.tp_group import replica_placements
+from inference.worker import ALLOW_CPU_FOR_CUDA_ENV
 from tests.serve.conftest import free_port, wait_until
 from tests.tiny_models import make_tiny_model_dir
 
@@ -52,6 +54,9 @@ def multinode(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MultiNode]:
                       "num_replicas": 2, "min_replicas": 1, "max_replicas": 2, "engine": engine}],
         "router": {"max_in_flight": 16, "request_timeout_s": 60, "affinity": "none"},
     })
+    # The GPUs are declared to Ray only: torch sees none, so 'cuda' ranks may run on the CPU only
+    # because this says so (without it a 'cuda' variant refuses to start). The nodes inherit it.
+    os.environ[ALLOW_CPU_FOR_CUDA_ENV] = "1"
     # the head hosts only Serve's controller, proxy and the router (0 CPUs): no GPUs there
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0, "include_dashboard": False})
     try:
@@ -67,6 +72,7 @@ def multinode(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MultiNode]:
         serve.shutdown()
         ray.shutdown()
         cluster.shutdown()
+        os.environ.pop(ALLOW_CPU_FOR_CUDA_ENV, None)
 
 
 def test_every_rank_holds_its_own_gpu_and_a_group_never_spans_nodes(multinode: MultiNode) -> None:
