@@ -69,7 +69,10 @@ def cpu_model() -> tuple[str, list[str]]:
 
 def cpu_label() -> str:
     """`cpu_model()` as one string, "AMD EPYC [avx2]": how manifests and dtype choices name a CPU."""
-    name, flags = cpu_model()
+    return _label(*cpu_model())
+
+
+def _label(name: str, flags: list[str]) -> str:
     return f"{name} [{' '.join(flags)}]"
 
 
@@ -143,7 +146,7 @@ def cpu_dtype_choice() -> DtypeChoice:
                 log.warning("dtype auto: ignoring an unreadable cache file %s (%s); measuring again", path, e)
         timings = measure_cpu_gemms()
         dtype, reason = choose_cpu_dtype(timings)
-        choice = DtypeChoice(dtype=dtype, reason=reason, cpu=cpu_label(), timings_ms=timings,
+        choice = DtypeChoice(dtype=dtype, reason=reason, cpu=_label(name, flags), timings_ms=timings,
                              num_threads=num_threads, measured_at=time.strftime("%Y-%m-%d"))
         partial = path.with_name(f".{path.name}.{os.getpid()}")
         partial.write_text(json.dumps(asdict(choice), indent=1))

@@ -64,21 +64,21 @@ def record_prompt_logprobs(spans: Sequence[PromptLogprobSpan], logits: torch.Ten
 
 def prompt_logprob_tensors(
     rows: torch.Tensor, targets: list[int], k: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """On the rows' device: log-probabilities [rows, vocab], each target's [rows], and the top k's
-    values and ids [rows, k] (empty when k is 0)."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """On the rows' device: each target's log-probability [rows], and the top k's values and ids
+    [rows, k] (empty when k is 0)."""
     logp = torch.log_softmax(rows.float(), dim=-1)
     target_ids = torch.tensor(targets, dtype=torch.int64).to(logp.device)
     chosen = logp.gather(1, target_ids[:, None])[:, 0]
     values, ids = torch.topk(logp, k, dim=-1)
-    return logp, chosen, values, ids
+    return chosen, values, ids
 
 
 def _record(span: PromptLogprobSpan, rows: torch.Tensor) -> None:
     prompt = span.group.prompt_token_ids
     targets = prompt[span.start_pos + 1 : span.start_pos + 1 + span.num_rows]
     k = span.group.params.prompt_logprobs or 0
-    _, chosen, values, ids = prompt_logprob_tensors(rows, targets, k)
+    chosen, values, ids = prompt_logprob_tensors(rows, targets, k)
     tops: list[dict[int, float]] = [{} for _ in targets]
     if k:
         tops = [dict(zip(i, v, strict=True)) for i, v in zip(ids.tolist(), values.tolist(), strict=True)]
