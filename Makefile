@@ -42,17 +42,17 @@ test: install
 	$(PY) -m pytest -q -rs --durations=15
 
 bench: install
-	$(PY) -m inference.bench --model packaged:smollm2-135m-instruct
-	$(PY) -m deployments.bench
+	$(PY) -m load_tests.benchmarks.engine --model packaged:smollm2-135m-instruct
+	$(PY) -m load_tests.benchmarks.serving
 
 # on a CUDA machine (install with TORCH_SPEC/TORCH_INDEX for a CUDA build): the packaged model on CUDA bf16,
 # TP=2 over NCCL token-identical to TP=1 (2+ GPUs), and the engine benchmark on the GPU
 # On a CUDA machine (with TORCH_INDEX naming a CUDA wheel index): tests/gpu, the engine benchmark in
 # full and a served benchmark of full and int8-compute at 1/8/32 concurrent; one table, also in
-# results/gpu-check/gpu-check.md (load_tests/gpu_check.py).
+# results/gpu-check/gpu-check.md (load_tests/benchmarks/gpu_check.py).
 gpu-check: install
 	$(PY) -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'gpu-check: torch ' + torch.__version__ + ' sees no CUDA device (a CPU build? pass TORCH_INDEX=<a CUDA wheel index>)')"
-	$(PY) -m load_tests.gpu_check --device cuda --out results/gpu-check
+	$(PY) -m load_tests.benchmarks.gpu_check --device cuda --out results/gpu-check
 
 # compressed variants of the packaged model (int8, and distilled students of 20 and 16 layers), each
 # measured; resumable: run again to continue a distillation. ~40 min on 2 cores with the default budget.

@@ -18,7 +18,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "status": ("cluster.commands.status", "show the app's deployments and replicas"),
     "generate": ("cluster.commands.generate", "generate from a model in this process (no Ray)"),
     "compress": ("inference.compression.cli", "make and measure compressed variants, write variants.json"),
-    "profile": ("cluster.commands.profile", "measure each variant through the served stack, write the controller's manifest"),
     "render-k8s": ("cluster.k8s.cli", "render the KubeRay RayService and monitoring manifests"),
 }
 

@@ -4,7 +4,7 @@
     serve deploy <serve config whose import_path is deployments.app:app, args: {config: {...}}>
 
 Graph: `router` (ingress) -> `llm-<variant>` per variant. A replica of a tp_size N variant
-reserves N bundles (STRICT_PACK, cluster/placement.py): rank 0 in the replica actor, which fills
+reserves N bundles (STRICT_PACK, deployments/replica/placement.py): rank 0 in the replica actor, which fills
 bundle 0 (one GPU on CUDA), ranks 1..N-1 as actors filling the others.
 With `controller.enabled`, `slo-controller` too: Serve deploys only what the ingress's init
 arguments reach, so it is bound as the router's last argument (the router never calls it; the
@@ -19,13 +19,13 @@ from typing import Any
 from ray.serve import Application
 from ray.serve.config import RequestRouterConfig
 
-from cluster.config import AppConfig, ConfigError, VariantConfig, load_config, parse_config
-from cluster.placement import PLACEMENT_STRATEGY, placement_bundles, replica_actor_options
-from deployments.controller import SLOControllerDeployment, load_manifest
-from deployments.llm_server import LLMServerDeployment
-from deployments.request_router import AffinityRequestRouter
-from deployments.router import RouterDeployment
-from inference.config import EngineConfig
+from deployments.controller.slo_controller import SLOControllerDeployment, load_manifest
+from deployments.replica.llm_server import LLMServerDeployment
+from deployments.replica.placement import PLACEMENT_STRATEGY, placement_bundles, replica_actor_options
+from deployments.router.router import RouterDeployment
+from deployments.router.serve_request_router import AffinityRequestRouter
+from inference.schema.config import AppConfig, ConfigError, VariantConfig, load_config, parse_config
+from inference.schema.config.engine import EngineConfig
 
 
 def engine_config_for(config: AppConfig, variant: VariantConfig) -> EngineConfig:

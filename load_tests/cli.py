@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("load_tests.report", "re-render a result directory's summary, time series and plots"),
     "compare": ("load_tests.compare", "two result directories side by side"),
     "mock-server": ("load_tests.mock.server", "a small OpenAI-compatible server with set latencies"),
+    "profile": ("load_tests.profile_command", "measure each variant through the served stack, write the controller's manifest"),
     "soak": ("load_tests.soak.command", "a long run at ~80% of capacity with replica kills and a redeploy"),
 }
 

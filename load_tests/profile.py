@@ -13,7 +13,7 @@ import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from inference.manifest import SpeedProfile
+from inference.schema.manifest import SpeedProfile
 from load_tests.config import LoadTestError, RunConfig
 from load_tests.gen.runner import run_load
 from load_tests.results.records import RequestRecord

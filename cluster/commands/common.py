@@ -9,7 +9,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from cluster.config import AppConfig, ConfigError, load_config
+from inference.schema.config import AppConfig, ConfigError, load_config
 
 # Shipped inside the package (package data), so it is found from any working directory.
 DEFAULT_CONFIG = Path(str(resources.files("cluster").joinpath("configs", "local.yaml")))
@@ -71,8 +71,8 @@ def build_or_exit(config: AppConfig, path: str | None) -> Any:
 def prefetch_models(config: AppConfig) -> None:
     """Resolve (and for GGUF sources, convert once) every model here, with visible progress,
     instead of inside the replicas where a first start would look like a hang."""
-    from inference.errors import ModelSourceError
-    from inference.model_loader import resolve_model_dir
+    from inference.model.model_loader import resolve_model_dir
+    from inference.schema.errors import ModelSourceError
 
     sources = sorted({v.source or config.model.source for v in config.variants})
     for source in sources:

@@ -17,10 +17,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from inference.config import EngineConfig
-    from inference.errors import InferenceError
-    from inference.llm_engine import LLMEngine
-    from inference.sampling_params import SamplingParams
+    from inference.engine.llm_engine import LLMEngine
+    from inference.schema.config.engine import EngineConfig
+    from inference.schema.errors import InferenceError
+    from inference.schema.sampling import SamplingParams
 
     try:
         engine = LLMEngine(EngineConfig(model=args.model, dtype=args.dtype, kv_cache_tokens=4096))

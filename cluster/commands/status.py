@@ -20,7 +20,7 @@ def run(args: argparse.Namespace) -> int:
     from ray import serve
     from ray.serve.schema import ReplicaState
 
-    from deployments.controller import CONTROLLER_DEPLOYMENT
+    from deployments.controller.slo_controller import CONTROLLER_DEPLOYMENT
 
     ray.init(address=args.address, log_to_driver=False)
     status = serve.status()
@@ -70,7 +70,7 @@ def _print_controller(app_name: str, deployment: str) -> None:
 
 
 def _print_placement(app_name: str, deployment: str, num_replicas: int) -> None:
-    from deployments.tp_group import replica_placements
+    from deployments.replica.tp_group import replica_placements
 
     for ranks in replica_placements(app_name, deployment, num_replicas, timeout_s=30).values():
         for r in ranks:

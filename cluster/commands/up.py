@@ -28,7 +28,7 @@ def warn_leaked_shm(shm: Path | None = None) -> int:
     """Print a warning when /dev/shm holds DeepSpeed's CPU all-reduce buffers (sloserve before
     2026-12-01 and DeepSpeed itself never removed them: 64 MiB of RAM each, 17 GiB on a test
     machine, and Ray's memory monitor then killed the Serve controller). Returns their bytes."""
-    from inference.worker import DEEPSPEED_SHM_PREFIX, SHM_DIR
+    from inference.parallel.worker import DEEPSPEED_SHM_PREFIX, SHM_DIR
 
     shm = SHM_DIR if shm is None else shm
     pattern = f"{DEEPSPEED_SHM_PREFIX}*"

@@ -13,8 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from cluster.config import ConfigError, load_config
 from cluster.k8s import PROFILES
+from inference.schema.config import ConfigError, load_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,7 +1,7 @@
 """Monitoring: a Prometheus Operator `PodMonitor` for the Ray pods and a Grafana dashboard.
 
 The router and LLMServer replicas record their metrics through Ray's metrics API
-(deployments/metrics.py); Ray's metrics agent exports them on each node's metrics port with its
+(deployments/telemetry/metrics.py); Ray's metrics agent exports them on each node's metrics port with its
 own prefix (`ray_`), which the PodMonitor scrapes, so the dashboard's queries use
 `KubernetesConfig.metrics_prefix`. The dashboard charts TTFT/TPOT/E2E percentiles per variant
 with the default SLO class's targets as threshold lines, queue depth, running sequences, KV use,
@@ -13,8 +13,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from cluster.config import AppConfig, KubernetesConfig
 from cluster.k8s.rayservice import labels
+from inference.schema.config import AppConfig, KubernetesConfig
 
 RATE = "[$__rate_interval]"
 

@@ -19,8 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from cluster.config import KubernetesConfig
 from cluster.k8s.rayservice import labels
+from inference.schema.config import KubernetesConfig
 
 DASHBOARD_PORT = 8265
 GCS_PORT = 6379

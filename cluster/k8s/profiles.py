@@ -11,8 +11,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from cluster.config import AppConfig, ConfigError, KubernetesConfig, describe_validation_error
 from cluster.k8s import PROFILES, RAY_VERSION
+from inference.schema.config import AppConfig, ConfigError, KubernetesConfig, describe_validation_error
 
 PRESETS: dict[str, dict[str, Any]] = {
     "cpu-dev": {

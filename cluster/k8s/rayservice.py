@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from cluster.config import AppConfig, KubernetesConfig, PodSecurityConfig
 from cluster.k8s import RAY_VERSION
 from cluster.k8s.sizing import WorkerGroupPlan
+from inference.schema.config import AppConfig, KubernetesConfig, PodSecurityConfig
 
 AGENT_PORT = 52365  # Ray dashboard agent: /api/healthz, /api/local_raylet_healthz
 METRICS_PORT = 8080

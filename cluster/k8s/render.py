@@ -16,7 +16,6 @@ from typing import Any
 
 import yaml
 
-from cluster.config import AppConfig, KubernetesConfig
 from cluster.k8s import KUBERAY_VERSION, RAY_VERSION
 from cluster.k8s.monitoring import (
     build_dashboard,
@@ -29,6 +28,7 @@ from cluster.k8s.profiles import resolve
 from cluster.k8s.rayservice import METRICS_PORT, build_rayservice, labels
 from cluster.k8s.serve_config import build_serve_config
 from cluster.k8s.sizing import WorkerGroupPlan, plan_worker_groups
+from inference.schema.config import AppConfig, KubernetesConfig
 
 DASHBOARD_FILE = "monitoring/sloserve-dashboard.json"
 

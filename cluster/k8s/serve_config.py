@@ -3,7 +3,7 @@
 The application builder receives the whole validated `AppConfig` as `args.config`, so the cluster
 runs exactly the rendered config. Deployment overrides repeat what the builder derives from that
 config (replica counts, the replica actor's resources and placement group bundles, both from
-cluster/placement.py) so the manifest shows, and tests check, that each replica's tp_size bundles
+deployments/replica/placement.py) so the manifest shows, and tests check, that each replica's tp_size bundles
 fit a worker pod and that rank 0 holds a GPU of its own. Takes an `AppConfig`; returns a JSON-able dict.
 """
 
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from cluster.config import AppConfig, KubernetesConfig, VariantConfig
-from cluster.placement import PLACEMENT_STRATEGY, placement_bundles, replica_actor_options
+from deployments.replica.placement import PLACEMENT_STRATEGY, placement_bundles, replica_actor_options
+from inference.schema.config import AppConfig, KubernetesConfig, VariantConfig
 
 IMPORT_PATH = "deployments.app:app"
 ROUTER_DEPLOYMENT = "router"

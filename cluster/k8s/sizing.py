@@ -1,7 +1,7 @@
 """Worker group sizing: how many pods of which shape the variants' replicas need.
 
 A replica of a variant is one placement group of tp_size bundles packed on one node (STRICT_PACK;
-the bundles are defined in cluster/placement.py). So a pod must hold a whole
+the bundles are defined in deployments/replica/placement.py). So a pod must hold a whole
 replica, and the group's pod bounds follow from the variants' replica bounds: the minimum is a
 lower bound assuming perfect packing, the maximum an upper bound packing each variant alone.
 The router and controller replicas go to the CPU group (the head advertises 0 CPUs).
@@ -12,8 +12,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from cluster.config import AppConfig, ConfigError, KubernetesConfig, VariantConfig, WorkerGroupConfig
-from cluster.placement import replica_cpus, replica_gpus
+from deployments.replica.placement import replica_cpus, replica_gpus
+from inference.schema.config import AppConfig, ConfigError, KubernetesConfig, VariantConfig, WorkerGroupConfig
 
 UNBOUNDED = 10_000  # replicas per pod of a variant that reserves neither CPUs nor GPUs
 

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from deployments.slo.settings import SLOTargets, VariantBounds
-from inference.manifest import SpeedProfile, VariantManifest
+from inference.schema.manifest import SpeedProfile, VariantManifest
 
 TAIL_P95_OVER_P50 = 1.25  # p95 of a latency over the manifest's median, at steady concurrency
 DEFAULT_PROMPT_TOKENS = 256.0

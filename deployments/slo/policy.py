@@ -38,7 +38,7 @@ from deployments.slo.plan import (
 from deployments.slo.scaling import ScaleStep, bounded_targets, scale_step
 from deployments.slo.settings import ControllerSettings, SLOTargets, VariantBounds
 from deployments.slo.signals import Signals, read_signals
-from inference.manifest import VariantManifest
+from inference.schema.manifest import VariantManifest
 
 # A split change smaller than this share of traffic is noise: 0.02 where a variant's risk is seen
 # (its latency, a backlog, no ready replica); 0.1 where it is only predicted from the rate. At 0.02

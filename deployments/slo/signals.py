@@ -26,7 +26,7 @@ from deployments.slo.capacity import (
 from deployments.slo.decision import PolicyState
 from deployments.slo.observation import LatencyStats, Observation, VariantObservation
 from deployments.slo.settings import ClassTarget, ControllerSettings, SLOTargets, VariantBounds
-from inference.manifest import VariantManifest
+from inference.schema.manifest import VariantManifest
 
 Z_NOISE = 2.0  # standard deviations of Poisson noise a rate change must clear
 Z_EXCESS = 1.5  # ... running requests must clear over the SLO's concurrency (a count, not a rate estimate)

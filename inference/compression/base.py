@@ -9,18 +9,14 @@ cannot be saved in a standard format, the load-time quantization the loader must
 
 from __future__ import annotations
 
-import json
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-RECIPE_FILE = "sloserve_variant.json"
-RECIPE_FORMAT = 1
-
-Option = str | int | float | bool
+from inference.schema.variant_recipe import Option, VariantRecipe
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,38 +28,6 @@ class CompressionContext:
     quick: bool = False  # smoke run: tiny budgets
     seed: int = 0
     work_dir: Path | None = None  # scratch space (teacher generations, checkpoints) kept across runs
-
-
-@dataclass(slots=True)
-class VariantRecipe:
-    """What `sloserve_variant.json` says about a variant directory."""
-
-    method: str
-    options: dict[str, Option] = field(default_factory=dict)
-    load_time_quantization: str = "none"  # applied by the loader after from_pretrained
-
-    def save(self, model_dir: Path) -> None:
-        payload = {
-            "format": RECIPE_FORMAT,
-            "method": self.method,
-            "options": self.options,
-            "load_time_quantization": self.load_time_quantization,
-        }
-        (model_dir / RECIPE_FILE).write_text(json.dumps(payload, indent=2) + "\n")
-
-    @classmethod
-    def load(cls, model_dir: Path | str) -> VariantRecipe | None:
-        path = Path(model_dir) / RECIPE_FILE
-        if not path.is_file():
-            return None
-        raw = json.loads(path.read_text())
-        if raw.get("format") != RECIPE_FORMAT:
-            raise ValueError(f"{path}: unsupported recipe format {raw.get('format')!r} (expected {RECIPE_FORMAT})")
-        return cls(
-            method=str(raw["method"]),
-            options=dict(raw.get("options", {})),
-            load_time_quantization=str(raw.get("load_time_quantization", "none")),
-        )
 
 
 @dataclass(slots=True)
@@ -94,7 +58,7 @@ def compute_dtype() -> torch.dtype:
     CPU (`dtype: auto`): bf16 where the CPU does bf16 matmul natively, else fp32. Emulated bf16 is
     5-9x slower than fp32 at 8+ rows (measured on a 2-core AVX2 EPYC), so hardwiring bf16 made a
     teacher pass there take minutes instead of seconds."""
-    from inference.dtypes import resolve_dtype
+    from inference.model.dtypes import resolve_dtype
 
     return resolve_dtype("auto", torch.device("cpu"))
 

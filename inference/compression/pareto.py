@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from inference.manifest import VariantEntry, VariantManifest
+from inference.schema.manifest import VariantEntry, VariantManifest
 
 
 def throughput(entry: VariantEntry) -> tuple[int, float]:

@@ -32,7 +32,6 @@ from inference.compression.base import (
     save_variant,
     weight_bytes_on_disk,
 )
-from inference.compression.data import chat_prompt_ids, load_heldout_text, load_prompts, load_qa
 from inference.compression.methods import build_compressor, is_known, known_methods
 from inference.compression.quality import (
     Reference,
@@ -41,14 +40,15 @@ from inference.compression.quality import (
     perplexity,
     qa_accuracy,
 )
-from inference.compression.runtime import apply_load_time_quantization, recipe_quantization
 from inference.compression.speed import (
     DEFAULT_CONCURRENCIES,
     load_average,
     measure_hf_speed,
     measure_variant_speed,
 )
-from inference.manifest import Measurement, QualityMetrics, VariantEntry, VariantManifest
+from inference.data import chat_prompt_ids, load_heldout_text, load_prompts, load_qa
+from inference.model.quant.load_time import apply_load_time_quantization, recipe_quantization
+from inference.schema.manifest import Measurement, QualityMetrics, VariantEntry, VariantManifest
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class EvalData:
 def run_compress(job: CompressJob) -> VariantManifest:
     from transformers import AutoTokenizer
 
-    from inference.model_loader import resolve_model_dir
+    from inference.model.model_loader import resolve_model_dir
 
     unknown = [m for m in job.methods if not is_known(m.removesuffix("+torch-int8"))]
     if unknown:
@@ -149,7 +149,7 @@ def _eval_data(tokenizer: Any, full_dir: Path, quick: bool) -> EvalData:
 
 
 def _measure(variant: CompressedVariant, job: CompressJob, data: EvalData) -> VariantEntry:
-    from inference.model_loader import load_model
+    from inference.model.model_loader import load_model
 
     quantization = recipe_quantization(variant.path)
     log.warning("measuring %s (%s)", variant.name, variant.recipe.method)
@@ -190,7 +190,7 @@ def _base_name(source: str) -> str:
 
 def _hardware() -> str:
     """The CPU, its core count and what `dtype: auto` chose there, with the probe's timings."""
-    from inference.dtypes import dtype_choice
+    from inference.model.dtypes import dtype_choice
 
     choice = dtype_choice("auto", torch.device("cpu"))
     short = "bf16" if choice.dtype == "bfloat16" else "fp32"

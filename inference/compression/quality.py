@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from inference.compression.data import QAItem, chat_prompt_ids
+from inference.data import QAItem, chat_prompt_ids
 
 
 @dataclass(slots=True)

@@ -85,7 +85,7 @@ class Int8ComputeCompressor(Compressor):
     method = "int8-compute"
 
     def options(self) -> dict[str, Option]:
-        from inference.compression.smoothquant import ALPHA, INCLUDE_LM_HEAD
+        from inference.model.quant.smoothquant import ALPHA, INCLUDE_LM_HEAD
 
         return {"weights": "int8 per-channel", "activations": "int8 per-token, SmoothQuant", "alpha": ALPHA,
                 "lm_head": INCLUDE_LM_HEAD}

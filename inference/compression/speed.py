@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from inference.manifest import SpeedProfile
+from inference.schema.manifest import SpeedProfile
 
 DEFAULT_CONCURRENCIES = (1, 4, 8, 16, 32)
 
@@ -47,8 +47,8 @@ class SpeedResult:
 
 
 def make_engine(model_dir: Path, quantization: str = "none", dtype: str = "auto", num_threads: int | None = None) -> Any:
-    from inference.config import EngineConfig
-    from inference.llm_engine import LLMEngine
+    from inference.engine.llm_engine import LLMEngine
+    from inference.schema.config.engine import EngineConfig
 
     config = EngineConfig(
         model=str(model_dir), dtype=dtype, quantization=quantization,  # type: ignore[arg-type]
@@ -67,7 +67,7 @@ def measure_speed(
 ) -> SpeedResult:
     """Decode speed at each concurrency through a started engine: each level runs once untimed
     (first-use allocation, kernel builds), then `repeats` timed runs; figures are their medians."""
-    from inference.sampling_params import SamplingParams
+    from inference.schema.sampling import SamplingParams
 
     rng = random.Random(seed)
     vocab = int(engine.info.vocab_size)

@@ -23,10 +23,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cluster.config import AppConfig, ConfigError, ControllerConfig, VariantConfig, load_config
 from deployments.slo.capacity import capacities
 from deployments.slo.settings import PolicyInputs, SLOTargets, VariantBounds
-from inference.manifest import ManifestError, VariantManifest
+from inference.schema.config import AppConfig, ConfigError, ControllerConfig, VariantConfig, load_config
+from inference.schema.manifest import ManifestError, VariantManifest
 from load_tests.sim.engine import SimRun, simulate
 from load_tests.sim.policies import RayDefaultPolicy, SimPolicy, SloservePolicy, StaticPolicy, ThresholdPolicy
 from load_tests.sim.report import (

@@ -16,7 +16,7 @@ import random
 from collections import deque
 from dataclasses import dataclass
 
-from deployments.routing import spill_over
+from deployments.router.replica_choice import spill_over
 from deployments.slo.capacity import SpeedCurve
 from deployments.slo.observation import VariantLoad
 from load_tests.sim.traces import SimRequest

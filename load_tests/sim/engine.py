@@ -13,12 +13,12 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass, field
 
-from cluster.config import AppConfig
 from deployments.slo.capacity import SpeedCurve
 from deployments.slo.observation import Observation, RequestRecord, VariantObservation
 from deployments.slo.plan import total_variation
 from deployments.slo.windows import LatencyWindows
-from inference.manifest import VariantManifest
+from inference.schema.config import AppConfig
+from inference.schema.manifest import VariantManifest
 from load_tests.sim.cluster import Outcome, SimReplica, SimRouter, variant_load
 from load_tests.sim.policies import Control, SimPolicy, SloservePolicy, ThresholdPolicy
 from load_tests.sim.traces import SimRequest

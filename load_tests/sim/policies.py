@@ -21,13 +21,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from cluster.config import AppConfig
 from deployments.slo.decision import PolicyState
 from deployments.slo.observation import Observation
 from deployments.slo.policy import decide
 from deployments.slo.settings import PolicyInputs, SLOTargets
 from deployments.slo.signals import observed_risk
-from inference.manifest import VariantManifest
+from inference.schema.config import AppConfig
+from inference.schema.manifest import VariantManifest
 
 
 @dataclass(frozen=True, slots=True)

@@ -243,7 +243,7 @@ def _write(report: dict[str, Any], result_dir: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cluster.config import ConfigError, load_config
+    from inference.schema.config import ConfigError, load_config
 
     config = _config(args)
     try:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cluster.config import AppConfig
+from inference.schema.config import AppConfig
 
 SERVE_NAMESPACE = "serve"
 REPLICA_PREFIX = "SERVE_REPLICA::"

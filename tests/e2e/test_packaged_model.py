@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from inference.config import EngineConfig
-from inference.llm_engine import LLMEngine
-from inference.sampling_params import SamplingParams
+from inference.engine.llm_engine import LLMEngine
+from inference.schema.config.engine import EngineConfig
+from inference.schema.sampling import SamplingParams
 
 README_QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 # The same, with a margin any dtype resolves: the top token of every step up to "Paris" leads the

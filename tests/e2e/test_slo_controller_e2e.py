@@ -44,8 +44,9 @@ FAST_ENGINE = ENGINE | {"max_num_seqs": 16}
 
 def _make_variants(root: Path) -> tuple[Path, Path]:
     """`full` (random, 48 layers) and `fast` (4 evenly spaced layers of it, like a distilled student)."""
-    from inference.compression.base import VariantRecipe, load_base_model, save_variant
+    from inference.compression.base import load_base_model, save_variant
     from inference.compression.surgery import evenly_spaced_layers, keep_layers_
+    from inference.schema.variant_recipe import VariantRecipe
 
     full = make_tiny_model_dir(root / "full", num_hidden_layers=LAYERS_FULL, hidden_size=256,
                                intermediate_size=1024, max_position_embeddings=512)
@@ -61,10 +62,10 @@ def _measure_manifest(full: Path, fast: Path, path: Path) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
     from inference.compression.base import count_params, load_base_model, weight_bytes_on_disk
-    from inference.compression.data import load_prompts
     from inference.compression.quality import build_reference, compare_to_reference
     from inference.compression.speed import measure_variant_speed
-    from inference.manifest import QualityMetrics, VariantEntry, VariantManifest
+    from inference.data import load_prompts
+    from inference.schema.manifest import QualityMetrics, VariantEntry, VariantManifest
 
     torch.set_num_threads(1)
     tokenizer = AutoTokenizer.from_pretrained(full)
@@ -113,10 +114,10 @@ def _config(full: Path, fast: Path, directory: Path) -> Path:
 
 
 def _full_capacity_rps(config_path: Path) -> float:
-    from cluster.config import load_config
-    from deployments.controller import load_manifest
+    from deployments.controller.slo_controller import load_manifest
     from deployments.slo.capacity import capacities
     from deployments.slo.settings import PolicyInputs
+    from inference.schema.config import load_config
 
     config = load_config(config_path)
     _, manifest = load_manifest(config, config_path)

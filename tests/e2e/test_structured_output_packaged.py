@@ -7,10 +7,10 @@ import json
 import jsonschema
 import pytest
 
-from inference.config import EngineConfig
-from inference.guided import GuidedDecoding
-from inference.llm_engine import LLMEngine
-from inference.sampling_params import SamplingParams
+from inference.engine.llm_engine import LLMEngine
+from inference.schema.config.engine import EngineConfig
+from inference.schema.guided import GuidedDecoding
+from inference.schema.sampling import SamplingParams
 
 SCHEMAS = [
     {

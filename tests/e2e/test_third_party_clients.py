@@ -56,7 +56,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     log = tmp_path_factory.mktemp("sloserve-up") / "up.log"
     with sloserve_up("cluster/configs/local.yaml", port, log):
         # resolved only now: the server has converted (and cached) the packaged model by this point
-        from inference.model_loader import resolve_model_dir
+        from inference.model.model_loader import resolve_model_dir
 
         tokenizer_dir = Path(resolve_model_dir(f"packaged:{MODEL}"))
         yield Server(port=port, log=log, tokenizer_dir=tokenizer_dir)

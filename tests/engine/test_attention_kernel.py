@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from inference.kernels import paged_decode_attention
+from inference.model.kernels import paged_decode_attention
 
 
 @pytest.fixture(scope="module")

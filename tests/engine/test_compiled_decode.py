@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from inference.compiled_decode import why_not_compiled
-from inference.config import EngineConfig
-from inference.llm_engine import LLMEngine
-from inference.sampling_params import SamplingParams
+from inference.engine.llm_engine import LLMEngine
+from inference.model.compiled_decode import why_not_compiled
+from inference.schema.config.engine import EngineConfig
+from inference.schema.sampling import SamplingParams
 
 PROMPTS = ["The quick brown fox", "What is the capital of France? The capital", "Serving", "0123456789 + - * /"]
 

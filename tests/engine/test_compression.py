@@ -15,19 +15,21 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from inference.compression import apply_load_time_quantization, cli, recipe_quantization
-from inference.compression.base import CompressionContext, VariantRecipe, count_params, load_base_model
-from inference.compression.data import chat_prompt_ids, load_prompts
+from inference.compression import cli
+from inference.compression.base import CompressionContext, count_params, load_base_model
 from inference.compression.distill import DistillCompressor
 from inference.compression.importance import choose_layers, layer_skip_costs
 from inference.compression.kd import KDBudget, kd_loss, teacher_sequences, train_student
 from inference.compression.methods import build_compressor
 from inference.compression.prune_magnitude import magnitude_prune_
 from inference.compression.quality import build_reference, compare_to_reference
-from inference.config import EngineConfig
-from inference.llm_engine import LLMEngine
-from inference.manifest import VariantManifest
-from inference.sampling_params import SamplingParams
+from inference.data import chat_prompt_ids, load_prompts
+from inference.engine.llm_engine import LLMEngine
+from inference.model.quant.load_time import apply_load_time_quantization, recipe_quantization
+from inference.schema.config.engine import EngineConfig
+from inference.schema.manifest import VariantManifest
+from inference.schema.sampling import SamplingParams
+from inference.schema.variant_recipe import VariantRecipe
 from tests.tiny_models import make_tiny_model_dir
 
 METHODS = ["bnb-int8", "bnb-nf4", "torch-int8", "prune-magnitude", "prune-structured", "distill"]

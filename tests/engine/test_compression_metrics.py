@@ -11,7 +11,6 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from inference.compression.data import QAItem, load_heldout_text, load_prompts, load_qa
 from inference.compression.pareto import pareto_front
 from inference.compression.quality import (
     build_reference,
@@ -20,7 +19,8 @@ from inference.compression.quality import (
     mean_kl,
     perplexity,
 )
-from inference.manifest import (
+from inference.data import QAItem, load_heldout_text, load_prompts, load_qa
+from inference.schema.manifest import (
     ManifestError,
     QualityMetrics,
     SpeedProfile,

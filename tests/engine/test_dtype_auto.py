@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from inference.config import EngineConfig
-from inference.dtypes import choose_cpu_dtype, cpu_dtype_choice, dtype_choice
-from inference.llm_engine import LLMEngine
-from inference.sampling_params import SamplingParams
+from inference.engine.llm_engine import LLMEngine
+from inference.model.dtypes import choose_cpu_dtype, cpu_dtype_choice, dtype_choice
+from inference.schema.config.engine import EngineConfig
+from inference.schema.sampling import SamplingParams
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -51,7 +51,7 @@ def test_auto_is_measured_once_then_read_from_the_cache(tmp_path: Path, monkeypa
     # cached record and see the edit come back
     record["reason"] = "edited to show the cache is read"
     cached.write_text(json.dumps(record))
-    code = "import torch; from inference.dtypes import dtype_choice; print(dtype_choice('auto', torch.device('cpu')).reason)"
+    code = "import torch; from inference.model.dtypes import dtype_choice; print(dtype_choice('auto', torch.device('cpu')).reason)"
     env = {**os.environ, "SLOSERVE_CACHE_DIR": str(tmp_path)}
     threads = f"torch.set_num_threads({torch.get_num_threads()}); "  # the cache is per thread count
     out = subprocess.run([sys.executable, "-c", code.replace("from inference", threads + "from inference", 1)],

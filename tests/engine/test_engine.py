@@ -13,10 +13,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from inference.config import EngineConfig
-from inference.errors import InvalidSamplingParamsError, RequestTooLongError
-from inference.llm_engine import LLMEngine
-from inference.sampling_params import SamplingParams
+from inference.engine.llm_engine import LLMEngine
+from inference.schema.config.engine import EngineConfig
+from inference.schema.errors import InvalidSamplingParamsError, RequestTooLongError
+from inference.schema.sampling import SamplingParams
 
 PROMPTS = [
     "The quick brown fox",

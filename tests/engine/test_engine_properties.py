@@ -13,9 +13,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from inference.config import EngineConfig
-from inference.llm_engine import LLMEngine
-from inference.sampling_params import SamplingParams
+from inference.engine.llm_engine import LLMEngine
+from inference.schema.config.engine import EngineConfig
+from inference.schema.sampling import SamplingParams
 
 SHARED = "The quick brown fox jumps over the lazy dog. What is the capital of France? "  # prefix cache hits
 PROMPTS = ["The quick brown fox", "Serving", "0123456789 + - *", "Héllo wörld 🙂", "What is the capital of France?",

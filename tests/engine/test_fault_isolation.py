@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from inference.async_engine import AsyncLLMEngine
-from inference.config import EngineConfig
-from inference.errors import InvalidRequestError, RequestFailedError
-from inference.llm_engine import LLMEngine
-from inference.outputs import RequestOutput
-from inference.sampling_params import SamplingParams
+from inference.engine.async_engine import AsyncLLMEngine
+from inference.engine.llm_engine import LLMEngine
+from inference.schema.config.engine import EngineConfig
+from inference.schema.errors import InvalidRequestError, RequestFailedError
+from inference.schema.outputs import RequestOutput
+from inference.schema.sampling import SamplingParams
 
 BAD_ID = 1_000_000_000
 

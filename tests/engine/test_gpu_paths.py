@@ -21,12 +21,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from inference import llm_engine
-from inference.beam_search import candidate_scores
-from inference.config import EngineConfig
-from inference.llm_engine import LLMEngine
-from inference.sampling_params import SamplingParams
-from inference.worker import ALLOW_CPU_FOR_CUDA_ENV, DeviceUnavailableError, distributed_env, select_device
+from inference.engine import llm_engine
+from inference.engine.llm_engine import LLMEngine
+from inference.parallel.worker import (
+    ALLOW_CPU_FOR_CUDA_ENV,
+    DeviceUnavailableError,
+    distributed_env,
+    select_device,
+)
+from inference.sampling.beam_search import candidate_scores
+from inference.schema.config.engine import EngineConfig
+from inference.schema.sampling import SamplingParams
 
 CUDA = torch.device("cuda", 0)
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,7 +76,7 @@ def test_prompt_logprobs_that_fail_end_only_their_request(
 ) -> None:
     """A request whose prompt logprobs raise (a device mismatch did on CUDA) ends alone with the
     error; the request beside it finishes and the engine keeps serving."""
-    from inference import prompt_logprobs
+    from inference.sampling import prompt_logprobs
 
     real = prompt_logprobs.prompt_logprob_tensors
 
@@ -124,9 +129,9 @@ def test_a_seeded_request_samples_with_a_generator_on_the_engine_device(
 
 IDLE_GROUP = """
 import asyncio, sys
-from inference.async_engine import AsyncLLMEngine
-from inference.config import EngineConfig
-from inference.sampling_params import SamplingParams
+from inference.engine.async_engine import AsyncLLMEngine
+from inference.schema.config.engine import EngineConfig
+from inference.schema.sampling import SamplingParams
 
 async def run():
     engine = AsyncLLMEngine(EngineConfig(model=sys.argv[1], dtype="float32", tp_size=2, num_threads=1,

@@ -11,12 +11,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from inference.compression import smoothquant
-from inference.config import EngineConfig
-from inference.errors import QualityCheckError
-from inference.llm_engine import LLMEngine
-from inference.sampling_params import SamplingParams
-from inference.w8a8_linear import W8A8Linear, quantize_per_token, reference_linear, smoothing
+from inference.engine.llm_engine import LLMEngine
+from inference.model.quant import smoothquant
+from inference.model.quant.w8a8_linear import W8A8Linear, quantize_per_token, reference_linear, smoothing
+from inference.schema.config.engine import EngineConfig
+from inference.schema.errors import QualityCheckError
+from inference.schema.sampling import SamplingParams
 
 
 def _linear(k: int, n: int, seed: int = 0) -> nn.Linear:
@@ -51,7 +51,7 @@ def test_the_largest_codes_do_not_saturate_the_int8_gemm() -> None:
 def test_the_one_pass_activation_quantization_matches_torchs() -> None:
     """The C++ per-token quantization (smoothing, scale, round, zero point) against the same in torch ops:
     equal scales, codes within one step (multiplying by 1/scale may round a half the other way)."""
-    from inference.kernels import quantize_rows_op
+    from inference.model.kernels import quantize_rows_op
 
     op = quantize_rows_op()
     if op is None:
@@ -71,7 +71,7 @@ def test_the_one_pass_activation_quantization_matches_torchs() -> None:
 def test_few_rows_read_the_int8_weights_with_fp32_activations() -> None:
     """A decode step of up to SMALL_ROWS rows skips the activation quantization: exactly the int8
     weights (smoothing undone) against the fp32 rows."""
-    from inference.w8a8_linear import SMALL_ROWS
+    from inference.model.quant.w8a8_linear import SMALL_ROWS
 
     linear = _linear(96, 40, seed=3)
     module = W8A8Linear.from_linear(linear, smoothing(torch.rand(96) + 0.1, [linear.weight], 0.5))
@@ -173,7 +173,7 @@ def test_a_variant_below_its_quality_floor_refuses_to_start(tiny_model_dir: Path
 
 def test_calibration_data_missing_is_a_clear_error(tiny_model_dir: Path, fresh_cache: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    from inference.compression import data
+    from inference import data
 
     monkeypatch.setattr(data, "load_prompts", lambda split: [])
     with pytest.raises(QualityCheckError, match="calibration data missing"):

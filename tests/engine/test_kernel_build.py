@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from inference.kernels import FLOCK_NAME, SOURCES, _build_dir, build_lock
+from inference.model.kernels import FLOCK_NAME, SOURCES, _build_dir, build_lock
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -65,7 +65,7 @@ def test_the_kernels_load_past_a_stale_torch_lock() -> None:
     removed only locks older than 10 minutes)."""
     build = _build_dir([ROOT / "inference" / "kernels" / name for name in SOURCES])
     (build / "lock").touch()
-    code = "from inference.kernels import _module; assert _module() is not None, 'kernels unavailable'"
+    code = "from inference.model.kernels import _module; assert _module() is not None, 'kernels unavailable'"
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert not (build / "lock").exists()

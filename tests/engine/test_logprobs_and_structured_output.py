@@ -16,11 +16,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from inference.config import EngineConfig
-from inference.errors import InvalidRequestError, InvalidSamplingParamsError
-from inference.guided import GuidedDecoding
-from inference.llm_engine import LLMEngine
-from inference.sampling_params import SamplingParams
+from inference.engine.llm_engine import LLMEngine
+from inference.schema.config.engine import EngineConfig
+from inference.schema.errors import InvalidRequestError, InvalidSamplingParamsError
+from inference.schema.guided import GuidedDecoding
+from inference.schema.sampling import SamplingParams
 
 LONG_PROMPT = "The capital of France is Paris. The quick brown fox jumps over the lazy dog. 0123456789 " * 2
 SCHEMAS = [

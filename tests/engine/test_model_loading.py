@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from inference.config import EngineConfig
-from inference.errors import KVCacheTooSmallError, ModelSourceError, UnsupportedModelError
-from inference.llm_engine import LLMEngine
-from inference.model_loader import gguf_cache_key, load_model, resolve_model_dir
+from inference.engine.llm_engine import LLMEngine
+from inference.model.model_loader import gguf_cache_key, load_model, resolve_model_dir
+from inference.schema.config.engine import EngineConfig
+from inference.schema.errors import KVCacheTooSmallError, ModelSourceError, UnsupportedModelError
 
 
 def test_packaged_model_is_converted_once_then_loaded_from_the_cache() -> None:
@@ -63,7 +63,7 @@ def test_a_kv_pool_larger_than_memory_is_refused_before_allocating(tmp_path: Pat
 
 
 def test_gguf_path_source_converts_like_the_packaged_one(tmp_path: Path) -> None:
-    from inference.model_loader import packaged_gguf_path
+    from inference.model.model_loader import packaged_gguf_path
 
     gguf = packaged_gguf_path("smollm2-135m-instruct")
     cache = tmp_path / "cache"

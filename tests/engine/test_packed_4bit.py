@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from inference.config import EngineConfig
-from inference.kernels import small_linear_op
-from inference.llm_engine import LLMEngine
-from inference.sampling_params import SamplingParams
+from inference.engine.llm_engine import LLMEngine
+from inference.model.kernels import small_linear_op
+from inference.schema.config.engine import EngineConfig
+from inference.schema.sampling import SamplingParams
 from tests.tiny_models import make_tiny_model_dir
 
 
@@ -133,7 +133,7 @@ def test_a_load_time_quantized_bf16_model_is_not_packed(q4_model_dir: Path) -> N
     """int8 replaces the linears after the cast: no fp32 load, no packing left on the old modules."""
     if small_linear_op() is None:
         pytest.skip("the C++ kernels are unavailable here")
-    from inference.decoder_layer import PACK_ATTR
+    from inference.model.decoder_layer import PACK_ATTR
 
     engine = LLMEngine(EngineConfig(model=str(q4_model_dir), dtype="bfloat16", quantization="torch-int8",
                                     kv_cache_tokens=1024, block_size=8, max_num_seqs=8))

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from inference.config import EngineConfig
-from inference.llm_engine import LLMEngine
-from inference.outputs import RequestOutput
-from inference.sampling_params import SamplingParams
+from inference.engine.llm_engine import LLMEngine
+from inference.schema.config.engine import EngineConfig
+from inference.schema.outputs import RequestOutput
+from inference.schema.sampling import SamplingParams
 
 
 def make_engine(model_dir: Path, cache: bool, **overrides: int) -> LLMEngine:

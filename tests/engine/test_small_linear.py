@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from inference.kernels import small_linear_op
+from inference.model.kernels import small_linear_op
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +89,7 @@ def q4_weight(n: int, k: int, seed: int) -> torch.Tensor:
 
 @pytest.mark.parametrize("rows", [1, 3, 4, 8, 32, 33])
 def test_exact_4bit_weights_pack_and_compute_the_same_values(op, rows: int) -> None:  # type: ignore[no-untyped-def]
-    from inference.kernels import pack_q4_exact
+    from inference.model.kernels import pack_q4_exact
 
     w, b = q4_weight(200, 96, seed=rows), torch.randn(200)
     packed = pack_q4_exact(w)
@@ -104,7 +104,7 @@ def test_exact_4bit_weights_pack_and_compute_the_same_values(op, rows: int) -> N
 
 @pytest.mark.parametrize("rows", [1, 4, 5])
 def test_bf16_rows_compute_with_the_exact_4bit_values(op, rows: int) -> None:  # type: ignore[no-untyped-def]
-    from inference.kernels import pack_q4_exact
+    from inference.model.kernels import pack_q4_exact
 
     w = q4_weight(200, 96, seed=rows)
     linear, data, scales, mins = pack_q4_exact(w)  # type: ignore[misc]
@@ -118,7 +118,7 @@ def test_bf16_rows_compute_with_the_exact_4bit_values(op, rows: int) -> None:  #
 
 
 def test_weights_that_are_not_exactly_4bit_stay_fp32(op) -> None:  # type: ignore[no-untyped-def]
-    from inference.kernels import pack_q4_exact
+    from inference.model.kernels import pack_q4_exact
 
     w = q4_weight(16, 64, seed=0)
     w[3, 5] += 1e-4  # one value off the 4-bit grid
@@ -129,7 +129,7 @@ def test_weights_that_are_not_exactly_4bit_stay_fp32(op) -> None:  # type: ignor
 
 
 def test_packing_can_be_turned_off(op, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
-    from inference.kernels import pack_q4_exact
+    from inference.model.kernels import pack_q4_exact
 
     monkeypatch.setenv("SLOSERVE_PACK_4BIT", "0")
     assert pack_q4_exact(q4_weight(16, 64, seed=0)) is None
@@ -146,7 +146,7 @@ def q8_weight(n: int, k: int, seed: int) -> torch.Tensor:
 
 @pytest.mark.parametrize("rows", [1, 3, 4, 8, 32, 33])
 def test_exact_8bit_weights_pack_and_compute_the_same_values(op, rows: int) -> None:  # type: ignore[no-untyped-def]
-    from inference.kernels import pack_exact, pack_q4_exact, pack_q8_exact
+    from inference.model.kernels import pack_exact, pack_q4_exact, pack_q8_exact
 
     w, b = q8_weight(200, 96, seed=rows), torch.randn(200)
     assert pack_q4_exact(w) is None  # 255 levels are not 4-bit
@@ -167,7 +167,7 @@ def test_exact_8bit_weights_pack_and_compute_the_same_values(op, rows: int) -> N
 
 
 def test_weights_that_are_not_exactly_8bit_stay_fp32(op) -> None:  # type: ignore[no-untyped-def]
-    from inference.kernels import pack_exact, pack_q8_exact
+    from inference.model.kernels import pack_exact, pack_q8_exact
 
     w = q8_weight(16, 64, seed=0)
     w[3, 5] += 1e-4  # one value off the group's grid

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from inference.config import EngineConfig
-from inference.llm_engine import LLMEngine
-from inference.sampling_params import SamplingParams
+from inference.engine.llm_engine import LLMEngine
+from inference.schema.config.engine import EngineConfig
+from inference.schema.sampling import SamplingParams
 
 PROMPTS = ["The quick brown fox", "What is the capital of France?", "Serving large language models", "0123456789"]
 

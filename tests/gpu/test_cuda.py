@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from inference.config import EngineConfig
-from inference.llm_engine import LLMEngine
-from inference.sampling_params import SamplingParams
+from inference.engine.llm_engine import LLMEngine
+from inference.schema.config.engine import EngineConfig
+from inference.schema.sampling import SamplingParams
 
 PROMPTS = ["The quick brown fox", "What is the capital of France?", "Serving large language models", "0123456789"]
 
@@ -51,7 +51,7 @@ def test_tp2_over_nccl_equals_tp1_token_for_token(tiny_model_dir: Path) -> None:
 @pytest.mark.timeout(900)
 def test_engine_benchmark_runs_on_cuda() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "inference.bench", "--device", "cuda", "--dtype", "bfloat16", "--quick", "--json"],
+        [sys.executable, "-m", "load_tests.benchmarks.engine", "--device", "cuda", "--dtype", "bfloat16", "--quick", "--json"],
         capture_output=True, text=True, timeout=900, check=False,
     )
     assert done.returncode == 0, done.stderr[-2000:]

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
-from cluster.config import AppConfig, load_config, parse_config
 from cluster.k8s.render import Rendered, render
+from inference.schema.config import AppConfig, load_config, parse_config
 
 ROOT = Path(__file__).resolve().parents[2]
 # profile -> the committed config its manifests under k8s/<profile>/ are rendered from

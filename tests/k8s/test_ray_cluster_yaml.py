@@ -15,7 +15,7 @@ import yaml
 
 from cluster.k8s import RAY_VERSION
 from cluster.k8s.profiles import BASE_IMAGES
-from cluster.placement import replica_cpus, replica_gpus
+from deployments.replica.placement import replica_cpus, replica_gpus
 from tests.k8s.conftest import ROOT, config_with
 
 

@@ -7,8 +7,8 @@ import json
 import pytest
 import yaml
 
-from cluster.config import SERVE_FAST_PATH_ENV, AppConfig, ConfigError
 from cluster.k8s.render import Rendered, render
+from inference.schema.config import SERVE_FAST_PATH_ENV, AppConfig, ConfigError
 from tests.k8s.conftest import PROFILE_CONFIGS, ROOT, config_with, render_profile
 
 GPU_VARIANTS = [

@@ -20,8 +20,8 @@ from typing import Any
 import httpx
 import pytest
 
-from deployments.tp_group import replica_placements
-from inference.worker import ALLOW_CPU_FOR_CUDA_ENV
+from deployments.replica.tp_group import replica_placements
+from inference.parallel.worker import ALLOW_CPU_FOR_CUDA_ENV
 from tests.serve.conftest import free_port, wait_until
 from tests.tiny_models import make_tiny_model_dir
 
@@ -43,8 +43,8 @@ def multinode(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MultiNode]:
     from ray import serve
     from ray.cluster_utils import Cluster
 
-    from cluster.config import parse_config
     from deployments.app import build_app
+    from inference.schema.config import parse_config
 
     model_dir = make_tiny_model_dir(tmp_path_factory.mktemp("multinode-tiny"), max_position_embeddings=256)
     engine = {"kv_cache_tokens": 1024, "block_size": 16, "max_num_seqs": 8, "max_num_batched_tokens": 64}

@@ -57,8 +57,8 @@ def serve_app(serve_model_dir: Path) -> Iterator[ServeApp]:
     import ray
     from ray import serve
 
-    from cluster.config import parse_config
     from deployments.app import build_app
+    from inference.schema.config import parse_config
 
     engine = {"kv_cache_tokens": 2048, "block_size": 16, "max_num_seqs": 16, "max_num_batched_tokens": 128}
     config = parse_config(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from ray import serve
 
-from deployments.protocol import ChatMessage, GenerateRequest, GenerateResponse, SamplingOptions
+from inference.schema.requests import ChatMessage, GenerateRequest, GenerateResponse, SamplingOptions
 from tests.serve.conftest import ServeApp
 
 

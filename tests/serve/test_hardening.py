@@ -154,7 +154,7 @@ def test_a_huge_prompt_is_refused_before_tokenizing(serve_app: ServeApp) -> None
 
 
 def test_sixty_thousand_messages_are_refused_before_each_is_validated_and_a_stream_keeps_flowing(serve_app: ServeApp) -> None:
-    from deployments.protocol import MAX_MESSAGES
+    from inference.schema.requests import MAX_MESSAGES
 
     # 2 MB of JSON, under the body limit: each message was validated, then pickled to the replica
     # and templated there before the context check refused it (a ~0.5 s stall of the router's loop)
@@ -175,8 +175,8 @@ def test_sixty_thousand_messages_are_refused_before_each_is_validated_and_a_stre
 def guarded(serve_app: ServeApp) -> Iterator[str]:
     """A second router (its own app on /guarded) over the same replicas, whose process has API keys in
     the environment variable its config names: the keys are read exactly where `sloserve up` reads them."""
-    from cluster.config import parse_config
-    from deployments.router import RouterDeployment
+    from deployments.router.router import RouterDeployment
+    from inference.schema.config import parse_config
 
     config = parse_config({"model": {"name": "tiny", "max_model_len": 256}, "variants": [{"name": "full"}],
                            "router": {"api_keys_env": TEST_KEYS_ENV, "max_in_flight": 4}})
@@ -205,7 +205,7 @@ def test_api_keys_guard_every_path_but_health(guarded: str) -> None:
 
 
 def test_handles_inside_the_cluster_need_no_key(guarded: str) -> None:
-    from deployments.protocol import GenerateRequest, SamplingOptions
+    from inference.schema.requests import GenerateRequest, SamplingOptions
 
     handle = serve.get_app_handle("guarded")
     request = GenerateRequest(prompt="hi", sampling=SamplingOptions(max_tokens=2, ignore_eos=True))  # a random model may stop

@@ -63,8 +63,8 @@ def _traffic(serve_app: ServeApp) -> None:
 def test_counters_the_dashboard_queries_are_exported_at_zero_before_their_first_event(serve_app: ServeApp) -> None:
     """No "No data" panels on a quiet cluster: the controller's decisions and the rejections exist at 0
     (or more) before anything was decided or refused, for every reason the router can record."""
-    from deployments.metrics import REJECT_REASONS
     from deployments.slo.decision import REASON_CODES
+    from deployments.telemetry.metrics import REJECT_REASONS
 
     wanted = {f'ray_sloserve_controller_decisions_total{{reason="{r}"}}' for r in REASON_CODES}
     wanted |= {f'ray_sloserve_rejected_total{{reason="{r}"}}' for r in REJECT_REASONS}

@@ -1,4 +1,4 @@
-"""`sloserve profile`'s measurement through the served stack, on the tiny-model app; and its
+"""`python -m load_tests profile`'s measurement through the served stack, on the tiny-model app; and its
 argument checks, which fail before anything starts."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from inference.manifest import SpeedProfile
+from inference.schema.manifest import SpeedProfile
 from load_tests.profile import profile_variant
 from tests.serve.conftest import ServeApp
 

@@ -53,8 +53,8 @@ def slo_app(serve_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     import ray
     from ray import serve
 
-    from cluster.config import parse_config
     from deployments.app import build_app, serve_run_options
+    from inference.schema.config import parse_config
 
     engine = {"kv_cache_tokens": 2048, "block_size": 16, "max_num_seqs": 16, "max_num_batched_tokens": 128}
     config = parse_config({

@@ -21,8 +21,8 @@ LONG = {"prompt": "Keep going", "max_tokens": 200, "ignore_eos": True, "stream":
 
 @pytest.fixture(scope="module")
 def spill_url(serve_app: ServeApp) -> Iterator[str]:
-    from cluster.config import parse_config
-    from deployments.router import RouterDeployment
+    from deployments.router.router import RouterDeployment
+    from inference.schema.config import parse_config
 
     config = parse_config({
         "model": {"name": "tiny", "max_model_len": 256},

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from inference.block_manager import BlockManager
+from inference.engine.block_manager import BlockManager
 
 
 def test_grow_allocates_whole_blocks_and_free_returns_them() -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.config import ConfigError, load_config, parse_config
+from inference.schema.config import ConfigError, load_config, parse_config
 
 ROOT = Path(__file__).resolve().parents[2]
 

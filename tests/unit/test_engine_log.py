@@ -12,14 +12,14 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_engine_info_lines_reach_stderr_once() -> None:
     code = (
         "import logging\n"
-        "from inference.logs import show_engine_log\n"
-        "logging.getLogger('inference.kernels').info('before')\n"  # no handler yet: dropped
+        "from inference.engine.logs import show_engine_log\n"
+        "logging.getLogger('inference.model.kernels').info('before')\n"  # no handler yet: dropped
         "show_engine_log(); show_engine_log()\n"
-        "logging.getLogger('inference.kernels').info('building the kernels')\n"
-        "logging.getLogger('inference.worker').warning('a warning')\n"
-        "logging.getLogger('inference.worker').debug('a detail')\n"
+        "logging.getLogger('inference.model.kernels').info('building the kernels')\n"
+        "logging.getLogger('inference.parallel.worker').warning('a warning')\n"
+        "logging.getLogger('inference.parallel.worker').debug('a detail')\n"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     lines = done.stderr.splitlines()
-    assert lines == ["INFO inference.kernels: building the kernels", "WARNING inference.worker: a warning"]
+    assert lines == ["INFO inference.model.kernels: building the kernels", "WARNING inference.parallel.worker: a warning"]

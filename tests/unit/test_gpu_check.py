@@ -1,4 +1,4 @@
-"""`make gpu-check`'s driver (load_tests/gpu_check.py) without a GPU: the served config it writes is
+"""`make gpu-check`'s driver (load_tests/benchmarks/gpu_check.py) without a GPU: the served config it writes is
 a valid app config for the device, and its one table reports each step, errors included. The
 whole run is smoke-tested by hand with `--device cpu --quick` (docs in the README)."""
 
@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from cluster.config import parse_config
-from load_tests.gpu_check import _served_config, table
+from inference.schema.config import parse_config
+from load_tests.benchmarks.gpu_check import _served_config, table
 
 
 @pytest.mark.parametrize("device", ["cuda", "cpu"])
@@ -37,7 +37,7 @@ def test_the_table_reports_every_step() -> None:
 
 
 def test_the_table_names_a_failed_step() -> None:
-    text = table(_report(engine_bench={"error": "inference.bench exited 1 (log: x)"},
+    text = table(_report(engine_bench={"error": "load_tests.benchmarks.engine exited 1 (log: x)"},
                          served={"error": "sloserve up exited 2 before serving (log: y)"}))
-    assert "| engine benchmark | inference.bench exited 1 (log: x) |" in text
+    assert "| engine benchmark | load_tests.benchmarks.engine exited 1 (log: x) |" in text
     assert "| served | sloserve up exited 2 before serving (log: y) |" in text

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from deployments.bench import BenchError, Sample, _Clock, _overhead, _summary
-from deployments.hop_trace import HopTrace, engine_ttft_s, hop_breakdown, read_trace
+from deployments.telemetry.hop_trace import HopTrace, engine_ttft_s, hop_breakdown, read_trace
+from load_tests.benchmarks.serving import BenchError, Sample, _Clock, _overhead, _summary
 
 
 def test_trace_off_writes_nothing(tmp_path: Path) -> None:

@@ -14,10 +14,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
-from cluster.config import API_KEYS_ENV, RouterConfig
-from deployments.errors import UnknownModelError, classify
-from deployments.http_guard import GuardSettings, HTTPGuard, is_authorized
-from inference.errors import RequestFailedError
+from deployments.http.errors import UnknownModelError, classify
+from deployments.http.guard import GuardSettings, HTTPGuard, is_authorized
+from inference.schema.config import API_KEYS_ENV, RouterConfig
+from inference.schema.errors import RequestFailedError
 
 SECRET = "/opt/secret/path/model.bin: CUDA error 700"
 

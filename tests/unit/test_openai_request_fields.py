@@ -7,14 +7,14 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from deployments.openai_api import (
+from deployments.http.openai_api import (
     IGNORED_FIELDS,
     ChatCompletionRequest,
     CompletionRequest,
     completion_response,
 )
-from deployments.protocol import Choice, GenerateResponse, RequestTiming, TokenLogprobOut, Usage
-from inference.errors import InvalidRequestError
+from inference.schema.errors import InvalidRequestError
+from inference.schema.requests import Choice, GenerateResponse, RequestTiming, TokenLogprobOut, Usage
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -96,7 +96,7 @@ def test_echo_puts_the_prompt_and_its_logprobs_first_with_text_offsets() -> None
 
 
 def test_the_message_count_is_bounded_on_both_apis_before_any_message_is_validated() -> None:
-    from deployments.protocol import MAX_MESSAGES, GenerateRequest
+    from inference.schema.requests import MAX_MESSAGES, GenerateRequest
 
     ChatCompletionRequest.model_validate(dict(CHAT, messages=CHAT["messages"] * MAX_MESSAGES))
     # one over the bound, and each message malformed: the count is the error, not 2049 role errors
@@ -109,7 +109,7 @@ def test_the_message_count_is_bounded_on_both_apis_before_any_message_is_validat
 
 
 def test_a_batch_of_prompts_is_bounded_before_any_prompt_is_validated() -> None:
-    from deployments.protocol import MAX_BATCH_PROMPTS
+    from inference.schema.requests import MAX_BATCH_PROMPTS
 
     assert len(CompletionRequest.model_validate({"model": "m", "prompt": [[1]] * MAX_BATCH_PROMPTS}).prompts) == MAX_BATCH_PROMPTS
     CompletionRequest.model_validate({"model": "m", "prompt": [1] * (MAX_BATCH_PROMPTS + 1)})  # one prompt of token ids

@@ -1,11 +1,11 @@
-"""Placement of a replica (cluster/placement.py): the one definition the app builder and the k8s
+"""Placement of a replica (deployments/replica/placement.py): the one definition the app builder and the k8s
 renderer share; rank 0 (the replica actor) holds bundle 0 exactly, a GPU on CUDA."""
 
 from __future__ import annotations
 
-from cluster.config import VariantConfig, parse_config
 from cluster.k8s.serve_config import build_serve_config
-from cluster.placement import placement_bundles, replica_actor_options, replica_cpus, replica_gpus
+from deployments.replica.placement import placement_bundles, replica_actor_options, replica_cpus, replica_gpus
+from inference.schema.config import VariantConfig, parse_config
 
 
 def test_cuda_replica_reserves_one_gpu_per_rank_and_rank_0_takes_its_own() -> None:

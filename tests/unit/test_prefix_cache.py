@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import random
 
-from inference.block_manager import BlockManager
-from inference.outputs import RequestMetrics
-from inference.prefix_hash import extend_block_hashes, prefix_hash
-from inference.sampling_params import SamplingParams
-from inference.scheduler import Scheduler
-from inference.sequence import Sequence, SequenceGroup
+from inference.engine.block_manager import BlockManager
+from inference.engine.prefix_hash import extend_block_hashes, prefix_hash
+from inference.engine.scheduler import Scheduler
+from inference.engine.sequence import Sequence, SequenceGroup
+from inference.schema.outputs import RequestMetrics
+from inference.schema.sampling import SamplingParams
 
 BS = 4
 

@@ -10,9 +10,9 @@ import pytest
 from ray.serve._private.common import DeploymentHandleSource, DeploymentID, ReplicaID, RequestMetadata
 from ray.serve._private.request_router.common import PendingRequest
 
-from deployments.protocol import GenerateRequest
-from deployments.request_router import AffinityRequestRouter
-from deployments.routing import rendezvous_rank
+from deployments.router.replica_choice import rendezvous_rank
+from deployments.router.serve_request_router import AffinityRequestRouter
+from inference.schema.requests import GenerateRequest
 
 DEPLOYMENT = DeploymentID("llm-full", "sloserve")
 

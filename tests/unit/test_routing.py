@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from deployments.routing import (
+from deployments.router.replica_choice import (
     affinity_key,
     affinity_order,
     chat_prefix_text,
@@ -17,7 +17,7 @@ from deployments.routing import (
     rendezvous_rank,
     spill_over,
 )
-from inference.prefix_hash import extend_block_hashes
+from inference.engine.prefix_hash import extend_block_hashes
 
 
 def test_weighted_choice_follows_the_weights_and_skips_zero() -> None:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from inference.block_manager import BlockManager
-from inference.outputs import RequestMetrics
-from inference.sampling_params import SamplingParams
-from inference.scheduler import Scheduler
-from inference.sequence import Sequence, SequenceGroup
+from inference.engine.block_manager import BlockManager
+from inference.engine.scheduler import Scheduler
+from inference.engine.sequence import Sequence, SequenceGroup
+from inference.schema.outputs import RequestMetrics
+from inference.schema.sampling import SamplingParams
 
 
 class _NoDetok:

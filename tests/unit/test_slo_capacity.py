@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from cluster.config import SLOConfig, SLOTarget
 from deployments.slo.capacity import (
     TAIL_P95_OVER_P50,
     Correction,
@@ -24,7 +23,8 @@ from deployments.slo.plan import (
     traffic_quality,
 )
 from deployments.slo.settings import SLOTargets, VariantBounds
-from inference.manifest import SpeedProfile, VariantManifest
+from inference.schema.config import SLOConfig, SLOTarget
+from inference.schema.manifest import SpeedProfile, VariantManifest
 
 EXAMPLE = Path(__file__).parents[2] / "load_tests" / "traces" / "example_manifest.json"
 

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cluster.config import AppConfig, ConfigError, parse_config
 from deployments.app import build_app, serve_run_options
-from deployments.controller import load_manifest
+from deployments.controller.slo_controller import load_manifest
 from deployments.slo.merge import merge_latency, merge_observations
 from deployments.slo.observation import LatencyStats, Observation, VariantLoad, VariantObservation
+from inference.schema.config import AppConfig, ConfigError, parse_config
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "load_tests" / "traces" / "example_manifest.json"
@@ -91,7 +91,7 @@ def test_merged_observation_adds_rates_and_takes_the_worst_percentile() -> None:
 
 
 def test_example_manifest_matches_local_slo_config() -> None:
-    from cluster.config import load_config
+    from inference.schema.config import load_config
 
     config_path = ROOT / "cluster" / "configs" / "local-slo.yaml"
     config = load_config(config_path)

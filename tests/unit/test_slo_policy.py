@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cluster.config import ControllerConfig, SLOConfig, VariantConfig
 from deployments.slo.capacity import Correction, SpeedCurve
 from deployments.slo.decision import Decision, PolicyState
 from deployments.slo.observation import LatencyStats, Observation, VariantLoad, VariantObservation
 from deployments.slo.policy import PolicyError, decide
 from deployments.slo.settings import ControllerSettings, SLOTargets, VariantBounds
-from inference.manifest import VariantManifest
+from inference.schema.config import ControllerConfig, SLOConfig, VariantConfig
+from inference.schema.manifest import VariantManifest
 
 MANIFEST = VariantManifest.load(Path(__file__).parents[2] / "load_tests" / "traces" / "example_manifest.json")
 SLO = SLOConfig()  # interactive: TTFT p95 1000 ms, TPOT p95 150 ms

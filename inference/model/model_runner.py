@@ -1,0 +1,185 @@
+"""`ModelRunner`: one rank's forward pass over a DeepSpeed-wrapped Hugging Face decoder.
+
+DeepSpeed (`init_inference`, AutoTP) owns the weights: with tp_size N each rank holds its
+shard of every projection, and the row-parallel ones (`o_proj`, `down_proj`, `lm_head`) all-reduce
+inside their forward. This runner drives the decoder layers itself instead of calling HF's
+forward, so that the KV cache is our paged pool and a step is one flattened batch of tokens:
+plain linear shards of q/k/v and of gate/up are fused into one matmul each; any other linear
+type (bitsandbytes, torch quantized) is called as a module. Logits are computed only for the
+rows that sample (and the prompt rows of requests that ask for prompt logprobs).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from inference.engine.step_input import StepInput
+from inference.model.attention import paged_attention
+from inference.model.compiled_decode import CompiledDecode, why_not_compiled
+from inference.model.decoder_layer import PACK_ATTR, DecoderLayer, single
+from inference.model.kv_cache import KVCache
+
+log = logging.getLogger(__name__)
+Linear = Callable[[torch.Tensor], torch.Tensor]
+
+
+class ModelRunner:
+    def __init__(self, model: Any, kv_cache_blocks: int, block_size: int, max_model_len: int,
+                 compile: bool = False, max_num_seqs: int = 1, tp_size: int = 1) -> None:
+        """`model`: a Hugging Face causal LM (Llama-like decoder), already wrapped by DeepSpeed.
+        `compile`: run decode-only steps through `CompiledDecode`, warmed up here for batch sizes up
+        to `max_num_seqs` (where it cannot run, the reason is logged and steps stay eager)."""
+        config = model.config
+        self.config = config
+        self.device = next(model.parameters()).device
+        self.dtype: torch.dtype = model.model.embed_tokens.weight.dtype
+        self.head_dim: int = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        self.eps: float = config.rms_norm_eps
+        self.embed_tokens = model.model.embed_tokens
+        self.logits_dtype = torch.float64 if self.dtype == torch.float64 else torch.float32
+        self.final_norm = model.model.norm.weight.detach().to(self.logits_dtype)
+        self._lm_head = model.lm_head
+        self.lm_head: Linear = fp32_lm_head(model.lm_head)
+        if config.hidden_act != "silu":
+            raise ValueError(f"unsupported hidden_act {config.hidden_act!r}")
+        self.layers = [DecoderLayer(layer, self.head_dim, self.eps) for layer in model.model.layers]
+        self.num_heads = self.layers[0].num_heads  # this rank's share under tensor parallelism
+        self.num_kv_heads = self.layers[0].num_kv_heads
+        self.block_size = block_size
+        self.cos, self.sin = self._rope_tables(model, max_model_len)
+        self.kv_cache = KVCache(
+            num_layers=len(self.layers),
+            num_blocks=kv_cache_blocks,
+            block_size=block_size,
+            num_kv_heads=self.num_kv_heads,
+            head_dim=self.head_dim,
+            dtype=self.dtype,
+            device=self.device,
+        )
+        self.compiled: CompiledDecode | None = None
+        self.use_compiled = True
+        self.compile_s = 0.0
+        if compile:
+            reason = why_not_compiled(self.layers, self.device, self.dtype, tp_size)
+            if reason is not None:
+                log.warning("compile: the decode step runs eagerly (%s)", reason)
+            else:
+                self.compiled = CompiledDecode(self.layers, self.kv_cache, -(-max_model_len // block_size))
+                self.compile_s = self.compiled.warm_up(self._warm_up_step,
+                                                       self.compiled.warm_up_batch_sizes(max_num_seqs))
+
+    def decode_weight_bytes(self) -> int:
+        """Bytes of weights one batch-1 decode step reads: every layer's and the LM head's (packed
+        4- or 8-bit ones as packed), and the final norm (the embedding row is noise). For the
+        memory-bound limit."""
+        modules: list[Any] = [*self.layers, self.lm_head if isinstance(self.lm_head, nn.Module) else self._lm_head]
+        total = self.final_norm.numel() * self.final_norm.element_size()
+        for module in (m for top in modules for m in top.modules()):
+            tensors = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
+            if getattr(module, "packed_linear", None) is not None:  # the fp32 / bf16 copy serves prompts only
+                tensors = [t for t in tensors if t is not module.weight]
+            total += sum(t.numel() * t.element_size() for t in tensors)
+        return total
+
+    def set_compiled(self, enabled: bool) -> None:
+        """Run decode steps compiled (where compiled at all) or eagerly: for measuring what compile buys."""
+        self.use_compiled = enabled
+
+    def _warm_up_step(self, batch: int) -> None:
+        """A decode step of `batch` one-token sequences over slot 0 (the pool is cleared afterwards)."""
+        zeros = torch.zeros(batch, dtype=torch.int64)
+        self.execute(StepInput(
+            input_ids=zeros, positions=zeros, slot_mapping=zeros, num_decodes=batch,
+            decode_slots=zeros[:, None], decode_mask=torch.ones(batch, 1, 1, 1, dtype=torch.bool),
+            decode_tables=zeros[:, None], decode_lens=torch.ones(batch, dtype=torch.int64), prefills=[],
+            logits_indices=torch.arange(batch), block_size=self.block_size,
+        ))
+        self.kv_cache.k.zero_()
+        self.kv_cache.v.zero_()
+
+    def _rope_tables(self, model: Any, max_model_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin for every position, from the model's own rotary module (so RoPE scaling types hold)."""
+        positions = torch.arange(max_model_len, device=self.device)[None]
+        probe = torch.zeros(1, dtype=torch.float32, device=self.device)
+        cos, sin = model.model.rotary_emb(probe, positions)
+        return cos[0].to(self.dtype)[:, None, :], sin[0].to(self.dtype)[:, None, :]  # [L, 1, head_dim]
+
+    @torch.inference_mode()
+    def execute(self, step: StepInput) -> torch.Tensor:
+        """Run one step; returns fp32 logits [len(step.logits_indices), vocab] whatever the model's
+        dtype (fp64 in an fp64 model)."""
+        if step.block_copies:
+            self.kv_cache.copy_blocks(step.block_copies)
+        dev = self.device
+        input_ids = step.input_ids.to(dev, non_blocking=True)
+        positions = step.positions.to(dev, non_blocking=True)
+        slots = step.slot_mapping.to(dev, non_blocking=True)
+        if dev.type != "cpu":
+            step = _to_device(step, dev)
+        cos, sin = self.cos[positions], self.sin[positions]
+        h = self.embed_tokens(input_ids)
+        if self.compiled is not None and self.use_compiled and not step.prefills and step.decode_tables is not None:
+            assert step.decode_lens is not None
+            h = self.compiled(h, cos, sin, slots, step.decode_tables, step.decode_lens, step.block_size)
+        else:
+            for layer, k_pool, v_pool in zip(self.layers, self.kv_cache.k, self.kv_cache.v, strict=True):
+                q, k, v = layer.pre_attention(h, cos, sin)
+                k_pool.index_copy_(0, slots, k)
+                v_pool.index_copy_(0, slots, v)
+                h = layer.post_attention(h, paged_attention(q, k, v, k_pool, v_pool, step))
+        h = h[step.logits_indices.to(dev)]
+        return self.lm_head(F.rms_norm(h.to(self.logits_dtype), (h.shape[-1],), self.final_norm, self.eps))
+
+
+def fp32_lm_head(lm_head: Any) -> Linear:
+    """The LM head as a function of fp32 hidden states to fp32 logits, whatever the model's dtype.
+
+    bf16 logits of magnitude 16-32 are 0.125 apart: two candidate tokens can tie exactly (the
+    packaged model's first answer token to the README question: "L" and "The" both -1.8895 in bf16,
+    -1.965 and -1.883 in fp32), and sampling, beam scores and logprobs would read the rounding.
+    A bf16 plain linear gets an fp32 copy of its weight (untied from the embedding, which stays
+    bf16) with its exact 4/8-bit packing if it has one; DeepSpeed's all-reducing head under tensor
+    parallelism gets its shard in fp32. Quantizers leave the head alone (weight-only int8's kernel
+    computes in bf16)."""
+    if type(lm_head) is nn.Linear:
+        if lm_head.weight.dtype in (torch.bfloat16, torch.float16):
+            head = nn.Linear(lm_head.in_features, lm_head.out_features, bias=lm_head.bias is not None,
+                             device="meta")
+            head.weight = nn.Parameter(lm_head.weight.detach().float(), requires_grad=False)
+            if lm_head.bias is not None:
+                head.bias = nn.Parameter(lm_head.bias.detach().float(), requires_grad=False)
+            if hasattr(lm_head, PACK_ATTR):
+                setattr(head, PACK_ATTR, getattr(lm_head, PACK_ATTR))
+            lm_head = head
+        return single(lm_head)
+    for name in ("weight", "bias"):
+        tensor = getattr(lm_head, name, None)
+        if isinstance(tensor, torch.Tensor) and tensor.dtype in (torch.bfloat16, torch.float16):
+            setattr(lm_head, name, nn.Parameter(tensor.detach().float(), requires_grad=False))
+    return lambda x: lm_head(x[None])[0]
+
+
+def _to_device(step: StepInput, device: torch.device) -> StepInput:
+    from dataclasses import replace
+
+    from inference.engine.step_input import PrefillSegment
+
+    return replace(
+        step,
+        decode_slots=None if step.decode_slots is None else step.decode_slots.to(device),
+        decode_mask=None if step.decode_mask is None else step.decode_mask.to(device),
+        prefills=[
+            PrefillSegment(
+                p.start, p.num_tokens, p.num_context,
+                None if p.context_slots is None else p.context_slots.to(device),
+                None if p.mask is None else p.mask.to(device),
+            )
+            for p in step.prefills
+        ],
+    )
