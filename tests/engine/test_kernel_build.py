@@ -63,7 +63,7 @@ def test_a_live_builder_is_waited_for_and_a_killed_one_releases(tmp_path: Path) 
 def test_the_kernels_load_past_a_stale_torch_lock() -> None:
     """The real build directory with a fresh stale lock: the old code waited on it forever (it
     removed only locks older than 10 minutes)."""
-    build = _build_dir([ROOT / "inference" / "kernels" / name for name in SOURCES])
+    build = _build_dir([ROOT / "inference" / "model" / "kernels" / name for name in SOURCES])
     (build / "lock").touch()
     code = "from inference.model.kernels import _module; assert _module() is not None, 'kernels unavailable'"
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)

@@ -26,7 +26,7 @@ def test_profile_measures_each_concurrency_of_a_pinned_variant(serve_app: ServeA
 
 def test_profile_names_variants_missing_from_the_quality_manifest(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "cluster.cli", "profile", "--config", str(ROOT / "cluster/configs/local.yaml"),
+        [sys.executable, "-m", "load_tests", "profile", "--config", str(ROOT / "cluster/configs/local.yaml"),
          "--quality", str(ROOT / "load_tests/traces/example_manifest.json"), "--quality-map", "int8-compute=w8a8",
          "--out", str(tmp_path / "m.json")],
         capture_output=True, text=True, timeout=60,
