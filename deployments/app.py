@@ -21,24 +21,24 @@ from ray.serve.config import RequestRouterConfig
 
 from deployments.controller.slo_controller import SLOControllerDeployment, load_manifest
 from deployments.replica.llm_server import LLMServerDeployment
-from deployments.replica.placement import PLACEMENT_STRATEGY, placement_bundles, replica_actor_options
+from deployments.replica.placement import (
+    PLACEMENT_STRATEGY,
+    llm_deployment_name,
+    placement_bundles,
+    replica_actor_options,
+)
 from deployments.router.router import RouterDeployment
 from deployments.router.serve_request_router import AffinityRequestRouter
 from inference.schema.config import AppConfig, ConfigError, VariantConfig, load_config, parse_config
-from inference.schema.config.engine import EngineConfig
+from inference.schema.config.engine import EngineConfig, ExecutionSettings
 
 
 def engine_config_for(config: AppConfig, variant: VariantConfig) -> EngineConfig:
+    """The variant's engine: its `ExecutionSettings` keys and its `engine:` section are the engine's fields."""
     return EngineConfig(
+        **variant.model_dump(include=set(ExecutionSettings.model_fields)),
+        **variant.engine.model_dump(),
         model=variant.source or config.model.source,
-        dtype=variant.dtype,
-        device=variant.device,
-        quantization=variant.quantization,
-        tp_size=variant.tp_size,
-        kv_cache_tokens=variant.engine.kv_cache_tokens,
-        block_size=variant.engine.block_size,
-        max_num_seqs=variant.engine.max_num_seqs,
-        max_num_batched_tokens=variant.engine.max_num_batched_tokens,
         max_model_len=config.model.max_model_len,
         num_threads=max(1, int(variant.num_cpus_per_rank)),
     )
@@ -46,7 +46,7 @@ def engine_config_for(config: AppConfig, variant: VariantConfig) -> EngineConfig
 
 def server_options(config: AppConfig, variant: VariantConfig) -> dict[str, Any]:
     options: dict[str, Any] = {
-        "name": f"llm-{variant.name}",
+        "name": llm_deployment_name(variant.name),
         "num_replicas": variant.num_replicas,
         "max_ongoing_requests": variant.max_ongoing_requests,
         # a bounded queue in front of the replicas: past it Serve raises BackPressureError -> 429

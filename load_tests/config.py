@@ -1,4 +1,4 @@
-"""The typed configuration of one load-test run: `RunConfig`, `SloTargets`, and the target check.
+"""The typed configuration of one load-test run: `RunConfig`, `GoodputTargets`, and the target check.
 
 The CLI (options.py) turns flags into a `RunConfig`; everything downstream reads only this. Models
 forbid unknown keys and bound every number; cross-field rules (a run must be bounded, targets must
@@ -32,8 +32,9 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
-class SloTargets(_Strict):
-    """Per-request latency targets (`--goodput ttft:MS tpot:MS e2el:MS`); unset ones are not checked."""
+class GoodputTargets(_Strict):
+    """Per-request latency targets (`--goodput ttft:MS tpot:MS e2el:MS`, vLLM's goodput); unset ones are
+    not checked. Every request is held to them, unlike the server's per-class p95 targets (`SLOTarget`)."""
 
     ttft_ms: float | None = Field(default=None, gt=0.0, le=86_400_000.0, description="Time to first token.")
     tpot_ms: float | None = Field(default=None, gt=0.0, le=86_400_000.0, description="Time per output token.")
@@ -66,7 +67,7 @@ class RunConfig(_Strict):
     prompt_file: str | None = Field(default=None, description="JSONL prompt file, or 'builtin'.")
     temperature: float = Field(default=0.0, ge=0.0, le=10.0)
     ignore_eos: bool = Field(default=False, description="Send vLLM's ignore_eos (not all servers accept it).")
-    slo: SloTargets = Field(default_factory=SloTargets)
+    slo: GoodputTargets = Field(default_factory=GoodputTargets)
     metric_percentiles: list[float] = Field(default_factory=lambda: [50.0, 90.0, 99.0], min_length=1)
     result_dir: Path | None = Field(default=None, description="Where files go; none = print only.")
     plots: bool = Field(default=True, description="Write the PNG plots into result_dir.")

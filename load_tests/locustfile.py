@@ -29,6 +29,8 @@ from urllib.parse import urlsplit
 from locust import HttpUser, between, events, task
 from locust.exception import StopUser
 
+from deployments.http.headers import VARIANT_HEADER
+
 MODEL = os.environ.get("LOADTEST_MODEL", "")
 ENDPOINT = os.environ.get("LOADTEST_ENDPOINT", "chat")
 OUTPUT_LEN = int(os.environ.get("LOADTEST_OUTPUT_LEN", "64"))
@@ -109,7 +111,7 @@ class OpenAIStreamUser(HttpUser):
             if resp.status_code != 200:
                 resp.failure(f"HTTP {resp.status_code}: {resp.text[:200]}")
                 return
-            variant = resp.headers.get("x-sloserve-variant") or "?"
+            variant = resp.headers.get(VARIANT_HEADER) or "?"
             for raw in resp.iter_lines():
                 line = raw.decode() if isinstance(raw, bytes) else raw
                 if not line.startswith("data:") or line[5:].strip() == "[DONE]":

@@ -14,15 +14,15 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from load_tests.config import SLO_METRICS, LoadTestError, RunConfig, SloTargets
+from load_tests.config import SLO_METRICS, GoodputTargets, LoadTestError, RunConfig
 from load_tests.gen.arrivals import load_trace
 
 _ENDPOINTS = {"chat": "chat", "completions": "completions",
               "/v1/chat/completions": "chat", "/v1/completions": "completions"}
 
 
-def parse_goodput(items: list[str] | None) -> SloTargets:
-    """`["ttft:500", "tpot:50"]` -> SloTargets(ttft_ms=500, tpot_ms=50)."""
+def parse_goodput(items: list[str] | None) -> GoodputTargets:
+    """`["ttft:500", "tpot:50"]` -> GoodputTargets(ttft_ms=500, tpot_ms=50)."""
     targets: dict[str, float] = {}
     for item in items or []:
         name, sep, value = item.partition(":")
@@ -33,7 +33,7 @@ def parse_goodput(items: list[str] | None) -> SloTargets:
         except ValueError as e:
             raise LoadTestError(f"--goodput {item!r}: {value!r} is not a number of ms") from e
     try:
-        return SloTargets(**targets)
+        return GoodputTargets(**targets)
     except ValidationError as e:
         raise LoadTestError(f"--goodput {items}: targets must be positive ms") from e
 

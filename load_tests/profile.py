@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from inference.schema.manifest import SpeedProfile
 from load_tests.config import LoadTestError, RunConfig
 from load_tests.gen.runner import run_load
-from load_tests.results.records import RequestRecord
+from load_tests.results.records import ClientRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,7 +27,7 @@ class ProfilePoint:
     tpot_ms: float
 
 
-def _point(n: int, records: Sequence[RequestRecord], duration_s: float) -> ProfilePoint:
+def _point(n: int, records: Sequence[ClientRecord], duration_s: float) -> ProfilePoint:
     failed = [r for r in records if not r.is_ok]
     if failed or not records:
         raise LoadTestError(f"{len(failed)} of {len(records)} requests failed at concurrency {n}: "

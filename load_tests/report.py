@@ -12,14 +12,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from load_tests.config import LoadTestError, SloTargets
+from load_tests.config import GoodputTargets, LoadTestError
 from load_tests.options import parse_goodput, parse_percentiles
 from load_tests.results.analysis import REQUESTS, SUMMARY, analyze, write_results
-from load_tests.results.records import RequestRecord, RunInfo, read_records
+from load_tests.results.records import ClientRecord, RunInfo, read_records
 from load_tests.results.summary import format_summary
 
 
-def load_run(result_dir: Path) -> tuple[list[RequestRecord], RunInfo, dict[str, Any]]:
+def load_run(result_dir: Path) -> tuple[list[ClientRecord], RunInfo, dict[str, Any]]:
     """(records, run info, old summary) of a result directory; LoadTestError names what is missing."""
     summary_path, requests_path = result_dir / SUMMARY, result_dir / REQUESTS
     for path in (summary_path, requests_path):
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     result_dir = Path(args.result_dir)
     records, info, old = load_run(result_dir)
     config = info.config
-    slo = parse_goodput(args.goodput) if args.goodput else SloTargets(**(config.get("slo") or {}))
+    slo = parse_goodput(args.goodput) if args.goodput else GoodputTargets(**(config.get("slo") or {}))
     percentiles = (parse_percentiles(args.metric_percentiles) if args.metric_percentiles
                    else list(config.get("metric_percentiles") or [50.0, 90.0, 99.0]))
     window_s = args.window_s or old.get("window_s")

@@ -16,7 +16,7 @@ from load_tests.config import RunConfig
 from load_tests.gen.runner import run_load
 from load_tests.options import add_run_arguments, config_from_args
 from load_tests.results.analysis import Analysis, analyze, slo_verdict, write_results
-from load_tests.results.records import RequestRecord
+from load_tests.results.records import ClientRecord
 from load_tests.results.summary import format_summary
 
 
@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_arguments(parser)
 
 
-def execute(config: RunConfig) -> tuple[list[RequestRecord], Analysis]:
+def execute(config: RunConfig) -> tuple[list[ClientRecord], Analysis]:
     """Run the load, analyze it, write the files when a result dir is set."""
     records, info = asyncio.run(run_load(config))
     analysis = analyze(records, info, config.slo, config.metric_percentiles, config.window_s)
@@ -35,7 +35,7 @@ def execute(config: RunConfig) -> tuple[list[RequestRecord], Analysis]:
     return records, analysis
 
 
-def verdict_exit_code(config: RunConfig, records: list[RequestRecord], analysis: Analysis) -> int:
+def verdict_exit_code(config: RunConfig, records: list[ClientRecord], analysis: Analysis) -> int:
     if not config.fail_on_slo:
         return 0
     passed, message = slo_verdict(records, analysis.summary, config.slo, config.slo_target)

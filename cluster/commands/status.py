@@ -21,6 +21,7 @@ def run(args: argparse.Namespace) -> int:
     from ray.serve.schema import ReplicaState
 
     from deployments.controller.slo_controller import CONTROLLER_DEPLOYMENT
+    from deployments.replica.placement import LLM_DEPLOYMENT_PREFIX
 
     ray.init(address=args.address, log_to_driver=False)
     status = serve.status()
@@ -33,9 +34,9 @@ def run(args: argparse.Namespace) -> int:
             counts = ", ".join(f"{k}={v}" for k, v in dep.replica_states.items())
             print(f"  {dep_name:<20} {dep.status}  replicas: {counts}")
             running = dep.replica_states.get(ReplicaState.RUNNING, 0)
-            if dep_name.startswith("llm-") and running:
+            if dep_name.startswith(LLM_DEPLOYMENT_PREFIX) and running:
                 _print_dtype(name, dep_name)
-            if args.placement and dep_name.startswith("llm-"):
+            if args.placement and dep_name.startswith(LLM_DEPLOYMENT_PREFIX):
                 _print_placement(name, dep_name, running)
             if dep_name == CONTROLLER_DEPLOYMENT and running:
                 _print_controller(name, dep_name)

@@ -11,16 +11,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from deployments.replica.placement import PLACEMENT_STRATEGY, placement_bundles, replica_actor_options
-from inference.schema.config import AppConfig, KubernetesConfig, VariantConfig
+from deployments.replica.placement import (
+    PLACEMENT_STRATEGY,
+    llm_deployment_name,
+    placement_bundles,
+    replica_actor_options,
+)
+from inference.schema.config import AppConfig, KubernetesConfig
 
 IMPORT_PATH = "deployments.app:app"
 ROUTER_DEPLOYMENT = "router"
 CONTROLLER_DEPLOYMENT = "slo-controller"
-
-
-def llm_deployment_name(variant: VariantConfig) -> str:
-    return f"llm-{variant.name}"
 
 
 def embedded_config(config: AppConfig, k8s: KubernetesConfig) -> dict[str, Any]:
@@ -35,7 +36,7 @@ def _deployments(config: AppConfig) -> list[dict[str, Any]]:
     for variant in config.variants:
         deployments.append(
             {
-                "name": llm_deployment_name(variant),
+                "name": llm_deployment_name(variant.name),
                 "num_replicas": variant.num_replicas,
                 "max_ongoing_requests": variant.max_ongoing_requests,
                 "ray_actor_options": replica_actor_options(variant),

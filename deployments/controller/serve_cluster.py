@@ -26,6 +26,8 @@ from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
 from ray.serve._private.exceptions import ExternalScalerDisabledError
 from ray.serve.schema import ApplicationStatus, ServeInstanceDetails
 
+from deployments.replica.placement import llm_deployment_name
+
 STARTED = (ReplicaState.STARTING, ReplicaState.UPDATING, ReplicaState.RECOVERING, ReplicaState.RUNNING)
 
 
@@ -35,11 +37,6 @@ class ClusterReadError(RuntimeError):
 
 class ScalingDisabledError(RuntimeError):
     """The application was deployed without `external_scaler_enabled: true`."""
-
-
-def server_deployment(variant: str) -> str:
-    """The Serve deployment of a variant's replicas (see deployments/app.py)."""
-    return f"llm-{variant}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,9 +88,9 @@ class ServeCluster:
             raise ClusterReadError(f"Serve shows no application {self.app_name!r}")
         found: dict[str, VariantReplicas] = {}
         for name in variants:
-            deployment = app.deployments.get(server_deployment(name))
+            deployment = app.deployments.get(llm_deployment_name(name))
             if deployment is None:
-                raise ClusterReadError(f"Serve shows no deployment {server_deployment(name)!r} in {self.app_name!r}")
+                raise ClusterReadError(f"Serve shows no deployment {llm_deployment_name(name)!r} in {self.app_name!r}")
             states = [r.state for r in deployment.replicas]
             found[name] = VariantReplicas(
                 running=sum(s in STARTED for s in states),
@@ -105,7 +102,7 @@ class ServeCluster:
 
     async def scale(self, variant: str, target: int) -> None:
         """Set the variant's replica target; Serve starts or stops replicas asynchronously."""
-        deployment = DeploymentID(name=server_deployment(variant), app_name=self.app_name)
+        deployment = DeploymentID(name=llm_deployment_name(variant), app_name=self.app_name)
         try:
             await self._controller().update_deployment_replicas.remote(deployment, target)
         except ExternalScalerDisabledError as e:

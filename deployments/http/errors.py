@@ -165,6 +165,9 @@ def as_invalid(error: Exception) -> Exception:
 
     if isinstance(error, ValidationError):
         first = error.errors()[0]
+        raised = first.get("ctx", {}).get("error")
+        if isinstance(raised, InvalidRequestError):  # a validator's own error names its field
+            return raised
         param = _param_of(first["loc"])
         return InvalidRequestError(f"{param}: {first['msg']}" if param else first["msg"], param or "body")
     return error

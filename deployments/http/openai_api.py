@@ -11,19 +11,18 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from deployments.http.errors import error_body
 from deployments.http.structured_request import ResponseFormat, guided_options
+from inference.schema.errors import InvalidRequestError
 from inference.schema.requests import (
-    Bias,
     ChatMessage,
+    Choice,
     GenerateRequest,
     GenerateResponse,
-    SamplingOptions,
-    StopString,
     TokenId,
     TokenLogprobOut,
     Usage,
@@ -31,19 +30,12 @@ from inference.schema.requests import (
     check_message_count,
 )
 from inference.schema.sampling import (
-    LENGTH_PENALTY_RANGE,
-    MAX_LOGIT_BIAS,
+    CHAT_MAX_TOKENS_DEFAULT,
+    COMPLETIONS_MAX_TOKENS_DEFAULT,
     MAX_LOGPROBS,
-    MAX_N,
-    MAX_STOP,
-    MAX_STOP_TOKEN_IDS,
-    MAX_TOKEN_ID,
-    MAX_TOKENS_LIMIT,
-    PENALTY_RANGE,
-    SEED_LIMIT,
-    TEMPERATURE_RANGE,
-    TOP_K_MIN,
+    SamplingParams,
 )
+from inference.schema.tools import MAX_TOOLS, Tool, ToolCallDelta, ToolChoice
 
 # OpenAI fields accepted and ignored by design: none of them changes what is generated.
 IGNORED_FIELDS = {
@@ -52,7 +44,6 @@ IGNORED_FIELDS = {
     "store": "OpenAI-side storage of the completion: nothing is stored here",
     "metadata": "tags for stored completions: nothing is stored here",
     "service_tier": "OpenAI's processing tiers: there is one here",
-    "parallel_tool_calls": "only means something with tools, which are refused",
     "prompt_cache_key": "prefix reuse is routed by prompt prefix already",
 }
 
@@ -64,43 +55,43 @@ class StreamOptions(BaseModel):
         default=False, description="vLLM's extension: with include_usage, every chunk carries the usage so far.")
 
 
+# Fields that mean on the wire what they mean to SamplingParams: passed through under the same
+# name; left out (or null) they take its default, and it checks their bounds (a 400 naming the field).
+SAME_AS_SAMPLING = ("n", "temperature", "top_p", "top_k", "seed", "min_tokens", "presence_penalty",
+                    "frequency_penalty", "logit_bias", "stop_token_ids", "ignore_eos", "use_beam_search",
+                    "length_penalty", "include_stop_str_in_output")
+
+
 class _Common(BaseModel):
+    """What chat and completions share; the sampling fields only as the wire spells and types them."""
+
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field(min_length=1)
-    max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_LIMIT)
-    temperature: float | None = Field(default=None, ge=TEMPERATURE_RANGE[0], le=TEMPERATURE_RANGE[1])
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    n: int = Field(default=1, ge=1, le=MAX_N)
-    best_of: int | None = Field(default=None, ge=1, le=MAX_N, description="Only best_of == n is supported.")
+    n: int | None = None
+    best_of: int | None = Field(default=None, description="Only best_of == n is supported.")
+    temperature: float | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[int, float] | None = None  # token id (a JSON key, so a string) -> bias
     stream: bool = False
     stream_options: StreamOptions | None = None
-    stop: StopString | Annotated[list[StopString], Field(max_length=MAX_STOP)] | None = None
-    seed: int | None = Field(default=None, ge=0, lt=SEED_LIMIT)
-    presence_penalty: float = Field(default=0.0, ge=PENALTY_RANGE[0], le=PENALTY_RANGE[1])
-    frequency_penalty: float = Field(default=0.0, ge=PENALTY_RANGE[0], le=PENALTY_RANGE[1])
-    logit_bias: dict[TokenId, Bias] | None = Field(default=None, max_length=MAX_LOGIT_BIAS)
     user: str | None = Field(default=None, max_length=256)
     response_format: ResponseFormat | None = None
     guided_json: dict[str, Any] | str | None = None
     guided_regex: str | None = None
     guided_choice: list[str] | None = None
     # extensions (as in vLLM)
-    top_k: int = Field(default=0, ge=TOP_K_MIN, le=MAX_TOKEN_ID)
-    min_tokens: int = Field(default=0, ge=0, le=MAX_TOKENS_LIMIT)
-    ignore_eos: bool = False
-    use_beam_search: bool = False
-    length_penalty: float = Field(default=1.0, ge=LENGTH_PENALTY_RANGE[0], le=LENGTH_PENALTY_RANGE[1])
-    stop_token_ids: list[TokenId] = Field(default_factory=list, max_length=MAX_STOP_TOKEN_IDS)
-    include_stop_str_in_output: bool = False
-
-    @field_validator("best_of")
-    @classmethod
-    def _best_of_is_n(cls, value: int | None, info: ValidationInfo) -> int | None:
-        n = info.data.get("n", 1)  # `n` is declared before `best_of`, so it is validated first
-        if value is not None and value != n:
-            raise ValueError(f"only best_of == n is supported (got best_of={value}, n={n})")
-        return value
+    top_k: int | None = None
+    min_tokens: int | None = None
+    ignore_eos: bool | None = None
+    use_beam_search: bool | None = None
+    length_penalty: float | None = None
+    stop_token_ids: list[int] | None = None
+    include_stop_str_in_output: bool | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -110,28 +101,19 @@ class _Common(BaseModel):
             return {k: v for k, v in data.items() if k in cls.model_fields or (k not in IGNORED_FIELDS and v is not None)}
         return data
 
-    def sampling(self, logprobs: int | None, default_max_tokens: int | None) -> SamplingOptions:
-        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
-        return SamplingOptions(
-            max_tokens=self.max_tokens if self.max_tokens is not None else default_max_tokens,
-            min_tokens=self.min_tokens,
-            temperature=1.0 if self.temperature is None else self.temperature,
-            top_p=1.0 if self.top_p is None else self.top_p,
-            top_k=self.top_k,
-            seed=self.seed,
-            n=self.n,
-            stop=stops,
-            stop_token_ids=self.stop_token_ids,
-            ignore_eos=self.ignore_eos,
-            logprobs=logprobs,
-            presence_penalty=self.presence_penalty,
-            frequency_penalty=self.frequency_penalty,
-            use_beam_search=self.use_beam_search,
-            length_penalty=self.length_penalty,
-            include_stop_str_in_output=self.include_stop_str_in_output,
-            logit_bias=dict(self.logit_bias or {}),
+    def sampling_params(self, max_tokens: int | None, logprobs: int | None,
+                        prompt_logprobs: int | None = None) -> SamplingParams:
+        """The one mapping of a request onto SamplingParams, which checks every bound."""
+        same = {name: value for name in SAME_AS_SAMPLING if (value := getattr(self, name)) is not None}
+        params = SamplingParams(
+            **same, max_tokens=max_tokens, stop=[self.stop] if isinstance(self.stop, str) else list(self.stop or []),
+            logprobs=logprobs, prompt_logprobs=prompt_logprobs,
             guided=guided_options(self.response_format, self.guided_json, self.guided_regex, self.guided_choice),
         )
+        if self.best_of is not None and self.best_of != params.n:
+            raise InvalidRequestError(
+                f"best_of: only best_of == n is supported (got best_of={self.best_of}, n={params.n})", "best_of")
+        return params
 
     @property
     def include_usage(self) -> bool:
@@ -145,9 +127,13 @@ class _Common(BaseModel):
 
 class ChatCompletionRequest(_Common):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_LIMIT)
+    max_tokens: int | None = Field(default=None, ge=1)  # chat has no echo: 0 tokens would answer nothing
+    max_completion_tokens: int | None = Field(default=None, ge=1)  # OpenAI's newer name for max_tokens
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
+    tools: list[Tool] | None = Field(default=None, max_length=MAX_TOOLS)
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool = True
 
     @field_validator("messages", mode="before")
     @classmethod
@@ -171,16 +157,16 @@ class ChatCompletionRequest(_Common):
             raise ValueError("top_logprobs: needs logprobs: true")
         return self
 
-    def to_sampling(self) -> SamplingOptions:
-        if self.max_completion_tokens is not None and self.max_tokens is None:
-            self.max_tokens = self.max_completion_tokens
-        return self.sampling((self.top_logprobs or 0) if self.logprobs else None, default_max_tokens=None)
+    def to_sampling(self) -> SamplingParams:
+        max_tokens = next((m for m in (self.max_tokens, self.max_completion_tokens) if m is not None),
+                          CHAT_MAX_TOKENS_DEFAULT)
+        return self.sampling_params(max_tokens, (self.top_logprobs or 0) if self.logprobs else None)
 
 
 class CompletionRequest(_Common):
     prompt: str | list[TokenId] | list[str] | list[list[TokenId]]
-    max_tokens: int | None = Field(default=None, ge=0, le=MAX_TOKENS_LIMIT)  # 0 with echo: score the prompt only
-    logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
+    max_tokens: int | None = None  # 0 with echo: score the prompt only
+    logprobs: int | None = None  # the legacy shape: the top k alternatives of each token
     echo: bool = False
 
     _batch_size = field_validator("prompt", mode="before")(check_batch_size)
@@ -199,11 +185,9 @@ class CompletionRequest(_Common):
         p: Any = self.prompt
         return list(p) if isinstance(p, list) and isinstance(p[0], (str, list)) else [p]
 
-    def to_sampling(self) -> SamplingOptions:
-        options = self.sampling(self.logprobs, default_max_tokens=16)  # OpenAI's completions default
-        if self.echo and self.logprobs is not None:
-            options.prompt_logprobs = self.logprobs
-        return options
+    def to_sampling(self) -> SamplingParams:
+        max_tokens = COMPLETIONS_MAX_TOKENS_DEFAULT if self.max_tokens is None else self.max_tokens
+        return self.sampling_params(max_tokens, self.logprobs, self.logprobs if self.echo else None)
 
     def to_generate_requests(self, headers: dict[str, Any]) -> list[GenerateRequest]:
         sampling = self.to_sampling()
@@ -245,6 +229,14 @@ def _echoed(prompt: list[TokenLogprobOut] | None, output: list[TokenLogprobOut] 
     return None if prompt is None and output is None else (prompt or []) + (output or [])
 
 
+def _chat_message(choice: Choice) -> dict[str, Any]:
+    """The assistant's message; with calls, `tool_calls` and the content beside them (null if none)."""
+    if not choice.tool_calls:
+        return {"role": "assistant", "content": choice.text}
+    return {"role": "assistant", "content": choice.text.strip() or None,
+            "tool_calls": [call.model_dump() for call in choice.tool_calls]}
+
+
 def chat_response(resp: GenerateResponse, request_id: str) -> dict[str, Any]:
     return {
         "id": f"chatcmpl-{request_id}",
@@ -254,7 +246,7 @@ def chat_response(resp: GenerateResponse, request_id: str) -> dict[str, Any]:
         "choices": [
             {
                 "index": c.index,
-                "message": {"role": "assistant", "content": c.text},
+                "message": _chat_message(c),
                 "finish_reason": c.finish_reason,
                 "logprobs": _chat_logprobs(c.logprobs),
             }
@@ -305,9 +297,11 @@ class SSEFormatter:
         return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
     def delta(self, index: int, text: str, finish_reason: str | None, logprobs: list[TokenLogprobOut] | None,
-              usage: Usage | None = None) -> str:
+              usage: Usage | None = None, tool_calls: list[ToolCallDelta] | None = None) -> str:
         if self.kind == "chat":
-            delta: dict[str, Any] = {"content": text}
+            delta: dict[str, Any] = {"content": text or None} if tool_calls else {"content": text}
+            if tool_calls:  # the first piece of a call has its id, type and name; the rest argument text
+                delta["tool_calls"] = [call.model_dump(exclude_none=True) for call in tool_calls]
             if index not in self.started:
                 delta["role"] = "assistant"
                 self.started.add(index)

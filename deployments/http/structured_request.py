@@ -1,4 +1,4 @@
-"""Structured-output fields of an OpenAI request, turned into one `GuidedOptions` for the engine.
+"""Structured-output fields of an OpenAI request, turned into one `GuidedDecoding` for the engine.
 
 OpenAI's `response_format` (`text`, `json_object`, `json_schema` with `strict`) and vLLM's
 extensions `guided_json`, `guided_regex`, `guided_choice`; at most one of them may constrain a
@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from inference.schema.errors import InvalidRequestError
-from inference.schema.requests import GuidedOptions
+from inference.schema.guided import GuidedDecoding
 
 ANY_JSON_OBJECT = {"type": "object"}
 MAX_CHOICES = 256
@@ -56,7 +56,7 @@ def guided_options(
     guided_json: dict[str, Any] | str | None,
     guided_regex: str | None,
     guided_choice: list[str] | None,
-) -> GuidedOptions | None:
+) -> GuidedDecoding | None:
     """The one grammar a request asks for, or None."""
     asked = []
     if response_format is not None and response_format.type != "text":
@@ -66,13 +66,13 @@ def guided_options(
     if len(asked) > 1:
         raise InvalidRequestError(f"{asked[1]}: give at most one of {asked}", asked[1])
     if response_format is not None and response_format.type == "json_object":
-        return GuidedOptions(kind="json", spec=json.dumps(ANY_JSON_OBJECT), param="response_format")
+        return GuidedDecoding("json", json.dumps(ANY_JSON_OBJECT), "response_format")
     if response_format is not None and response_format.type == "json_schema":
         if response_format.json_schema is None:
             raise InvalidRequestError("response_format.json_schema: is required for type json_schema",
                                       "response_format.json_schema")
         param = "response_format.json_schema.schema"
-        return GuidedOptions(kind="json", spec=_check_schema(response_format.json_schema.json_schema, param), param=param)
+        return GuidedDecoding("json", _check_schema(response_format.json_schema.json_schema, param), param)
     if guided_json is not None:
         schema = guided_json
         if isinstance(schema, str):
@@ -80,13 +80,13 @@ def guided_options(
                 schema = json.loads(schema)
             except json.JSONDecodeError as e:
                 raise InvalidRequestError(f"guided_json: not valid JSON: {e}", "guided_json") from e
-        return GuidedOptions(kind="json", spec=_check_schema(schema, "guided_json"), param="guided_json")
+        return GuidedDecoding("json", _check_schema(schema, "guided_json"), "guided_json")
     if guided_regex is not None:
         if not guided_regex:
             raise InvalidRequestError("guided_regex: must not be empty", "guided_regex")
-        return GuidedOptions(kind="regex", spec=guided_regex, param="guided_regex")
+        return GuidedDecoding("regex", guided_regex, "guided_regex")
     if guided_choice is not None:
         if not guided_choice or len(guided_choice) > MAX_CHOICES or any(not c for c in guided_choice):
             raise InvalidRequestError(f"guided_choice: 1 to {MAX_CHOICES} non-empty strings", "guided_choice")
-        return GuidedOptions(kind="choice", spec=json.dumps(guided_choice), param="guided_choice")
+        return GuidedDecoding("choice", json.dumps(guided_choice), "guided_choice")
     return None

@@ -1,12 +1,13 @@
 """`LLMServer`: the Serve deployment of one variant; a replica is one tensor-parallel engine group.
 
 A shim between the router and the engine: it builds the `AsyncLLMEngine` (rank 0 here, ranks
-1..N-1 as Ray actors in this replica's placement group), warms it up, applies the chat template
-and tokenizes (a long prompt in a thread, so it never stalls the streams on this replica's event
-loop; a short one inline, INLINE_TOKENIZE_MAX_CHARS), turns engine outputs into `GenerateResponse`
-/ `StreamChunk`, and reports its load (in responses, to Serve's autoscaling stats, and as Ray
-metrics, deployments/telemetry/metrics.py). Engine errors pass through typed; the router maps them to HTTP. Leaving a stream early (the caller
-cancelled or disconnected) aborts the request in the engine and frees its KV blocks.
+1..N-1 as Ray actors in this replica's placement group), warms it up, has the engine turn the
+prompt or chat into token ids (a long one in a thread, so it never stalls the streams on this
+replica's event loop; a short one inline, INLINE_TOKENIZE_MAX_CHARS), turns engine outputs into
+`GenerateResponse` / `StreamChunk`, and reports its load (in responses, and as Ray metrics,
+deployments/telemetry/metrics.py). Engine errors pass through typed; the router maps them to
+HTTP. Leaving a stream early (the caller cancelled or disconnected) aborts the request in the
+engine and frees its KV blocks.
 """
 
 from __future__ import annotations
@@ -16,20 +17,20 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 from ray import serve
 from ray.serve import Deployment
 
-from deployments.replica.tp_group import RankPlacement, this_process_placement
+from deployments.replica.tp_group import RankPlacement, RayPeers, this_process_placement
 from deployments.telemetry.hop_trace import TRACE
 from deployments.telemetry.metrics import ReplicaMetrics
 from inference.engine.async_engine import AsyncLLMEngine
 from inference.engine.logs import show_engine_log
-from inference.parallel.worker import DeviceUnavailableError
+from inference.parallel.worker import DeviceUnavailableError, RendezvousInfo
 from inference.schema.config.engine import EngineConfig
-from inference.schema.errors import InvalidRequestError, QualityCheckError
-from inference.schema.guided import GuidedDecoding
+from inference.schema.errors import QualityCheckError
 from inference.schema.outputs import RequestOutput, TokenLogprob
 from inference.schema.requests import (
     Choice,
@@ -37,12 +38,13 @@ from inference.schema.requests import (
     GenerateResponse,
     ReplicaStats,
     RequestTiming,
-    SamplingOptions,
     StreamChunk,
     TokenLogprobOut,
     Usage,
+    template_messages,
 )
 from inference.schema.sampling import SamplingParams
+from inference.schema.tools import ToolCallParser, parse_tool_calls, tool_grammar
 
 log = logging.getLogger("ray.serve")
 LOAD_REPORT_INTERVAL_S = 1.0
@@ -52,17 +54,12 @@ LOAD_REPORT_INTERVAL_S = 1.0
 INLINE_TOKENIZE_MAX_CHARS = 1024
 
 
-def to_sampling_params(options: SamplingOptions) -> SamplingParams:
-    g = options.guided
-    guided = None if g is None else GuidedDecoding(g.kind, g.spec, g.param)
-    return SamplingParams(**options.model_dump(exclude={"guided"}), guided=guided)
-
-
 class LLMServer:
-    """One replica of one variant (deployed as `llm-<variant>`)."""
+    """One replica of one variant (deployed as `llm-<variant>`, deployments/replica/placement.py)."""
 
     async def __init__(self, variant: str, model_name: str, engine_config_json: str) -> None:  # type: ignore[misc]
         self.variant = variant
+        self._peers: RayPeers | None = None  # ranks 1..N-1, when tp_size > 1
         self.model_name = f"{model_name}:{variant}"
         show_engine_log()  # the kernel build and compile steps of a first start
         config = EngineConfig.model_validate_json(engine_config_json)
@@ -77,29 +74,31 @@ class LLMServer:
         self._reporter = asyncio.create_task(self._report_load())
         log.info("variant %s ready in %.1f s (pid %d)", variant, time.monotonic() - started, os.getpid())
 
-    @staticmethod
-    def _build_engine(config: EngineConfig) -> AsyncLLMEngine:
-        if config.tp_size > 1:
-            from deployments.replica.tp_group import RayPeers
+    def _build_engine(self, config: EngineConfig) -> AsyncLLMEngine:
+        if config.tp_size == 1:
+            return AsyncLLMEngine(config)
 
-            return AsyncLLMEngine(config, peers_factory=RayPeers)
-        return AsyncLLMEngine(config)
+        def ray_peers(config: EngineConfig, rendezvous: RendezvousInfo) -> RayPeers:
+            self._peers = RayPeers(config, rendezvous)  # kept: `placement` asks them where they run
+            return self._peers
+
+        return AsyncLLMEngine(config, peers_factory=ray_peers)
 
     async def _warm_up(self) -> None:
-        async for _ in self.engine.generate("Hello", SamplingParams(max_tokens=2, temperature=0.0)):
+        async for _ in self.engine.generate(self.engine.encode("Hello"), SamplingParams(max_tokens=2, temperature=0.0)):
             pass
 
     # ---- serving -------------------------------------------------------------------------------
     def _prompt_ids(self, request: GenerateRequest) -> list[int]:
         """The prompt as token ids (chat template applied). CPU-heavy for long prompts: run in a thread."""
-        if request.messages is None:
-            assert request.prompt is not None
-            return self.engine.engine.encode(request.prompt)
-        tokenizer = self.engine.tokenizer
-        if not getattr(tokenizer, "chat_template", None):
-            raise InvalidRequestError(f"model {self.model_name} has no chat template; use /v1/completions", "messages")
-        messages = [m.model_dump() for m in request.messages]
-        return self.engine.engine.encode(str(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)))
+        if request.messages is not None:
+            tools = request.tools if request.calls_tools else None
+            native = self.engine.renders_tools
+            messages = template_messages(request.messages, tools, native)
+            native_tools = [t.model_dump(exclude_none=True) for t in tools] if tools and native else None
+            return self.engine.encode_chat(messages, native_tools)
+        assert request.prompt is not None
+        return self.engine.encode(request.prompt) if isinstance(request.prompt, str) else request.prompt
 
     async def _submit(self, request: GenerateRequest) -> AsyncIterator[RequestOutput]:
         TRACE.stamp(request.request_id, "replica.received")
@@ -108,7 +107,10 @@ class LLMServer:
         else:
             prompt_ids = await asyncio.to_thread(self._prompt_ids, request)
         TRACE.stamp(request.request_id, "replica.tokenized")
-        return self.engine.generate(prompt_ids, to_sampling_params(request.sampling), request.request_id)
+        params = request.sampling
+        if request.calls_tools:
+            params = replace(params, guided=tool_grammar(request.tools, request.tool_choice, request.parallel_tool_calls))
+        return self.engine.generate(prompt_ids, params, request.request_id)
 
     async def generate(self, request: GenerateRequest) -> GenerateResponse:
         final: RequestOutput | None = None
@@ -117,13 +119,18 @@ class LLMServer:
             final = out
         assert final is not None and final.finished
         echo_text, echo_logprobs = self._echo(request, prompt, final)
-        choices = [
-            Choice(
-                index=c.index, text=c.text, token_ids=c.token_ids, finish_reason=c.finish_reason,
+        choices = []
+        for c in final.outputs:
+            text, calls, finish_reason = c.text, None, c.finish_reason
+            if request.calls_tools:
+                text, found = parse_tool_calls(c.text)
+                calls = found or None
+                finish_reason = _tool_finish_reason(finish_reason, bool(found))
+            choices.append(Choice(
+                index=c.index, text=text, token_ids=c.token_ids, finish_reason=finish_reason,
                 logprobs=self._logprobs(c.logprobs), prompt_text=echo_text, prompt_logprobs=echo_logprobs,
-            )
-            for c in final.outputs
-        ]
+                tool_calls=calls,
+            ))
         return GenerateResponse(
             request_id=final.request_id,
             variant=self.variant,
@@ -138,6 +145,7 @@ class LLMServer:
     async def stream(self, request: GenerateRequest) -> AsyncIterator[StreamChunk]:
         prompt: str | list[int] = request.prompt if request.prompt is not None else []  # the echo's text
         echoed: set[int] = set()
+        parsers: dict[int, ToolCallParser] = {}  # with tools: one per output
         traced = not TRACE.enabled
         async for out in await self._submit(request):
             if not traced:
@@ -153,10 +161,19 @@ class LLMServer:
                     )
                 if not c.delta_text and not c.delta_token_ids and not (out.finished and c.finish_reason):
                     continue
+                text, calls, finish_reason = c.delta_text, None, c.finish_reason
+                if request.calls_tools:  # content and call pieces, split as they stream
+                    parser = parsers.setdefault(c.index, ToolCallParser())
+                    parsed = parser.feed(c.delta_text)
+                    if c.finish_reason is not None:
+                        parsed.content += parser.finish().content
+                        finish_reason = _tool_finish_reason(finish_reason, bool(parser.calls))
+                    text, calls = parsed.content, parsed.calls or None
                 yield StreamChunk(
                     request_id=out.request_id, variant=self.variant, model=self.model_name, index=c.index,
-                    delta_text=c.delta_text, delta_token_ids=c.delta_token_ids, finish_reason=c.finish_reason,
+                    delta_text=text, delta_token_ids=c.delta_token_ids, finish_reason=finish_reason,
                     logprobs=self._logprobs(c.delta_logprobs), usage=_usage(out) if request.continuous_usage else None,
+                    tool_calls=calls,
                 )
             if out.finished:
                 yield StreamChunk(
@@ -188,13 +205,11 @@ class LLMServer:
         if items is None:
             return None
         decode = self.engine.tokenizer.decode
+        ranked = [[(decode([i]), lp) for i, lp in t.top.items()] for t in items]  # each top token decoded once
         return [
-            TokenLogprobOut(
-                token_id=t.token_id, token=decode([t.token_id]), logprob=t.logprob,
-                top={decode([i]): lp for i, lp in t.top.items()},
-                top_ranked=[(decode([i]), lp) for i, lp in t.top.items()],
-            )
-            for t in items
+            TokenLogprobOut(token_id=t.token_id, token=decode([t.token_id]), logprob=t.logprob, top=dict(top),
+                            top_ranked=top)
+            for t, top in zip(items, ranked, strict=True)
         ]
 
     # ---- health and load -----------------------------------------------------------------------
@@ -205,10 +220,6 @@ class LLMServer:
             num_open_requests=self.engine.num_open_requests, kv_used_ratio=s.kv_used_ratio,
             num_free_blocks=s.num_free_blocks, num_blocks=s.num_blocks, num_preemptions=s.num_preemptions,
         )
-
-    def record_autoscaling_stats(self) -> dict[str, float]:
-        s = self.engine.stats()
-        return {"num_waiting": float(s.num_waiting), "num_running": float(s.num_running), "kv_used_ratio": s.kv_used_ratio}
 
     async def _report_load(self) -> None:
         """Export this replica's load to Ray's metrics every LOAD_REPORT_INTERVAL_S, while it lives."""
@@ -235,9 +246,8 @@ class LLMServer:
 
     def placement(self) -> list[RankPlacement]:
         """Where each rank of this replica runs: node, GPU ids Ray assigned, torch device."""
-        peers: Any = self.engine.engine.peers
-        mine = this_process_placement(0, str(self.engine.engine.worker.device))
-        return [mine, *(peers.placements() if peers is not None and hasattr(peers, "placements") else [])]
+        mine = this_process_placement(0, self.engine.device)
+        return [mine, *(self._peers.placements() if self._peers is not None else [])]
 
     def __del__(self) -> None:
         engine = getattr(self, "engine", None)
@@ -261,8 +271,13 @@ def _trace_engine(out: RequestOutput) -> None:
     TRACE.stamp(out.request_id, "replica.first_output")
 
 
+def _tool_finish_reason(finish_reason: str | None, called: bool) -> str | None:
+    """OpenAI's "tool_calls" for an output that ended (not cut by max_tokens) after its calls."""
+    return "tool_calls" if called and finish_reason == "stop" else finish_reason
+
+
 def _usage(out: RequestOutput) -> Usage:
-    completion = sum(len(c.token_ids) for c in out.outputs)
+    completion = sum(c.num_tokens for c in out.outputs)
     return Usage(prompt_tokens=len(out.prompt_token_ids), completion_tokens=completion,
                  total_tokens=len(out.prompt_token_ids) + completion)
 

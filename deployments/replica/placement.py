@@ -1,4 +1,4 @@
-"""Where one replica of a variant runs: its placement group and each rank's share of it.
+"""A variant's Serve deployment: its name, and where one replica runs (placement group, each rank's share).
 
 The one definition the app builder (`deployments/app.py`), the k8s renderer (serveConfigV2 and
 worker pod sizing) and the `ray up` checks use. A replica is one tensor-parallel group: tp_size
@@ -7,7 +7,7 @@ bundle r = rank r's {"CPU": num_cpus_per_rank} plus {"GPU": 1} on CUDA. Rank 0 i
 replica actor and fills bundle 0 exactly (its `ray_actor_options`); ranks 1..N-1 are actors that
 fill bundles 1..N-1 exactly (deployments/replica/tp_group.py reads the bundles back). So every rank,
 rank 0 included, holds one GPU and Ray sets its `CUDA_VISIBLE_DEVICES` to that GPU alone.
-Pure: takes a `VariantConfig`, returns plain dicts.
+Pure: takes a `VariantConfig` (or a variant's name), returns names and plain dicts.
 """
 
 from __future__ import annotations
@@ -17,6 +17,12 @@ from typing import Any
 from inference.schema.config import VariantConfig
 
 PLACEMENT_STRATEGY = "STRICT_PACK"
+LLM_DEPLOYMENT_PREFIX = "llm-"
+
+
+def llm_deployment_name(variant: str) -> str:
+    """The Serve deployment of a variant's replicas: `llm-<variant>`."""
+    return f"{LLM_DEPLOYMENT_PREFIX}{variant}"
 
 
 def rank_bundle(variant: VariantConfig) -> dict[str, float]:

@@ -16,11 +16,11 @@ import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from deployments.slo.settings import SLOTargets, VariantBounds
+from deployments.slo.settings import VariantBounds
+from inference.schema.config.slo import SLOConfig, SLOTarget
 from inference.schema.manifest import SpeedProfile, VariantManifest
 
 TAIL_P95_OVER_P50 = 1.25  # p95 of a latency over the manifest's median, at steady concurrency
-DEFAULT_PROMPT_TOKENS = 256.0
 DEFAULT_OUTPUT_TOKENS = 128.0
 
 
@@ -87,28 +87,6 @@ class Correction:
 
 
 @dataclass(frozen=True, slots=True)
-class SLOLimits:
-    """The strictest p95 targets over all SLO classes, in seconds (None: not checked)."""
-
-    ttft_s: float | None = None
-    tpot_s: float | None = None
-    e2e_s: float | None = None
-
-    @classmethod
-    def strictest(cls, slo: SLOTargets) -> SLOLimits:
-        def least(values: list[float | None]) -> float | None:
-            given = [v / 1000.0 for v in values if v is not None]
-            return min(given) if given else None
-
-        targets = list(slo.classes.values())
-        return cls(
-            least([t.ttft_p95_ms for t in targets]),
-            least([t.tpot_p95_ms for t in targets]),
-            least([t.e2e_p95_ms for t in targets]),
-        )
-
-
-@dataclass(frozen=True, slots=True)
 class ReplicaCapacity:
     """One replica of a variant at the largest concurrency that meets the SLO."""
 
@@ -123,12 +101,14 @@ def replica_capacity(
     variant: str,
     quality: float,
     curve: SpeedCurve,
-    limits: SLOLimits,
+    limits: SLOTarget,
     max_num_seqs: int,
     mean_output_tokens: float,
     correction: Correction | None = None,
 ) -> ReplicaCapacity:
     fix = correction or Correction()
+    limits_ms = (limits.ttft_p95_ms, limits.tpot_p95_ms, limits.e2e_p95_ms)
+    limits_s = [None if ms is None else ms / 1000.0 for ms in limits_ms]
 
     def latencies(c: int) -> tuple[float, float, float]:
         tpot_s = curve.tpot_s(c) * fix.tpot
@@ -136,7 +116,7 @@ def replica_capacity(
         return ttft_s, tpot_s, ttft_s + max(0.0, mean_output_tokens - 1.0) * tpot_s
 
     def meets(c: int) -> bool:
-        pairs = zip(latencies(c), (limits.ttft_s, limits.tpot_s, limits.e2e_s), strict=True)
+        pairs = zip(latencies(c), limits_s, strict=True)
         return all(limit is None or value * TAIL_P95_OVER_P50 <= limit for value, limit in pairs)
 
     best = 1
@@ -150,12 +130,12 @@ def replica_capacity(
 def capacities(
     manifest: VariantManifest,
     variants: Sequence[VariantBounds],
-    slo: SLOTargets,
+    slo: SLOConfig,
     mean_output_tokens: float = DEFAULT_OUTPUT_TOKENS,
     corrections: Mapping[str, Correction] | None = None,
 ) -> dict[str, ReplicaCapacity]:
-    """Capacity per configured variant (every one must be in the manifest)."""
-    limits = SLOLimits.strictest(slo)
+    """Capacity per configured variant (every one must be in the manifest), under the strictest targets."""
+    limits = SLOTarget.strictest(slo.classes.values())
     fixes = corrections or {}
     result = {}
     for v in variants:

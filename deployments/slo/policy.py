@@ -36,8 +36,9 @@ from deployments.slo.plan import (
     traffic_quality,
 )
 from deployments.slo.scaling import ScaleStep, bounded_targets, scale_step
-from deployments.slo.settings import ControllerSettings, SLOTargets, VariantBounds
+from deployments.slo.settings import VariantBounds
 from deployments.slo.signals import Signals, read_signals
+from inference.schema.config.slo import ControllerConfig, SLOConfig
 from inference.schema.manifest import VariantManifest
 
 # A split change smaller than this share of traffic is noise: 0.02 where a variant's risk is seen
@@ -66,7 +67,7 @@ def _fmt(weights: Weights) -> str:
     return "{" + ", ".join(f"{n}: {w:.2f}" for n, w in sorted(weights.items()) if w > 0.005) + "}"
 
 
-def _seen_at_risk(sig: Signals, state: PolicyState, current: Weights, controller: ControllerSettings) -> set[str]:
+def _seen_at_risk(sig: Signals, state: PolicyState, current: Weights, controller: ControllerConfig) -> set[str]:
     """Variants carrying traffic whose observed p95 is at risk, trusted where the window has turned
     over since the last shift of traffic and the variant is loaded now (a backlog, or its share of
     the rate at `restore_utilization` of its capacity or more); a violation at light load is stale,
@@ -84,7 +85,7 @@ def _seen_at_risk(sig: Signals, state: PolicyState, current: Weights, controller
 
 
 def _at_risk(
-    sig: Signals, state: PolicyState, current: Weights, seen: set[str], controller: ControllerSettings
+    sig: Signals, state: PolicyState, current: Weights, seen: set[str], controller: ControllerConfig
 ) -> tuple[list[str], bool]:
     """Variants carrying traffic whose SLO is at risk: seen, or at risk with a backlog now, or
     running more requests than the SLO allows (once a degrade's requests have had `recent_window_s`
@@ -111,7 +112,7 @@ def _room(sig: Signals, utilization: float, drain_s: float) -> dict[str, float]:
     return {n: max(0.0, full[n] - (sig.queue_depth[n] + sig.excess[n]) / drain_s) for n in full}
 
 
-def _floor_applies(targets: dict[str, int], sig: Signals, controller: ControllerSettings) -> bool:
+def _floor_applies(targets: dict[str, int], sig: Signals, controller: ControllerConfig) -> bool:
     """Capacity remains in the budget: room for more replicas, or replicas still starting."""
     starting = any(targets[n] > sig.ready[n] for n in targets)
     return sum(targets.values()) < controller.max_total_replicas or starting
@@ -125,7 +126,7 @@ def _move_traffic(
     seen: set[str],
     observed: bool,
     floor_applies: bool,
-    controller: ControllerSettings,
+    controller: ControllerConfig,
 ) -> tuple[Weights, ReasonCode | None, str, float | None]:
     """(weights, traffic reason or None, text, calm_since_s)."""
     quality, floor = sig.quality, controller.quality_floor
@@ -186,9 +187,9 @@ def _move_traffic(
 def decide(
     observation: Observation,
     state: PolicyState,
-    slo: SLOTargets,
+    slo: SLOConfig,
     manifest: VariantManifest,
-    controller: ControllerSettings,
+    controller: ControllerConfig,
     variants: Sequence[VariantBounds],
 ) -> tuple[Decision, PolicyState]:
     """One control decision; see the module docstring."""

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 
 from deployments.slo.decision import PolicyState
 from deployments.slo.plan import best_first, plan_for, replicas_to_cover
-from deployments.slo.settings import ControllerSettings, VariantBounds
+from deployments.slo.settings import VariantBounds
 from deployments.slo.signals import Signals
+from inference.schema.config.slo import ControllerConfig
 
 EPS = 1e-9
 
@@ -52,7 +53,7 @@ def _with(targets: Mapping[str, int], name: str, delta: int) -> dict[str, int]:
 def scale_step(
     sig: Signals,
     state: PolicyState,
-    controller: ControllerSettings,
+    controller: ControllerConfig,
     variants: Sequence[VariantBounds],
     at_risk: bool,
 ) -> ScaleStep:

@@ -25,7 +25,8 @@ from deployments.slo.capacity import (
 )
 from deployments.slo.decision import PolicyState
 from deployments.slo.observation import LatencyStats, Observation, VariantObservation
-from deployments.slo.settings import ClassTarget, ControllerSettings, SLOTargets, VariantBounds
+from deployments.slo.settings import VariantBounds
+from inference.schema.config.slo import ControllerConfig, SLOConfig, SLOTarget
 from inference.schema.manifest import VariantManifest
 
 Z_NOISE = 2.0  # standard deviations of Poisson noise a rate change must clear
@@ -79,31 +80,30 @@ def rate_bounds(rate_rps: float, span_s: float, z: float = Z_NOISE) -> tuple[flo
     return max(0.0, lower) / span_s, upper / span_s
 
 
-def _ratio(stats: LatencyStats, targets: list[ClassTarget]) -> float:
+def _ratio(stats: LatencyStats, targets: list[SLOTarget]) -> float:
     """Worst p95 / target of some stats against the strictest of some targets."""
+    strictest = SLOTarget.strictest(targets)
     worst = 0.0
     for metric in ("ttft", "tpot", "e2e"):
-        limits = [getattr(t, f"{metric}_p95_ms") for t in targets if getattr(t, f"{metric}_p95_ms") is not None]
+        limit_ms = getattr(strictest, f"{metric}_p95_ms")
         value_s = stats.p95_s(metric)  # type: ignore[arg-type]
-        if limits and value_s is not None:
-            worst = max(worst, value_s * 1000.0 / min(limits))
+        if limit_ms is not None and value_s is not None:
+            worst = max(worst, value_s * 1000.0 / limit_ms)
     if stats.error_rate >= ERROR_RATE_AT_RISK:
         worst = max(worst, ERROR_RISK)
     return worst
 
 
-def observed_risk(variant: VariantObservation, slo: SLOTargets, min_samples: int) -> float:
+def observed_risk(variant: VariantObservation, slo: SLOConfig, min_samples: int) -> float:
     """Worst observed p95 / target over the variant's SLO classes with enough samples; when no
     class has enough but all together do (a quiet variant), the pooled p95 against the strictest
     targets of its classes. 0 without enough samples."""
-    def target(name: str) -> ClassTarget:
-        return slo.classes.get(name) or slo.classes[slo.default_class]
-
     counted = {n: s for n, s in variant.by_class.items() if s.num_requests >= min_samples}
     if counted:
-        return max(_ratio(stats, [target(n)]) for n, stats in counted.items())
+        return max(_ratio(stats, [slo.target(n)]) for n, stats in counted.items())
     if variant.latency.num_requests >= min_samples:
-        return _ratio(variant.latency, [target(n) for n in variant.by_class] or [target(slo.default_class)])
+        classes = list(variant.by_class) or [slo.default_class]
+        return _ratio(variant.latency, [slo.target(n) for n in classes])
     return 0.0
 
 
@@ -176,7 +176,7 @@ def _output_length(
 
 
 def _rate_to_plan(
-    rate: float, recent: float, recent_lower: float, window_s: float, recent_s: float, controller: ControllerSettings
+    rate: float, recent: float, recent_lower: float, window_s: float, recent_s: float, controller: ControllerConfig
 ) -> float:
     """The window's rate, or, when the recent rate surely rose above it, the recent rate carried
     along the rise to the next decision (the two windows' centres are (window - recent) / 2 apart):
@@ -199,9 +199,9 @@ def _rate_to_restore(window_calm: float, long_calm: float, recent_lower: float) 
 def read_signals(
     obs: Observation,
     state: PolicyState,
-    slo: SLOTargets,
+    slo: SLOConfig,
     manifest: VariantManifest,
-    controller: ControllerSettings,
+    controller: ControllerConfig,
     variants: Sequence[VariantBounds],
 ) -> Signals:
     now_s = obs.now_s

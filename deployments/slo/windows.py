@@ -23,15 +23,7 @@ from deployments.slo.observation import (
     VariantLoad,
     VariantObservation,
 )
-
-
-def percentile(sorted_values: Sequence[float], q: float) -> float:
-    """The q-th percentile (0..100) of ascending values, interpolating linearly between ranks."""
-    assert sorted_values, "percentile of no values"
-    rank = (len(sorted_values) - 1) * q / 100.0
-    low = int(rank)
-    high = min(low + 1, len(sorted_values) - 1)
-    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (rank - low)
+from deployments.slo.percentiles import percentile
 
 
 def summarize(records: Iterable[RequestRecord], ended: Iterable[RequestRecord] | None = None) -> LatencyStats:

@@ -1,12 +1,13 @@
 """`AsyncLLMEngine`: the engine loop on its own thread, requests as async iterators of outputs.
 
-Callers (the Serve replica, the benchmark) `async for out in engine.generate(...)` from any
-event loop; the loop thread drains new requests and aborts between steps and hands each
-step's outputs back with `call_soon_threadsafe`. Leaving the iterator early (a client that
-disconnects, a timeout) aborts the request and frees its KV blocks. If the loop or a
-tensor-parallel rank dies, every open request gets `EngineDeadError` and `check_health` raises,
-so the replica is replaced: an accepted request always ends with a result or an error. A request
-whose own processing failed gets `RequestFailedError`; the loop goes on serving the others.
+Callers (the Serve replica, the benchmark) tokenize with `encode` / `encode_chat`, then `async
+for out in engine.generate(prompt_ids, ...)` from any event loop; the loop thread drains new
+requests and aborts between steps and hands each step's outputs back with `call_soon_threadsafe`.
+Leaving the iterator early (a client that disconnects, a timeout) aborts the request and frees
+its KV blocks. If the loop or a tensor-parallel rank dies, every open request gets
+`EngineDeadError` and `check_health` raises, so the replica is replaced: an accepted request
+always ends with a result or an error. A request whose own processing failed gets
+`RequestFailedError`; the loop goes on serving the others.
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 from inference.engine.llm_engine import EngineStats, LLMEngine, PeersFactory
 from inference.parallel.multiproc import MultiprocPeers
 from inference.schema.config.engine import EngineConfig
-from inference.schema.errors import EngineDeadError, RequestFailedError
+from inference.schema.errors import EngineDeadError, InvalidRequestError, RequestFailedError
 from inference.schema.outputs import RequestOutput
 from inference.schema.sampling import SamplingParams
 
@@ -59,16 +61,37 @@ class AsyncLLMEngine:
     def max_model_len(self) -> int:
         return self.engine.max_model_len
 
+    @property
+    def device(self) -> str:
+        """The torch device rank 0 computes on."""
+        return str(self.engine.worker.device)
+
     # ---- caller side (any thread / event loop) -----------------------------------------------
+    def encode(self, prompt: str) -> list[int]:
+        """A text prompt's token ids. CPU-heavy for a long text: off the event loop, then."""
+        return self.engine.encode(prompt)
+
+    @property
+    def renders_tools(self) -> bool:
+        """Whether the model's chat template renders `tools` (else the caller describes them in the messages)."""
+        return "tools" in str(getattr(self.tokenizer, "chat_template", None) or "")
+
+    def encode_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> list[int]:
+        """A chat's token ids, with the generation prompt: the model's chat template renders straight
+        to ids (`tools` only where `renders_tools`)."""
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise InvalidRequestError("the model has no chat template; use /v1/completions", "messages")
+        tokenizer: Any = self.tokenizer
+        return list(tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=True,
+                                                  return_dict=False))
+
     async def generate(
-        self, prompt: str | list[int], params: SamplingParams, request_id: str | None = None
+        self, prompt_ids: list[int], params: SamplingParams, request_id: str | None = None
     ) -> AsyncIterator[RequestOutput]:
         """Outputs after every step that advanced the request; the last one has `finished=True`."""
         if self._dead is not None:
             raise EngineDeadError(f"engine is dead: {self._dead}")
         request_id = request_id or f"async-{next(self._ids)}"
-        # tokenizing a long text takes a while: not on the caller's event loop
-        prompt_ids = await asyncio.to_thread(self.engine.encode, prompt) if isinstance(prompt, str) else list(prompt)
         if params.guided is not None:  # compile (or find cached) off both the event loop and the engine loop
             await asyncio.to_thread(self.engine.structured.compile, params.guided)
         self.engine.check_request(prompt_ids, params)  # typed error now, before anything is queued

@@ -40,24 +40,19 @@ class BlockManager:
         return len(self._free) + len(self._evictable)
 
     @property
-    def num_cached_blocks(self) -> int:
-        return len(self._cached)
-
-    @property
     def used_ratio(self) -> float:
         return 1.0 - self.num_free_blocks / self.num_blocks
 
     def blocks_needed(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
 
-    def can_grow(self, block_table: list[int], num_tokens: int, reserve: int = 0) -> bool:
-        """Whether `block_table` can be extended to hold `num_tokens`, leaving `reserve` blocks free."""
-        extra = self.blocks_needed(num_tokens) - len(block_table)
-        return extra <= 0 or extra + reserve <= self.num_free_blocks
+    def num_blocks_to_grow(self, block_table: list[int], num_tokens: int) -> int:
+        """How many blocks `block_table` must take to hold `num_tokens` tokens."""
+        return max(0, self.blocks_needed(num_tokens) - len(block_table))
 
     def grow(self, block_table: list[int], num_tokens: int) -> None:
         """Extend `block_table` in place to hold `num_tokens` tokens."""
-        extra = self.blocks_needed(num_tokens) - len(block_table)
+        extra = self.num_blocks_to_grow(block_table, num_tokens)
         if extra > self.num_free_blocks:
             raise RuntimeError(f"KV pool exhausted: need {extra} blocks, {self.num_free_blocks} free")
         for _ in range(extra):
@@ -171,13 +166,4 @@ class BlockManager:
             raise AssertionError(
                 f"KV pool inconsistent: {'; '.join(problems)} ({len(free)} free, {len(evictable)} "
                 f"cached-evictable, {len(referenced)} referenced of {self.num_blocks})"
-            )
-
-    def check_whole(self) -> None:
-        """Raise if any block is referenced (call when no sequence is alive) or the pool is inconsistent."""
-        self.check_consistent()
-        if any(self._refs):
-            raise AssertionError(
-                f"KV pool not whole: {self.num_free_blocks}/{self.num_blocks} free or cached-evictable, "
-                f"{sum(1 for r in self._refs if r)} still referenced"
             )

@@ -27,15 +27,13 @@ import torch
 from inference.engine.block_manager import BlockManager
 from inference.engine.detokenizer import IncrementalDetokenizer
 from inference.engine.request_output import build_request_output
-from inference.engine.scheduler import ScheduledSeq, Scheduler, SchedulerOutput
+from inference.engine.scheduler import Scheduler, SchedulerOutput
 from inference.engine.sequence import Sequence, SequenceGroup, SequenceStatus
 from inference.engine.step_input import build_step_input
+from inference.engine.token_sampler import ENGINE_FAILURES, TokenSampler
 from inference.parallel.multiproc import MultiprocPeers, PeerRanks, free_port
 from inference.parallel.worker import ModelInfo, RankWorker, RendezvousInfo
-from inference.sampling.beam_search import beam_step
-from inference.sampling.logits_processing import process_logits
 from inference.sampling.prompt_logprobs import PromptLogprobSpan, prompt_logprob_spans, record_prompt_logprobs
-from inference.sampling.sampler import SampleResult, SampleRow, apply_logit_bias, sample
 from inference.sampling.structured_output import StructuredOutputs
 from inference.schema.config.engine import EngineConfig
 from inference.schema.errors import InvalidRequestError, RequestTooLongError
@@ -43,9 +41,6 @@ from inference.schema.outputs import RequestMetrics, RequestOutput
 from inference.schema.sampling import SamplingParams, check_ids
 
 log = logging.getLogger(__name__)
-
-# failures that are the engine's, never one request's: they take the replica down
-ENGINE_FAILURES: tuple[type[BaseException], ...] = (MemoryError, torch.OutOfMemoryError, KeyboardInterrupt, SystemExit)
 
 PeersFactory = Callable[[EngineConfig, RendezvousInfo], PeerRanks]
 
@@ -85,9 +80,9 @@ class LLMEngine:
         self.groups: dict[str, SequenceGroup] = {}
         self._seq_ids = [0]  # shared counter (beam search forks take ids from it too)
         self._request_ids = itertools.count()
-        self._pending_copies: list[tuple[int, int]] = []
         self.num_preemptions = 0
         self.structured = StructuredOutputs(self.tokenizer, self.info.vocab_size, self.info.eos_token_ids)
+        self.sampler = TokenSampler(self.block_manager, self._new_seq, self._seq_ids, self.max_model_len)
 
     # ---- requests in -------------------------------------------------------------------------
     def encode(self, prompt: str | list[int]) -> list[int]:
@@ -202,7 +197,7 @@ class LLMEngine:
         self.num_preemptions += len(sched.preempted)
         if sched.is_empty:
             return []
-        copies, self._pending_copies = self._pending_copies, []
+        copies, self.sampler.pending_copies = self.sampler.pending_copies, []
         spans = prompt_logprob_spans(sched)
         step = build_step_input(sched, self.config.block_size, copies, spans)
         logits = self.worker.execute(step)
@@ -224,32 +219,10 @@ class LLMEngine:
             self.block_manager.cache_full_blocks(item.seq, item.seq.num_computed_tokens - item.num_tokens)
             if item.group.metrics.scheduled_s is None:
                 item.group.metrics.scheduled_s = now
-        plain: list[tuple[int, ScheduledSeq]] = []
-        beams: dict[str, list[int]] = {}
-        for row, item in enumerate(sampling):
-            touched[item.group.request_id] = item.group
-            if item.group.request_id in failed:  # its prompt logprobs failed: it ends with that error
-                continue
-            if item.group.max_tokens == 0:  # prompt only (echo / prompt logprobs): nothing to sample
-                item.seq.status, item.seq.finish_reason = SequenceStatus.FINISHED, "length"
-                self.block_manager.free(item.seq.block_table)
-            elif item.group.params.use_beam_search:
-                beams.setdefault(item.group.request_id, []).append(row)
-            else:
-                plain.append((row, item))
-        if plain:
-            self._sample_plain(plain, logits, failed)
-        for request_id, rows in beams.items():
-            group = touched[request_id]
-            try:
-                rows_logits = logits[rows].float()
-                for row in range(len(rows)):
-                    apply_logit_bias(rows_logits[row], group.params)
-                self._pending_copies += beam_step(group, torch.log_softmax(rows_logits, dim=-1), self.block_manager, self._seq_ids)
-            except ENGINE_FAILURES:
-                raise
-            except Exception as e:
-                failed[request_id] = e
+        touched.update({item.group.request_id: item.group for item in sampling})
+        # a request whose prompt logprobs failed samples nothing: it ends with that error
+        self.sampler.sample([(row, item) for row, item in enumerate(sampling) if item.group.request_id not in failed],
+                            logits, failed)
         outputs = []
         for group in touched.values():
             try:
@@ -280,86 +253,6 @@ class LLMEngine:
             out = RequestOutput(group.request_id, group.prompt_token_ids, [], True, group.metrics)
         out.finished, out.error = True, message
         return out
-
-    def _sample_plain(self, plain: list[tuple[int, ScheduledSeq]], logits: torch.Tensor,
-                      failed: dict[str, BaseException]) -> None:
-        rows = []
-        for _, item in plain:
-            group, seq = item.group, item.seq
-            params = group.params
-            blocked = []
-            if seq.num_output_tokens < params.min_tokens and seq.grammar is None:  # a grammar decides its own end
-                blocked = sorted(set(params.stop_token_ids) | (set() if params.ignore_eos else group.eos_token_ids))
-            fork_n = params.n if (params.n > 1 and not group.is_forked) else 1
-            rows.append(SampleRow(params, group.generator, seq.output_token_ids, blocked, fork_n))
-        indices = [row for row, _ in plain]
-        # no copy when every row samples (no beam-search rows in this step)
-        picked = logits if indices == list(range(logits.shape[0])) else logits[indices]
-        params_rows = [item.group.params for _, item in plain]
-        grammars = [item.seq.grammar for _, item in plain]
-        try:
-            results = sample(process_logits(picked, params_rows, grammars), rows)
-        except ENGINE_FAILURES:
-            raise
-        except Exception:  # one row is bad: sample row by row, so only its request fails
-            results = []
-            for i, (row, (_, item)) in enumerate(zip(rows, plain, strict=True)):
-                try:
-                    results.extend(sample(process_logits(picked[i : i + 1], [params_rows[i]], [grammars[i]]), [row]))
-                except ENGINE_FAILURES:
-                    raise
-                except Exception as e:
-                    failed[item.group.request_id] = e
-                    results.append(None)  # type: ignore[arg-type]
-        for (_, item), result in zip(plain, results, strict=True):
-            group, seq = item.group, item.seq
-            if result is None or group.request_id in failed:
-                continue
-            try:
-                self._take_sample(group, seq, result)
-            except ENGINE_FAILURES:
-                raise
-            except Exception as e:
-                failed[group.request_id] = e
-
-    def _take_sample(self, group: SequenceGroup, seq: Sequence, result: SampleResult) -> None:
-        targets = [seq]
-        if len(result.token_ids) > 1:  # n > 1: fork the prompt's sequence, sharing its KV blocks
-            group.is_forked = True
-            for index in range(1, len(result.token_ids)):
-                child = self._new_seq(group.prompt_token_ids, group.params, index)
-                child.num_computed_tokens = seq.num_computed_tokens
-                child.block_hashes = list(seq.block_hashes)  # the same prompt
-                child.block_table, block_copy = self.block_manager.fork(seq.block_table, seq.num_computed_tokens)
-                if block_copy:
-                    self._pending_copies.append(block_copy)
-                group.seqs.append(child)
-                targets.append(child)
-        for j, (target, token) in enumerate(zip(targets, result.token_ids, strict=True)):
-            logprob = result.logprobs[j] if result.logprobs else None
-            self._append_token(group, target, token, logprob)
-
-    def _append_token(self, group: SequenceGroup, seq: Sequence, token: int, logprob) -> None:  # type: ignore[no-untyped-def]
-        params = group.params
-        seq.token_ids.append(token)
-        if seq.grammar is not None:
-            seq.grammar.accept(token)
-        if logprob is not None and seq.logprobs is not None:
-            seq.logprobs.append(logprob)
-            seq.cumulative_logprob += logprob.logprob
-        stop_string = seq.detokenizer.add_token(token)
-        reason: str | None = None
-        if stop_string is not None:
-            reason, seq.stop_reason = "stop", stop_string
-        elif (token in group.eos_token_ids and not params.ignore_eos) or token in params.stop_token_ids:
-            reason, seq.stop_reason = "stop", token
-        elif seq.num_output_tokens >= group.max_tokens or seq.num_tokens >= self.max_model_len:
-            reason = "length"
-        elif seq.grammar is not None and seq.grammar.is_terminated:
-            reason = "stop"  # the grammar is complete and took its stop token
-        if reason is not None:
-            seq.status, seq.finish_reason = SequenceStatus.FINISHED, reason
-            self.block_manager.free(seq.block_table)
 
     # ---- results out -------------------------------------------------------------------------
     def _output(self, group: SequenceGroup) -> RequestOutput:

@@ -66,10 +66,6 @@ class Scheduler:
         self.num_prefix_queried_tokens = 0  # tokens of sequences admitted while prefix caching is on
         self.num_prefix_hit_tokens = 0  # of those, tokens whose KV came from the prefix cache
 
-    @property
-    def num_unfinished(self) -> int:
-        return len(self.waiting) + len(self.running)
-
     def add(self, group: SequenceGroup) -> None:
         self.waiting.append(group)
 
@@ -145,11 +141,9 @@ class Scheduler:
         return planned
 
     def _fits(self, planned: list[ScheduledSeq], reserve: int = 0) -> bool:
+        """Whether the pool can grow every planned sequence's table and still keep `reserve` blocks free."""
         bm = self.block_manager
-        needed = sum(
-            max(0, bm.blocks_needed(p.seq.num_computed_tokens + p.num_tokens) - len(p.seq.block_table))
-            for p in planned
-        )
+        needed = sum(bm.num_blocks_to_grow(p.seq.block_table, p.seq.num_computed_tokens + p.num_tokens) for p in planned)
         return needed + reserve <= bm.num_free_blocks
 
     def _commit(self, planned: list[ScheduledSeq], out: SchedulerOutput) -> int:

@@ -1,9 +1,10 @@
 """`StepInput`: the tensors of one model step, built on rank 0 from the scheduler's output.
 
 Tokens of all scheduled sequences are flattened into one batch of T tokens (decodes first,
-then prompt chunks), so every linear layer runs once per step. Attention needs, per decode,
-the pool slots of its whole context, and per prompt chunk, its context slots if it continues
-an earlier chunk. Rank 0 broadcasts this object to the other ranks of its tensor-parallel group.
+then prompt chunks), so every linear layer runs once per step. Attention needs, per decode, its
+block table and context length (the compact form: the model derives pool slots from them where
+its path gathers), and per prompt chunk, its context slots if it continues an earlier chunk.
+Rank 0 broadcasts this object to the other ranks of its tensor-parallel group.
 """
 
 from __future__ import annotations
@@ -35,8 +36,6 @@ class StepInput:
     positions: torch.Tensor  # [T] int64
     slot_mapping: torch.Tensor  # [T] int64: where each token's K/V is written
     num_decodes: int
-    decode_slots: torch.Tensor | None  # [num_decodes, max_context] int64 (padding points at slot 0)
-    decode_mask: torch.Tensor | None  # [num_decodes, 1, 1, max_context] bool, True = attend
     decode_tables: torch.Tensor | None  # [num_decodes, max_blocks] int64 block tables (padded with 0)
     decode_lens: torch.Tensor | None  # [num_decodes] int64 context length including the new token
     prefills: list[PrefillSegment]
@@ -74,15 +73,11 @@ def build_step_input(
         decode_tables.append(seq.block_table)
         decode_lens.append(pos + 1)
 
-    decode_slots = decode_mask = table = lens = None
+    table = lens = None
     if decode_tables:
         max_blocks = max(len(t) for t in decode_tables)
         table = torch.tensor([t + [0] * (max_blocks - len(t)) for t in decode_tables], dtype=torch.int64)
-        max_context = max(decode_lens)
-        decode_slots = (table[:, :, None] * block_size + torch.arange(block_size)).view(len(table), -1)
-        decode_slots = decode_slots[:, :max_context].contiguous()
         lens = torch.tensor(decode_lens, dtype=torch.int64)
-        decode_mask = (torch.arange(max_context)[None, :] < lens[:, None])[:, None, None, :]
 
     prefills = []
     for item in sched.prefills:
@@ -109,8 +104,6 @@ def build_step_input(
         positions=torch.tensor(positions, dtype=torch.int64),
         slot_mapping=torch.tensor(slot_mapping, dtype=torch.int64),
         num_decodes=len(sched.decodes),
-        decode_slots=decode_slots,
-        decode_mask=decode_mask,
         decode_tables=table,
         decode_lens=lens,
         prefills=prefills,

@@ -42,7 +42,6 @@ class KVCache:
                 f"the {available / 2**30:.2f} GiB free on {device}; lower kv_cache_tokens"
             )
         self.block_size = block_size
-        self.num_bytes = needed
         shape = (num_layers, num_slots, num_kv_heads, head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from inference.engine.step_input import StepInput
-from inference.model.attention import paged_attention
+from inference.model.attention import decode_gather, paged_attention, uses_decode_kernel
 from inference.model.compiled_decode import CompiledDecode, why_not_compiled
 from inference.model.decoder_layer import PACK_ATTR, DecoderLayer, single
 from inference.model.kv_cache import KVCache
@@ -44,7 +44,6 @@ class ModelRunner:
         self.embed_tokens = model.model.embed_tokens
         self.logits_dtype = torch.float64 if self.dtype == torch.float64 else torch.float32
         self.final_norm = model.model.norm.weight.detach().to(self.logits_dtype)
-        self._lm_head = model.lm_head
         self.lm_head: Linear = fp32_lm_head(model.lm_head)
         if config.hidden_act != "silu":
             raise ValueError(f"unsupported hidden_act {config.hidden_act!r}")
@@ -62,8 +61,8 @@ class ModelRunner:
             dtype=self.dtype,
             device=self.device,
         )
+        self.decode_kernel = uses_decode_kernel(self.device, self.dtype)
         self.compiled: CompiledDecode | None = None
-        self.use_compiled = True
         self.compile_s = 0.0
         if compile:
             reason = why_not_compiled(self.layers, self.device, self.dtype, tp_size)
@@ -74,29 +73,11 @@ class ModelRunner:
                 self.compile_s = self.compiled.warm_up(self._warm_up_step,
                                                        self.compiled.warm_up_batch_sizes(max_num_seqs))
 
-    def decode_weight_bytes(self) -> int:
-        """Bytes of weights one batch-1 decode step reads: every layer's and the LM head's (packed
-        4- or 8-bit ones as packed), and the final norm (the embedding row is noise). For the
-        memory-bound limit."""
-        modules: list[Any] = [*self.layers, self.lm_head if isinstance(self.lm_head, nn.Module) else self._lm_head]
-        total = self.final_norm.numel() * self.final_norm.element_size()
-        for module in (m for top in modules for m in top.modules()):
-            tensors = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
-            if getattr(module, "packed_linear", None) is not None:  # the fp32 / bf16 copy serves prompts only
-                tensors = [t for t in tensors if t is not module.weight]
-            total += sum(t.numel() * t.element_size() for t in tensors)
-        return total
-
-    def set_compiled(self, enabled: bool) -> None:
-        """Run decode steps compiled (where compiled at all) or eagerly: for measuring what compile buys."""
-        self.use_compiled = enabled
-
     def _warm_up_step(self, batch: int) -> None:
         """A decode step of `batch` one-token sequences over slot 0 (the pool is cleared afterwards)."""
         zeros = torch.zeros(batch, dtype=torch.int64)
         self.execute(StepInput(
             input_ids=zeros, positions=zeros, slot_mapping=zeros, num_decodes=batch,
-            decode_slots=zeros[:, None], decode_mask=torch.ones(batch, 1, 1, 1, dtype=torch.bool),
             decode_tables=zeros[:, None], decode_lens=torch.ones(batch, dtype=torch.int64), prefills=[],
             logits_indices=torch.arange(batch), block_size=self.block_size,
         ))
@@ -120,11 +101,15 @@ class ModelRunner:
         input_ids = step.input_ids.to(dev, non_blocking=True)
         positions = step.positions.to(dev, non_blocking=True)
         slots = step.slot_mapping.to(dev, non_blocking=True)
+        gather = None  # the block tables as gather slots, where decodes do not go through the kernel
+        if step.num_decodes and not self.decode_kernel:
+            assert step.decode_tables is not None and step.decode_lens is not None
+            gather = decode_gather(step.decode_tables, step.decode_lens, step.block_size, dev)
         if dev.type != "cpu":
             step = _to_device(step, dev)
         cos, sin = self.cos[positions], self.sin[positions]
         h = self.embed_tokens(input_ids)
-        if self.compiled is not None and self.use_compiled and not step.prefills and step.decode_tables is not None:
+        if self.compiled is not None and not step.prefills and step.decode_tables is not None:
             assert step.decode_lens is not None
             h = self.compiled(h, cos, sin, slots, step.decode_tables, step.decode_lens, step.block_size)
         else:
@@ -132,7 +117,7 @@ class ModelRunner:
                 q, k, v = layer.pre_attention(h, cos, sin)
                 k_pool.index_copy_(0, slots, k)
                 v_pool.index_copy_(0, slots, v)
-                h = layer.post_attention(h, paged_attention(q, k, v, k_pool, v_pool, step))
+                h = layer.post_attention(h, paged_attention(q, k, v, k_pool, v_pool, step, gather))
         h = h[step.logits_indices.to(dev)]
         return self.lm_head(F.rms_norm(h.to(self.logits_dtype), (h.shape[-1],), self.final_norm, self.eps))
 
@@ -172,8 +157,6 @@ def _to_device(step: StepInput, device: torch.device) -> StepInput:
 
     return replace(
         step,
-        decode_slots=None if step.decode_slots is None else step.decode_slots.to(device),
-        decode_mask=None if step.decode_mask is None else step.decode_mask.to(device),
         prefills=[
             PrefillSegment(
                 p.start, p.num_tokens, p.num_context,

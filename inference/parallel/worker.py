@@ -77,7 +77,6 @@ class ModelInfo:
     dtype: str
     dtype_choice: DtypeChoice  # why this dtype (`dtype: auto` measures on CPU)
     num_params: int
-    kv_cache_bytes: int
 
 
 class RankWorker:
@@ -172,7 +171,6 @@ class RankWorker:
             dtype=choice.dtype,
             dtype_choice=choice,
             num_params=sum(p.numel() for p in model.parameters()),
-            kv_cache_bytes=self.runner.kv_cache.num_bytes,
         )
 
     def execute(self, step: StepInput) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Structured output: grammars that constrain a sequence's next tokens (JSON schema, regex, choice).
+"""Structured output: grammars that constrain a sequence's next tokens (JSON schema, regex, choice, tool calls).
 
 A request asks with a `GuidedDecoding` (kind + spec). `StructuredOutputs` compiles it once with
 xgrammar against the model's tokenizer and caches the result by (kind, spec); compilation is
@@ -19,8 +19,8 @@ import torch
 
 from inference.schema.errors import InvalidRequestError
 from inference.schema.guided import GuidedDecoding
+from inference.schema.tools import CALL_CLOSE, CALL_OPEN
 
-ANY_JSON_OBJECT = '{"type": "object"}'
 MAX_CACHED_GRAMMARS = 256
 
 
@@ -61,6 +61,36 @@ def _choice_grammar(spec: str) -> str:
     choices = json.loads(spec)
     # an EBNF string literal takes the same escapes as a JSON string
     return "root ::= " + " | ".join(json.dumps(c, ensure_ascii=False) for c in choices)
+
+
+def tool_call_tag(spec: str) -> Any:
+    """xgrammar's structural tag for calls in the Hermes format, each call's arguments held to its
+    function's schema in compact JSON (as `json` guided output: no runs of whitespace): text or calls
+    for "auto"; for "required" one call or more and nothing else; for a named function, that call."""
+    import xgrammar as xgr
+    from xgrammar.structural_tag import GrammarFormat, TagFormat, TagsWithSeparatorFormat, TriggeredTagsFormat
+
+    request = json.loads(spec)
+    choice, single = request["tool_choice"], not request["parallel_tool_calls"]
+    tools = request["tools"]
+    if isinstance(choice, dict):
+        tools = [t for t in tools if t["function"]["name"] == choice["function"]["name"]]
+    tags = [
+        TagFormat(
+            begin=f'{CALL_OPEN}\n{{"name": {json.dumps(t["function"]["name"])}, "arguments": ',
+            content=GrammarFormat(grammar=str(xgr.Grammar.from_json_schema(
+                json.dumps(t["function"].get("parameters", {"type": "object"})), any_whitespace=False,
+                strict_mode=True))),
+            end=f"}}\n{CALL_CLOSE}",
+        )
+        for t in tools
+    ]
+    if choice == "auto":
+        return xgr.StructuralTag(format=TriggeredTagsFormat(triggers=[CALL_OPEN], tags=tags, stop_after_first=single))
+    if choice == "required":
+        return xgr.StructuralTag(format=TagsWithSeparatorFormat(tags=tags, separator="\n", at_least_one=True,
+                                                                stop_after_first=single))
+    return xgr.StructuralTag(format=tags[0])
 
 
 class StructuredOutputs:
@@ -119,6 +149,8 @@ class StructuredOutputs:
             return compiler.compile_json_schema(guided.spec, any_whitespace=False, strict_mode=True)
         if guided.kind == "regex":
             return compiler.compile_regex(guided.spec)
+        if guided.kind == "tool_calls":
+            return compiler.compile_structural_tag(tool_call_tag(guided.spec))
         return compiler.compile_grammar(xgr.Grammar.from_ebnf(_choice_grammar(guided.spec)))
 
     def new_state(self, guided: GuidedDecoding) -> GrammarState:

@@ -57,7 +57,3 @@ class RequestFailedError(InferenceError):
 
 class EngineDeadError(InferenceError):
     """The engine loop or one of its tensor-parallel ranks has died; the engine must be replaced."""
-
-
-class RequestAbortedError(InferenceError):
-    """The request was aborted (client gone, timeout, shutdown) before it finished."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-GuidedKind = Literal["json", "regex", "choice"]
+GuidedKind = Literal["json", "regex", "choice", "tool_calls"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,7 +17,8 @@ class GuidedDecoding:
     """What a sequence's output must match.
 
     kind "json": `spec` is a JSON schema (JSON text); "regex": a regular expression; "choice": a
-    JSON list of the allowed strings. `param` is the request field it came from, named in errors.
+    JSON list of the allowed strings; "tool_calls": the request's tools, tool_choice and
+    parallel_tool_calls as JSON (`inference/schema/tools.py`). `param` is the request field it came from, named in errors.
     """
 
     kind: GuidedKind

@@ -1,4 +1,9 @@
-"""What the engine hands back: per-request outputs, with both the whole text so far and the delta."""
+"""What the engine hands back: per-request outputs.
+
+Every step's output carries the deltas since the last one (text, token ids, logprobs), so a
+stream costs O(n) over its length; the final output (`finished=True`) carries each completion's
+whole text, token ids and logprobs once as well.
+"""
 
 from __future__ import annotations
 
@@ -16,11 +21,13 @@ class TokenLogprob:
 
 @dataclass(slots=True)
 class CompletionOutput:
-    """One of the n outputs of a request."""
+    """One of the n outputs of a request. `text`, `token_ids` and `logprobs` are the whole output,
+    filled in the request's final output only (empty while it runs); `num_tokens` counts it always."""
 
     index: int
     text: str
     token_ids: list[int]
+    num_tokens: int = 0  # tokens generated so far
     finish_reason: str | None = None  # "stop" | "length" | "abort" | None while running
     stop_reason: str | int | None = None  # the stop string or token id that ended it
     cumulative_logprob: float = 0.0

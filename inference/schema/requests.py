@@ -2,43 +2,41 @@
 
 Other Ray Serve applications call the router's handle with these types:
 
-    from inference.schema.requests import GenerateRequest, SamplingOptions
+    from inference.schema.requests import GenerateRequest
+    from inference.schema.sampling import SamplingParams
     handle = serve.get_app_handle("sloserve")
-    response = await handle.generate.remote(GenerateRequest(prompt="Hello", sampling=SamplingOptions(max_tokens=16)))
+    response = await handle.generate.remote(GenerateRequest(prompt="Hello", sampling=SamplingParams(max_tokens=16)))
     async for chunk in handle.options(stream=True).stream.remote(GenerateRequest(messages=[...])):
         print(chunk.delta_text, end="")
 
-Pure pydantic (no Ray, no torch), so callers import it without the serving stack. The sampling
-bounds are the engine's own (`inference/schema/sampling.py`), imported, never restated.
+Pure pydantic and dataclasses (no Ray, no torch), so callers import it without the serving stack.
+`GenerateRequest.sampling` is the engine's own `SamplingParams` (`inference/schema/sampling.py`):
+its fields, bounds and defaults, checked when the request is built.
 """
 
 from __future__ import annotations
 
+import json
 import uuid
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from inference.schema.sampling import (
-    LENGTH_PENALTY_RANGE,
-    LOGIT_BIAS_RANGE,
-    MAX_LOGIT_BIAS,
-    MAX_LOGPROBS,
-    MAX_N,
-    MAX_STOP,
-    MAX_STOP_CHARS,
-    MAX_STOP_TOKEN_IDS,
-    MAX_TOKEN_ID,
-    MAX_TOKENS_LIMIT,
-    PENALTY_RANGE,
-    SEED_LIMIT,
-    TEMPERATURE_RANGE,
-    TOP_K_MIN,
+from inference.schema.errors import InvalidRequestError
+from inference.schema.sampling import MAX_TOKEN_ID, SamplingParams
+from inference.schema.tools import (
+    RESPONSE_CLOSE,
+    RESPONSE_OPEN,
+    Tool,
+    ToolCall,
+    ToolCallDelta,
+    ToolChoice,
+    check_tools,
+    render_call,
+    tools_system_prompt,
 )
 
 TokenId = Annotated[int, Field(ge=0, le=MAX_TOKEN_ID)]
-StopString = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]
-Bias = Annotated[float, Field(ge=LOGIT_BIAS_RANGE[0], le=LOGIT_BIAS_RANGE[1])]
 
 # Messages in one chat request. Checked before any message is validated: pydantic's own
 # `max_length` counts after validating every item, and 60,000 one-character messages (2 MB of
@@ -67,43 +65,78 @@ class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     role: Literal["system", "user", "assistant", "tool", "developer"]
-    content: str
+    content: str = ""
+    tool_calls: list[ToolCall] | None = Field(default=None, description="An assistant's calls (assistant only).")
+    tool_call_id: str | None = Field(default=None, description="The call a `tool` message answers (tool only).")
+
+    @model_validator(mode="after")
+    def _tool_fields_fit_the_role(self) -> ChatMessage:
+        if self.tool_calls is not None and self.role != "assistant":
+            raise ValueError(f"tool_calls: only an assistant message has them (role {self.role!r})")
+        if (self.tool_call_id is not None) != (self.role == "tool"):
+            raise ValueError("tool_call_id: a tool message needs one, and only a tool message has one")
+        return self
 
 
-class GuidedOptions(BaseModel):
-    """Structured output: the text must match a JSON schema, a regex or one of a list of choices."""
+def check_tool_history(messages: list[ChatMessage]) -> None:
+    """Every `tool` message answers a call an earlier assistant message made, with arguments that parse."""
+    called: set[str] = set()
+    for i, message in enumerate(messages):
+        for j, call in enumerate(message.tool_calls or []):
+            param = f"messages[{i}].tool_calls[{j}].function.arguments"
+            try:
+                arguments = json.loads(call.function.arguments or "{}")
+            except json.JSONDecodeError as e:
+                raise InvalidRequestError(f"{param}: not valid JSON: {e}", param) from e
+            if not isinstance(arguments, dict):
+                raise InvalidRequestError(f"{param}: must be a JSON object", param)
+            called.add(call.id)
+        if message.role == "tool" and message.tool_call_id not in called:
+            raise InvalidRequestError(
+                f"messages[{i}].tool_call_id: {message.tool_call_id!r} answers no earlier assistant tool call",
+                f"messages[{i}].tool_call_id")
 
-    model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["json", "regex", "choice"]
-    spec: str = Field(description="The JSON schema (JSON text), the regex, or the choices as a JSON list.")
-    param: str = Field(default="guided_json", description="The request field it came from (named in errors).")
+def template_messages(messages: list[ChatMessage], tools: list[Tool] | None,
+                      native_tools: bool) -> list[dict[str, Any]]:
+    """The messages as a chat template takes them.
 
-
-class SamplingOptions(BaseModel):
-    """Decoding options; the same bounds as the engine's SamplingParams (checked again there)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    max_tokens: int | None = Field(default=256, ge=0, le=MAX_TOKENS_LIMIT)  # 0: prompt only (echo)
-    min_tokens: int = Field(default=0, ge=0, le=MAX_TOKENS_LIMIT)
-    temperature: float = Field(default=1.0, ge=TEMPERATURE_RANGE[0], le=TEMPERATURE_RANGE[1])
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    top_k: int = Field(default=0, ge=TOP_K_MIN, le=MAX_TOKEN_ID)
-    seed: int | None = Field(default=None, ge=0, lt=SEED_LIMIT)
-    n: int = Field(default=1, ge=1, le=MAX_N)
-    stop: list[StopString] = Field(default_factory=list, max_length=MAX_STOP)
-    stop_token_ids: list[TokenId] = Field(default_factory=list, max_length=MAX_STOP_TOKEN_IDS)
-    ignore_eos: bool = False
-    logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
-    presence_penalty: float = Field(default=0.0, ge=PENALTY_RANGE[0], le=PENALTY_RANGE[1])
-    frequency_penalty: float = Field(default=0.0, ge=PENALTY_RANGE[0], le=PENALTY_RANGE[1])
-    use_beam_search: bool = False
-    length_penalty: float = Field(default=1.0, ge=LENGTH_PENALTY_RANGE[0], le=LENGTH_PENALTY_RANGE[1])
-    logit_bias: dict[TokenId, Bias] = Field(default_factory=dict, max_length=MAX_LOGIT_BIAS)
-    include_stop_str_in_output: bool = False
-    prompt_logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
-    guided: GuidedOptions | None = None
+    `native_tools`: the template renders tools and calls itself (Hugging Face's shapes: a call's
+    arguments as an object). Otherwise the tools are described in the system message
+    (`tools_system_prompt`), an assistant's calls are written into its text as the model writes
+    them, and a tool's answer is a user message in <tool_response> tags (as Qwen's template does).
+    """
+    if native_tools:
+        rendered = []
+        for m in messages:
+            message: dict[str, Any] = {"role": m.role, "content": m.content}
+            if m.tool_calls:
+                message["tool_calls"] = [
+                    {"id": c.id, "type": "function",
+                     "function": {"name": c.function.name, "arguments": json.loads(c.function.arguments or "{}")}}
+                    for c in m.tool_calls
+                ]
+            if m.tool_call_id is not None:
+                message["tool_call_id"] = m.tool_call_id
+            rendered.append(message)
+        return rendered
+    rendered = []
+    for m in messages:
+        if m.role == "tool":
+            rendered.append({"role": "user", "content": f"{RESPONSE_OPEN}\n{m.content}\n{RESPONSE_CLOSE}"})
+        elif m.tool_calls:
+            text = "\n".join([m.content, *(render_call(c) for c in m.tool_calls)] if m.content else
+                             [render_call(c) for c in m.tool_calls])
+            rendered.append({"role": m.role, "content": text})
+        else:
+            rendered.append({"role": m.role, "content": m.content})
+    if tools:
+        prompt = tools_system_prompt(tools)
+        if rendered and rendered[0]["role"] == "system":
+            rendered[0] = {"role": "system", "content": f"{rendered[0]['content']}\n\n{prompt}"}
+        else:
+            rendered.insert(0, {"role": "system", "content": prompt})
+    return rendered
 
 
 class GenerateRequest(BaseModel):
@@ -113,7 +146,7 @@ class GenerateRequest(BaseModel):
 
     prompt: str | list[TokenId] | None = None
     messages: list[ChatMessage] | None = None
-    sampling: SamplingOptions = Field(default_factory=SamplingOptions)
+    sampling: SamplingParams = Field(default_factory=SamplingParams)
     request_id: str = Field(default_factory=lambda: f"req-{uuid.uuid4().hex}")
     variant: str | None = Field(default=None, description="Serve from this variant (default: router's choice).")
     slo_class: str | None = Field(default=None, description="SLO class (default: the config's default).")
@@ -123,6 +156,9 @@ class GenerateRequest(BaseModel):
     echo: bool = Field(default=False, description="Return the prompt text (and its logprobs, if asked) with each output.")
     continuous_usage: bool = Field(
         default=False, description="stream(): every chunk carries the usage so far (vLLM's continuous_usage_stats).")
+    tools: list[Tool] | None = Field(default=None, description="Functions the model may call (chat only).")
+    tool_choice: ToolChoice | None = Field(default=None, description="none, auto (the default), required, or a named function.")
+    parallel_tool_calls: bool = Field(default=True, description="More than one call in one answer.")
 
     _message_count = field_validator("messages", mode="before")(check_message_count)
 
@@ -134,7 +170,24 @@ class GenerateRequest(BaseModel):
             raise ValueError("messages must not be empty")
         if isinstance(self.prompt, str) and not self.prompt:
             raise ValueError("prompt must not be empty")
+        if self.tools is not None or self.tool_choice is not None:
+            if self.messages is None:
+                raise InvalidRequestError("tools: only chat requests (messages) take tools", "tools")
+            check_tools(self.tools, self.tool_choice)
+            if self.calls_tools and self.sampling.guided is not None:
+                raise InvalidRequestError(
+                    f"tools: a request with tools cannot also constrain its output ({self.sampling.guided.param})",
+                    "tools")
+            if self.calls_tools and self.sampling.use_beam_search:
+                raise InvalidRequestError("tools: beam search does not support tool calls (their grammar)", "tools")
+        if self.messages is not None:
+            check_tool_history(self.messages)
         return self
+
+    @property
+    def calls_tools(self) -> bool:
+        """Whether the model is offered tools: given, and tool_choice is not "none"."""
+        return bool(self.tools) and self.tool_choice != "none"
 
 
 class TokenLogprobOut(BaseModel):
@@ -183,6 +236,7 @@ class Choice(BaseModel):
     logprobs: list[TokenLogprobOut] | None = None
     prompt_text: str | None = None  # with echo
     prompt_logprobs: list[TokenLogprobOut] | None = None  # with echo and logprobs
+    tool_calls: list[ToolCall] | None = None  # with tools: the calls, `text` is the content beside them
 
 
 class GenerateResponse(BaseModel):
@@ -208,6 +262,7 @@ class StreamChunk(BaseModel):
     delta_token_ids: list[int]
     finish_reason: str | None = None
     logprobs: list[TokenLogprobOut] | None = None
+    tool_calls: list[ToolCallDelta] | None = None  # with tools: the calls' pieces, as OpenAI streams them
     is_prompt: bool = False  # echo: this chunk carries the prompt (text and prompt logprobs), before any output
     finished: bool = False
     usage: Usage | None = None

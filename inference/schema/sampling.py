@@ -1,10 +1,10 @@
 """`SamplingParams`: how to pick tokens and when to stop, validated with errors naming the parameter.
 
-This module is the one definition of the sampling bounds (`MAX_N`, `MAX_STOP`, `MAX_LOGPROBS`,
-the temperature and penalty ranges, ...): the HTTP request models (`deployments/http/openai_api.py`)
-and the handle types (`inference/schema/requests.py`) import them, so the API, the handle types and
-the engine cannot drift apart. Ids that depend on the model (stop token ids, logit-bias keys)
-are checked against its vocabulary by `check_token_ids`, at the replica and again inside the engine.
+The one definition of every sampling field, its bound (`MAX_N`, `MAX_STOP`, `TOP_P_RANGE`, ...) and
+its default. The handle API's `GenerateRequest.sampling` (`inference/schema/requests.py`) is this class, and
+the OpenAI request models (`deployments/http/openai_api.py`) map their wire fields onto it, so the
+APIs and the engine cannot drift apart. Ids that depend on the model (stop token ids, logit-bias
+keys) are checked against its vocabulary by `check_token_ids`, at the replica and again inside the engine.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ MAX_LOGPROBS = 20
 MAX_LOGIT_BIAS = 300  # entries, as OpenAI
 LOGIT_BIAS_RANGE = (-100.0, 100.0)
 TEMPERATURE_RANGE = (0.0, 2.0)
+TOP_P_RANGE = (0.0, 1.0)  # (low, high]: top_p 0 would keep no token
 PENALTY_RANGE = (-2.0, 2.0)  # presence_penalty, frequency_penalty
 LENGTH_PENALTY_RANGE = (-10.0, 10.0)
 TOP_K_MIN = -1  # -1 and 0: off
@@ -32,13 +33,18 @@ MAX_TOKEN_ID = 2**31 - 1  # ids above no vocabulary reaches; the model's vocab i
 SEED_LIMIT = 2**63  # seeds are in [0, SEED_LIMIT)
 SAMPLING_EPS = 1e-5  # a temperature below this is greedy (dividing logits by it would overflow)
 
+# max_tokens when a request leaves it out, one per API (None: up to the model's context):
+COMPLETIONS_MAX_TOKENS_DEFAULT = 16  # OpenAI's /v1/completions documents 16
+CHAT_MAX_TOKENS_DEFAULT: int | None = None  # OpenAI's chat has no default: up to the context, as chat always had
+HANDLE_MAX_TOKENS_DEFAULT = 256  # what the handle API's GenerateRequest always had; engine callers set their own
+
 
 @dataclass(slots=True)
 class SamplingParams:
-    """Per-request decoding options. `temperature == 0` is greedy."""
+    """Per-request decoding options (the handle API takes them as they are). `temperature == 0` is greedy."""
 
     n: int = 1
-    max_tokens: int | None = 16  # None: up to the context limit; 0: prompt only (with prompt_logprobs)
+    max_tokens: int | None = HANDLE_MAX_TOKENS_DEFAULT  # None: up to the context; 0: prompt only (prompt_logprobs)
     min_tokens: int = 0
     temperature: float = 1.0
     top_p: float = 1.0
@@ -83,10 +89,10 @@ class SamplingParams:
             raise bad("min_tokens", f"must be between 0 and max_tokens ({self.max_tokens}), got {self.min_tokens}")
         if not in_range(self.temperature, TEMPERATURE_RANGE):
             raise bad("temperature", f"must be between {TEMPERATURE_RANGE[0]} and {TEMPERATURE_RANGE[1]}, got {self.temperature}")
-        if not (math.isfinite(self.top_p) and 0.0 < self.top_p <= 1.0):
-            raise bad("top_p", f"must be in (0, 1], got {self.top_p}")
-        if self.top_k < TOP_K_MIN:
-            raise bad("top_k", f"must be -1, 0 (off) or a positive count, got {self.top_k}")
+        if not (math.isfinite(self.top_p) and TOP_P_RANGE[0] < self.top_p <= TOP_P_RANGE[1]):
+            raise bad("top_p", f"must be in ({TOP_P_RANGE[0]}, {TOP_P_RANGE[1]}], got {self.top_p}")
+        if not TOP_K_MIN <= self.top_k <= MAX_TOKEN_ID:
+            raise bad("top_k", f"must be -1, 0 (off) or a positive count up to {MAX_TOKEN_ID}, got {self.top_k}")
         if self.seed is not None and not 0 <= self.seed < SEED_LIMIT:
             raise bad("seed", f"must be between 0 and 2**63-1, got {self.seed}")
         if len(self.stop) > MAX_STOP or any(not s or len(s) > MAX_STOP_CHARS for s in self.stop):

@@ -28,10 +28,12 @@ import time
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from inference.engine.llm_engine import LLMEngine
 from inference.model.dtypes import resolve_dtype
-from inference.schema.config.engine import DTypeName, EngineConfig
+from inference.model.model_runner import ModelRunner
+from inference.schema.config.engine import DType, EngineConfig
 from inference.schema.sampling import SamplingParams
 from load_tests.benchmarks.prefix_cache import print_shared_prefix, run_shared_prefix
 
@@ -61,6 +63,20 @@ def measure_read_bandwidth_gbs(num_bytes: int = 1 << 30) -> float:
         data.sum()
         best = min(best, time.perf_counter() - start)
     return num_bytes / best / 1e9
+
+
+def decode_weight_bytes(runner: ModelRunner) -> int:
+    """Bytes of weights one batch-1 decode step reads: every layer's and the LM head's (packed
+    4- or 8-bit ones as packed), and the final norm (the embedding row is noise). For the
+    memory-bound limit."""
+    modules: list[nn.Module] = [*runner.layers, *([runner.lm_head] if isinstance(runner.lm_head, nn.Module) else [])]
+    total = runner.final_norm.numel() * runner.final_norm.element_size()
+    for module in (m for top in modules for m in top.modules()):
+        tensors = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
+        if getattr(module, "packed_linear", None) is not None:  # the fp32 / bf16 copy serves prompts only
+            tensors = [t for t in tensors if t is not module.weight]
+        total += sum(t.numel() * t.element_size() for t in tensors)
+    return total
 
 
 def engine_run(engine: LLMEngine, work: Workload) -> tuple[float, list[float]]:
@@ -117,7 +133,7 @@ def hf_run(model, work: Workload, batch_size: int, pad_id: int) -> tuple[float, 
     return time.perf_counter() - start, decode_rate
 
 
-def run(model_source: str, dtype_name: DTypeName, quick: bool, threads: int | None = None, log=print,  # type: ignore[no-untyped-def]
+def run(model_source: str, dtype_name: DType, quick: bool, threads: int | None = None, log=print,  # type: ignore[no-untyped-def]
         device: str = "cpu", compile: bool = True) -> dict:  # type: ignore[type-arg]
     from transformers import AutoModelForCausalLM
 
@@ -153,9 +169,9 @@ def run(model_source: str, dtype_name: DTypeName, quick: bool, threads: int | No
     _, hf_rate = hf_run(hf, single, 1, pad_id)
     results["single"] = {"engine": round(engine_rates[0], 1), "hf_generate": round(hf_rate or 0.0, 1)}
     if runner.compiled is not None:  # the same stream with the decode step eager: what compile buys
-        runner.set_compiled(False)
+        compiled, runner.compiled = runner.compiled, None
         _, eager_rates = engine_run(engine, single)
-        runner.set_compiled(True)
+        runner.compiled = compiled
         results["single_eager"] = {"engine": round(eager_rates[0], 1), "hf_generate": round(hf_rate or 0.0, 1)}
 
     log(f"uniform: {n_uniform} requests ...")
@@ -179,7 +195,7 @@ def run(model_source: str, dtype_name: DTypeName, quick: bool, threads: int | No
     }
 
     # what a decode step reads (packed 4-bit layers count as packed): the engine's own limit
-    weight_bytes = runner.decode_weight_bytes()
+    weight_bytes = decode_weight_bytes(runner)
     results["weight_bytes"] = weight_bytes
     results["hf_weight_bytes"] = sum(p.numel() * p.element_size() for p in hf.parameters())
     if engine.worker.device.type == "cpu":  # the bandwidth probe reads host memory

@@ -22,19 +22,18 @@ import asyncio
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import yaml
 
 from load_tests.profile import profile_variant
+from load_tests.sloserve_process import SloserveUpError, sloserve_up
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MODEL = "packaged:smollm2-135m-instruct"
 NAME = "smollm2-135m-instruct"
 LEVELS = (1, 8, 32)
@@ -85,38 +84,18 @@ def run_served_bench(device: str, out: Path, levels: tuple[int, ...]) -> dict[st
     config = out / "gpu-check-served.yaml"
     config.write_text(yaml.safe_dump(_served_config(device), sort_keys=False))
     port = _free_port()
-    log = out / "sloserve-up.log"
-    with open(log, "w") as sink:
-        proc = subprocess.Popen([sys.executable, "-m", "cluster.cli", "up", "--config", str(config), "--port", str(port)],
-                                cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
+    served: dict[str, Any] = {}
     try:
-        deadline = time.monotonic() + SERVE_READY_S
-        while True:
-            if proc.poll() is not None:
-                return {"error": f"sloserve up exited {proc.returncode} before serving (log: {log})"}
-            try:
-                if httpx.get(f"{base}/v1/models", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                return {"error": f"not serving after {SERVE_READY_S:.0f} s (log: {log})"}
-            time.sleep(2)
-        served: dict[str, Any] = {}
-        for variant in ("full", "int8-compute"):
-            profile = asyncio.run(profile_variant(base, f"{NAME}:{variant}", levels, log=lambda _: None))
-            served[variant] = profile.model_dump(mode="json")
-            print(f"  served {variant}: " + ", ".join(f"@{k} {v} tok/s" for k, v in profile.tok_s_at.items()), flush=True)
-        return served
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGINT)
-            try:
-                proc.wait(timeout=90)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=30)
+        with sloserve_up(config, port, out / "sloserve-up.log", ready_timeout_s=SERVE_READY_S):
+            for variant in ("full", "int8-compute"):
+                profile = asyncio.run(profile_variant(base, f"{NAME}:{variant}", levels, log=lambda _: None))
+                served[variant] = profile.model_dump(mode="json")
+                print(f"  served {variant}: " + ", ".join(f"@{k} {v} tok/s" for k, v in profile.tok_s_at.items()),
+                      flush=True)
+    except SloserveUpError as e:
+        return {"error": str(e)}
+    return served
 
 
 def _device_name(device: str) -> str:

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from deployments.slo.windows import percentile
+from deployments.slo.percentiles import percentile
 from deployments.telemetry.hop_trace import TRACE_ENV, HopTrace, engine_ttft_s, hop_breakdown, read_trace
 
 PROMPT = "Explain in a few sentences why batching requests makes LLM serving cheaper."
@@ -107,17 +107,16 @@ async def _run_paths(model_name: str, engine: Any, handle: Any, trace: HopTrace,
                      port: int, log: Callable[[str], None]) -> dict[str, list[Sample]]:
     import httpx
 
-    from inference.schema.requests import GenerateRequest, SamplingOptions
+    from inference.schema.requests import GenerateRequest
     from inference.schema.sampling import SamplingParams
 
     params = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
-    sampling = SamplingOptions(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
     body = {"model": model_name, "prompt": PROMPT, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True,
             "stream": True, "stream_options": {"include_usage": True}}
 
     async def via_engine() -> Sample:
         clock, final = _Clock(), None
-        async for out in engine.generate(PROMPT, params):
+        async for out in engine.generate(engine.encode(PROMPT), params):
             if out.outputs[0].delta_token_ids:
                 clock.output()
             final = out
@@ -125,7 +124,7 @@ async def _run_paths(model_name: str, engine: Any, handle: Any, trace: HopTrace,
         return clock.sample("engine", len(final.outputs[0].token_ids), max_tokens, final.metrics.ttft_s)
 
     async def via_handle() -> Sample:
-        request = GenerateRequest(prompt=PROMPT, sampling=sampling)
+        request = GenerateRequest(prompt=PROMPT, sampling=params)
         trace.stamp(request.request_id, "client.send")
         clock, final = _Clock(), None
         async for chunk in handle.options(stream=True).stream.remote(request):

@@ -1,10 +1,10 @@
 """When requests are planned to be sent: Poisson/gamma arrivals at a fixed rate or along a trace.
 
 A trace (`--trace FILE.yaml`) is a list of phases, each a constant rate, a linear ramp, and/or an
-instant burst, which gives step and burst shapes; the controller simulator's `segments` traces
-are read too. Arrivals are drawn as a unit-rate renewal process
-(exponential gaps for Poisson, gamma gaps of shape `burstiness` otherwise) and mapped through the
-inverse of the cumulative rate, so a Poisson trace is an exact non-homogeneous Poisson process.
+instant burst, which gives step and burst shapes; rate-trace files (`segments`, the simulator's
+format, read by `load_tests.rate_trace`) are turned into phases. Arrivals are drawn as a unit-rate
+renewal process (exponential gaps for Poisson, gamma gaps of shape `burstiness` otherwise) and mapped
+through the inverse of the cumulative rate, so a Poisson trace is an exact non-homogeneous Poisson process.
 `planned_offsets` yields seconds since the run start, lazily and in order.
 """
 
@@ -18,6 +18,8 @@ from typing import Any, Literal
 import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from load_tests.rate_trace import RateTrace, rate_trace_of
 
 ArrivalKind = Literal["poisson", "gamma", "constant"]
 
@@ -68,19 +70,13 @@ class TraceSpec(BaseModel):
         return self.model_copy(update={"phases": phases})
 
 
-def _from_segments(raw: dict[str, Any], where: str, scale: float | None) -> dict[str, Any]:
-    """The controller simulator's shape (`segments: [{t_s, rate}]`, `duration_s`, `unit`) as phases."""
-    unit = raw.get("unit", "rps")
-    if unit == "full_replica" and scale is None:
-        raise ValueError(f"trace {where} is in units of one full replica's capacity: pass --trace-scale "
+def _from_segments(trace: RateTrace, scale: float | None) -> dict[str, Any]:
+    """A rate-trace file (`segments: [{t_s, rate}]`, `duration_s`, `unit`) as phases."""
+    if trace.unit == "full_replica" and scale is None:
+        raise ValueError(f"trace {trace.name} is in units of one full replica's capacity: pass --trace-scale "
                          "with the req/s that 1.0 means on this server")
-    try:
-        points = [(float(s["t_s"]), float(s["rate"])) for s in raw["segments"]]
-        ends = [t for t, _ in points[1:]] + [float(raw["duration_s"])]
-    except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"trace {where}: segments need t_s and rate, and the trace a duration_s ({e!r})") from e
-    phases = [{"duration_s": end - t, "rate": rate} for (t, rate), end in zip(points, ends, strict=True)]
-    return {"name": raw.get("name", Path(where).stem), "phases": phases}
+    phases = [{"duration_s": end_s - start_s, "rate": rate} for start_s, end_s, rate in trace.spans()]
+    return {"name": trace.name, "phases": phases}
 
 
 def load_trace(path: str | Path, scale: float | None = None) -> TraceSpec:
@@ -93,7 +89,7 @@ def load_trace(path: str | Path, scale: float | None = None) -> TraceSpec:
     except yaml.YAMLError as e:
         raise ValueError(f"trace {path} is not valid YAML: {e}") from e
     if isinstance(raw, dict) and "segments" in raw:
-        raw = _from_segments(raw, str(path), scale)
+        raw = _from_segments(rate_trace_of(raw, Path(path)), scale)
     try:
         trace = TraceSpec.model_validate(raw)
     except ValidationError as e:

@@ -18,12 +18,11 @@ from typing import Any
 
 import httpx
 
+from deployments.http.headers import SESSION_HEADER, VARIANT_HEADER
 from load_tests.config import ENDPOINT_PATHS, EndpointKind
 from load_tests.gen.prompts import Prompt
-from load_tests.results.records import UNKNOWN_VARIANT, RequestRecord
+from load_tests.results.records import UNKNOWN_VARIANT, ClientRecord
 
-VARIANT_HEADER = "x-sloserve-variant"
-SESSION_HEADER = "x-session-id"
 SLO_CLASS_HEADER = "x-sloserve-slo-class"
 
 
@@ -149,7 +148,7 @@ def _retry_after(headers: httpx.Headers) -> float | None:
         return None
 
 
-def _finish(record: RequestRecord, state: _Stream, end: float) -> RequestRecord:
+def _finish(record: ClientRecord, state: _Stream, end: float) -> ClientRecord:
     record.e2el_ms = (end - state.start) * 1000.0
     record.model = state.model or record.model
     if state.error is None and state.first_content is None:
@@ -173,13 +172,13 @@ def _finish(record: RequestRecord, state: _Stream, end: float) -> RequestRecord:
     return record
 
 
-async def send_request(client: httpx.AsyncClient, target: Target, spec: RequestSpec, start_perf: float) -> RequestRecord:
+async def send_request(client: httpx.AsyncClient, target: Target, spec: RequestSpec, start_perf: float) -> ClientRecord:
     """Send `spec` and return its record; never raises for server or network trouble."""
     headers = dict(target.headers)
     if spec.session_id is not None:
         headers[SESSION_HEADER] = spec.session_id
     state = _Stream(start=time.perf_counter())
-    record = RequestRecord(
+    record = ClientRecord(
         request_id=spec.request_id,
         planned_send_s=spec.planned_send_s,
         send_s=state.start - start_perf,

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from load_tests.results.records import RequestRecord
+from load_tests.results.records import ClientRecord
 
 
 @dataclass(slots=True)
@@ -31,7 +31,7 @@ class RunProgress:
     def on_sent(self) -> None:
         self.sent += 1
 
-    def on_done(self, record: RequestRecord) -> None:
+    def on_done(self, record: ClientRecord) -> None:
         self.done += 1
         if not record.is_ok:
             self.failed += 1

@@ -28,7 +28,7 @@ from load_tests.gen.client import SLO_CLASS_HEADER, RequestSpec, Target, send_re
 from load_tests.gen.progress import RunProgress, report_every
 from load_tests.gen.prompts import Prompt, load_prompt_file, synthetic_prompts
 from load_tests.gen.server_api import fetch_decisions, wait_ready
-from load_tests.results.records import RequestRecord, RunInfo
+from load_tests.results.records import ClientRecord, RunInfo
 
 
 def _log(config: RunConfig, message: str) -> None:
@@ -83,7 +83,7 @@ class _Slots:
         self._semaphore.release()
 
 
-Sent = list[tuple[RequestSpec, asyncio.Task[RequestRecord]]]
+Sent = list[tuple[RequestSpec, asyncio.Task[ClientRecord]]]
 
 
 async def _send_all(client: httpx.AsyncClient, config: RunConfig, target: Target, progress: RunProgress,
@@ -93,7 +93,7 @@ async def _send_all(client: httpx.AsyncClient, config: RunConfig, target: Target
     window = config.send_window_s
     slots = _Slots(config.max_concurrency) if config.max_concurrency else None
 
-    async def one(spec: RequestSpec) -> RequestRecord:
+    async def one(spec: RequestSpec) -> ClientRecord:
         try:
             record = await send_request(client, target, spec, start_perf)
         finally:
@@ -157,17 +157,17 @@ def _ctrl_c_sets(stop: asyncio.Event) -> Iterator[None]:
         loop.remove_signal_handler(signal.SIGINT)
 
 
-async def _record_of(spec: RequestSpec, task: asyncio.Task[RequestRecord]) -> RequestRecord:
+async def _record_of(spec: RequestSpec, task: asyncio.Task[ClientRecord]) -> ClientRecord:
     """The task's record; a task cancelled before it could send still yields a `cancelled` record."""
     try:
         return await task
     except asyncio.CancelledError:
-        return RequestRecord(spec.request_id, spec.planned_send_s, spec.planned_send_s, spec.ready_s,
+        return ClientRecord(spec.request_id, spec.planned_send_s, spec.planned_send_s, spec.ready_s,
                              spec.slot_wait_ms, status="cancelled", error="cancelled: the run ended before it was sent",
                              session_id=spec.session_id)
 
 
-async def run_load(config: RunConfig) -> tuple[list[RequestRecord], RunInfo]:
+async def run_load(config: RunConfig) -> tuple[list[ClientRecord], RunInfo]:
     """Run the load described by `config` against its server; bounded in count and time."""
     limits = httpx.Limits(max_connections=config.max_concurrency or 1000, max_keepalive_connections=1000)
     timeout = httpx.Timeout(config.request_timeout_s, connect=min(config.request_timeout_s, 30.0))

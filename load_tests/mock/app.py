@@ -20,9 +20,9 @@ from typing import Any, Literal
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from deployments.http.headers import VARIANT_HEADER
 from load_tests.mock.spec import Schedule, VariantProfile
 
-VARIANT_HEADER = "x-sloserve-variant"
 _WORDS = ("alpha", "beta", "gamma", "delta", "echo", "fox", "golf", "hotel", "india", "juliet")
 
 

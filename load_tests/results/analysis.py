@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from load_tests.config import SloTargets
-from load_tests.results.records import RequestRecord, RunInfo, write_records
+from load_tests.config import GoodputTargets
+from load_tests.results.records import ClientRecord, RunInfo, write_records
 from load_tests.results.slo import misses
 from load_tests.results.summary import summarize
 from load_tests.results.timeseries import WindowRow, choose_window_s, windows, write_csv
@@ -34,14 +34,14 @@ class Analysis:
     window_s: float
 
 
-def analyze(records: Sequence[RequestRecord], info: RunInfo, slo: SloTargets, percentiles: Sequence[float],
+def analyze(records: Sequence[ClientRecord], info: RunInfo, slo: GoodputTargets, percentiles: Sequence[float],
             window_s: float | None = None) -> Analysis:
     window = window_s or choose_window_s(info.duration_s)
     summary = summarize(records, info, slo, percentiles, window)
     return Analysis(summary, windows(records, info.duration_s, window, slo), window)
 
 
-def write_results(result_dir: Path, records: Sequence[RequestRecord], analysis: Analysis, slo: SloTargets,
+def write_results(result_dir: Path, records: Sequence[ClientRecord], analysis: Analysis, slo: GoodputTargets,
                   plots: bool = True) -> list[Path]:
     """Write the result files (records too unless they are already there); return the paths."""
     result_dir.mkdir(parents=True, exist_ok=True)
@@ -60,7 +60,7 @@ def write_results(result_dir: Path, records: Sequence[RequestRecord], analysis: 
     return written
 
 
-def slo_verdict(records: Sequence[RequestRecord], summary: dict[str, Any], slo: SloTargets,
+def slo_verdict(records: Sequence[ClientRecord], summary: dict[str, Any], slo: GoodputTargets,
                 target: float) -> tuple[bool, str]:
     """(passed, message) of `--fail-on-slo`."""
     got = summary.get("slo_attainment")

@@ -19,8 +19,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.axes import Axes
 
-from load_tests.config import SloTargets
-from load_tests.results.records import RequestRecord
+from load_tests.config import GoodputTargets
+from load_tests.results.records import ClientRecord
 from load_tests.results.stats import metric_values
 from load_tests.results.timeseries import ALL, WindowRow
 
@@ -47,7 +47,7 @@ def _mark_switches(ax: Axes, events: Sequence[dict[str, Any]], label: bool) -> N
                         fontsize=7, ha="left", va="top")
 
 
-def _latency_panel(ax: Axes, records: Sequence[RequestRecord], rows: Sequence[WindowRow], metric: str,
+def _latency_panel(ax: Axes, records: Sequence[ClientRecord], rows: Sequence[WindowRow], metric: str,
                    slo_ms: float | None, colors: dict[str, Any]) -> None:
     for variant, color in colors.items():
         mine = [r for r in records if r.is_ok and r.variant == variant and getattr(r, f"{metric}_ms") is not None]
@@ -65,8 +65,8 @@ def _latency_panel(ax: Axes, records: Sequence[RequestRecord], rows: Sequence[Wi
     ax.legend(fontsize=7, loc="upper right", ncol=3)
 
 
-def plot_timeline(path: Path, records: Sequence[RequestRecord], rows: Sequence[WindowRow],
-                  events: Sequence[dict[str, Any]], slo: SloTargets) -> None:
+def plot_timeline(path: Path, records: Sequence[ClientRecord], rows: Sequence[WindowRow],
+                  events: Sequence[dict[str, Any]], slo: GoodputTargets) -> None:
     colors = variant_colors({r.variant for r in records if r.is_ok})
     fig, axes = plt.subplots(3, 1, figsize=(11, 9), sharex=True)
     overall = [r for r in rows if r.variant == ALL]
@@ -93,7 +93,7 @@ def plot_timeline(path: Path, records: Sequence[RequestRecord], rows: Sequence[W
     plt.close(fig)
 
 
-def plot_distributions(path: Path, records: Sequence[RequestRecord], slo: SloTargets) -> None:
+def plot_distributions(path: Path, records: Sequence[ClientRecord], slo: GoodputTargets) -> None:
     variants = sorted({r.variant for r in records if r.is_ok})
     colors = variant_colors(variants)
     panels = (("ttft", slo.ttft_ms), ("tpot", slo.tpot_ms), ("itl_per_token", None), ("e2el", slo.e2el_ms))
@@ -117,7 +117,7 @@ def plot_distributions(path: Path, records: Sequence[RequestRecord], slo: SloTar
 
 
 def plot_attainment(path: Path, rows: Sequence[WindowRow], events: Sequence[dict[str, Any]],
-                    slo: SloTargets) -> None:
+                    slo: GoodputTargets) -> None:
     what = "SLO attainment" if slo.is_set else "success rate (no --goodput SLO)"
     names = sorted({r.variant for r in rows})
     colors = {**variant_colors([n for n in names if n != ALL]), ALL: "black"}

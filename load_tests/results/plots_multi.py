@@ -17,7 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from load_tests.results.records import RequestRecord
+from load_tests.results.records import ClientRecord
 from load_tests.results.stats import metric_values
 
 
@@ -56,7 +56,7 @@ def plot_sweep(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     plt.close(fig)
 
 
-Run = tuple[str, Sequence[RequestRecord], dict[str, Any]]
+Run = tuple[str, Sequence[ClientRecord], dict[str, Any]]
 
 
 def plot_compare(path: Path, a: Run, b: Run) -> None:

@@ -1,4 +1,4 @@
-"""What one run produced: a `RequestRecord` per request and the `RunInfo` around them.
+"""What one run produced: a `ClientRecord` per request and the `RunInfo` around them.
 
 Records are what the client measured, in ms and in seconds since the run start; everything else
 (summary, time series, switch events, plots) is computed from them, so `report DIR` can re-render
@@ -18,8 +18,9 @@ UNKNOWN_VARIANT = "unknown"
 
 
 @dataclass(slots=True)
-class RequestRecord:
-    """One request as the client saw it. Latencies in ms; times in s since the run start.
+class ClientRecord:
+    """One request as the client saw it (one line of requests.jsonl). Latencies in ms; times in s since
+    the run start. The server's own record of a finished request is `deployments.slo.observation.RequestRecord`.
 
     `ready_s` is when it could first go out: its planned time, or when a concurrency slot freed up
     if it had to wait for one (None: the planned time). `itl_ms` holds the gaps between consecutive content chunks after the first one (so never the
@@ -80,7 +81,7 @@ class RequestRecord:
         return json.dumps(asdict(self), separators=(",", ":"))
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> RequestRecord:
+    def from_dict(cls, raw: dict[str, Any]) -> ClientRecord:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in raw.items() if k in known})
 
@@ -122,20 +123,20 @@ class RunInfo:
         )
 
 
-def write_records(path: Path, records: list[RequestRecord]) -> None:
+def write_records(path: Path, records: list[ClientRecord]) -> None:
     with path.open("w") as f:
         for record in records:
             f.write(record.to_json() + "\n")
 
 
-def read_records(path: Path) -> list[RequestRecord]:
+def read_records(path: Path) -> list[ClientRecord]:
     """Read requests.jsonl; errors name the file and line."""
     records = []
     for n, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
             continue
         try:
-            records.append(RequestRecord.from_dict(json.loads(line)))
+            records.append(ClientRecord.from_dict(json.loads(line)))
         except (json.JSONDecodeError, TypeError) as e:
             raise ValueError(f"{path}:{n}: not a request record ({e})") from e
     return records

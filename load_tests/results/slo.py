@@ -11,15 +11,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from load_tests.config import SloTargets
-from load_tests.results.records import RequestRecord
+from load_tests.config import GoodputTargets
+from load_tests.results.records import ClientRecord
 
 
-def _value(record: RequestRecord, metric: str) -> float | None:
+def _value(record: ClientRecord, metric: str) -> float | None:
     return {"ttft": record.ttft_ms, "tpot": record.tpot_ms, "e2el": record.e2el_ms}[metric]
 
 
-def meets(record: RequestRecord, metric: str, target_ms: float) -> bool:
+def meets(record: ClientRecord, metric: str, target_ms: float) -> bool:
     """Did this request meet `metric <= target_ms`? Failures never do."""
     if not record.is_ok:
         return False
@@ -29,7 +29,7 @@ def meets(record: RequestRecord, metric: str, target_ms: float) -> bool:
     return value <= target_ms
 
 
-def meets_all(record: RequestRecord, slo: SloTargets) -> bool:
+def meets_all(record: ClientRecord, slo: GoodputTargets) -> bool:
     """Met every set target (a successful request meets an empty SLO)."""
     return record.is_ok and all(meets(record, m, t) for m, t in slo.targets().items())
 
@@ -53,7 +53,7 @@ class Attainment:
         return self.num_good / self.duration_s if self.duration_s > 0 else 0.0
 
 
-def attainment(records: Sequence[RequestRecord], slo: SloTargets, duration_s: float) -> Attainment:
+def attainment(records: Sequence[ClientRecord], slo: GoodputTargets, duration_s: float) -> Attainment:
     n = len(records)
     per_metric = {
         metric: (sum(meets(r, metric, target) for r in records) / n if n else 0.0)
@@ -63,7 +63,7 @@ def attainment(records: Sequence[RequestRecord], slo: SloTargets, duration_s: fl
     return Attainment(n, num_good, per_metric, duration_s)
 
 
-def slo_keys(result: Attainment, slo: SloTargets) -> dict[str, float | int | None]:
+def slo_keys(result: Attainment, slo: GoodputTargets) -> dict[str, float | int | None]:
     """Summary keys: `request_goodput` (vLLM's name), `slo_attainment`, `slo_attainment_<metric>`."""
     if not slo.is_set:
         return {}
@@ -76,7 +76,7 @@ def slo_keys(result: Attainment, slo: SloTargets) -> dict[str, float | int | Non
     return keys
 
 
-def misses(records: Sequence[RequestRecord], slo: SloTargets) -> dict[str, int]:
+def misses(records: Sequence[ClientRecord], slo: GoodputTargets) -> dict[str, int]:
     """How many requests missed each set target (failures included), for messages."""
     out = {m: sum(not meets(r, m, t) for r in records) for m, t in slo.targets().items()}
     out["failed"] = sum(not r.is_ok for r in records)

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from deployments.slo.windows import percentile
-from load_tests.results.records import RequestRecord
+from deployments.slo.percentiles import percentile
+from load_tests.results.records import ClientRecord
 
 LATENCY_METRICS = ("ttft", "tpot", "itl", "itl_per_token", "e2el")
 
@@ -24,7 +24,7 @@ def percentile_name(p: float) -> str:
     return f"p{int(p)}" if float(p).is_integer() else f"p{p:g}"
 
 
-def metric_values(records: Sequence[RequestRecord], metric: str) -> list[float]:
+def metric_values(records: Sequence[ClientRecord], metric: str) -> list[float]:
     """All values of `metric` (ms) over the successful requests; ITL metrics are flattened."""
     ok = [r for r in records if r.is_ok]
     if metric == "itl":
@@ -48,14 +48,14 @@ def describe(values: Sequence[float], metric: str, percentiles: Sequence[float])
     return dict(zip(keys, stats, strict=True))
 
 
-def latency_keys(records: Sequence[RequestRecord], percentiles: Sequence[float]) -> dict[str, float | None]:
+def latency_keys(records: Sequence[ClientRecord], percentiles: Sequence[float]) -> dict[str, float | None]:
     out: dict[str, float | None] = {}
     for metric in LATENCY_METRICS:
         out.update(describe(metric_values(records, metric), metric, percentiles))
     return out
 
 
-def error_kinds(records: Sequence[RequestRecord]) -> dict[str, int]:
+def error_kinds(records: Sequence[ClientRecord]) -> dict[str, int]:
     """Failures by kind: 'HTTP 429', 'HTTP 500', 'timeout', 'cancelled', ..."""
     kinds: Counter[str] = Counter()
     for r in records:
@@ -70,7 +70,7 @@ def error_kinds(records: Sequence[RequestRecord]) -> dict[str, int]:
     return dict(kinds.most_common())
 
 
-def throughput_keys(records: Sequence[RequestRecord], duration_s: float) -> dict[str, float | int]:
+def throughput_keys(records: Sequence[ClientRecord], duration_s: float) -> dict[str, float | int]:
     ok = [r for r in records if r.is_ok]
     input_tokens = sum(r.prompt_tokens or 0 for r in ok)
     output_tokens = sum(r.output_tokens for r in ok)
@@ -89,7 +89,7 @@ def throughput_keys(records: Sequence[RequestRecord], duration_s: float) -> dict
     }
 
 
-def peak_keys(records: Sequence[RequestRecord]) -> dict[str, float | int]:
+def peak_keys(records: Sequence[ClientRecord]) -> dict[str, float | int]:
     """vLLM's `max_output_tokens_per_s` (busiest whole second) and `max_concurrent_requests`."""
     ok = [r for r in records if r.is_ok]
     per_second: Counter[int] = Counter()
@@ -108,7 +108,7 @@ def peak_keys(records: Sequence[RequestRecord]) -> dict[str, float | int]:
     return {"max_output_tokens_per_s": max(per_second.values(), default=0), "max_concurrent_requests": peak}
 
 
-def send_lag_keys(records: Sequence[RequestRecord], late_ms: float = 10.0) -> dict[str, float | int]:
+def send_lag_keys(records: Sequence[ClientRecord], late_ms: float = 10.0) -> dict[str, float | int]:
     """How far behind its plan the client itself sent (concurrency waits excluded)."""
     lags = np.asarray([r.send_lag_ms for r in records] or [0.0])
     return {

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
-from load_tests.config import SloTargets
-from load_tests.results.records import RequestRecord, RunInfo
+from load_tests.config import GoodputTargets
+from load_tests.results.records import ClientRecord, RunInfo
 from load_tests.results.slo import attainment, slo_keys
 from load_tests.results.stats import (
     error_kinds,
@@ -28,7 +28,7 @@ from load_tests.results.stats import (
 from load_tests.results.switches import infer_flips, switch_events
 
 
-def group_summary(records: Sequence[RequestRecord], duration_s: float, slo: SloTargets,
+def group_summary(records: Sequence[ClientRecord], duration_s: float, slo: GoodputTargets,
                   percentiles: Sequence[float]) -> dict[str, Any]:
     """Throughput, errors, latency statistics and SLO keys of one group of requests."""
     out: dict[str, Any] = dict(throughput_keys(records, duration_s))
@@ -38,7 +38,7 @@ def group_summary(records: Sequence[RequestRecord], duration_s: float, slo: SloT
     return out
 
 
-def summarize(records: Sequence[RequestRecord], info: RunInfo, slo: SloTargets,
+def summarize(records: Sequence[ClientRecord], info: RunInfo, slo: GoodputTargets,
               percentiles: Sequence[float], window_s: float) -> dict[str, Any]:
     cfg = info.config
     duration = info.duration_s

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from load_tests.results.records import ControllerDecision, RequestRecord
+from load_tests.results.records import ClientRecord, ControllerDecision
 from load_tests.results.timeseries import dominant, window_index
 
 
@@ -56,7 +56,7 @@ def _favoured(weights: dict[str, float]) -> str | None:
     return top[0] if len(top) == 1 else None
 
 
-def _changeover(span: Sequence[RequestRecord], old: str, new: str) -> tuple[float, float]:
+def _changeover(span: Sequence[ClientRecord], old: str, new: str) -> tuple[float, float]:
     """(estimated time, first `new` send time) where answers change from `old` to `new`: the split
     with the fewest out-of-place answers."""
     seq = [r for r in span if r.variant in (old, new)]
@@ -74,13 +74,13 @@ def _changeover(span: Sequence[RequestRecord], old: str, new: str) -> tuple[floa
     return (seq[best_i - 1].send_s + seq[best_i].send_s) / 2.0, seq[best_i].send_s
 
 
-def infer_flips(records: Sequence[RequestRecord], window_s: float) -> list[Flip]:
+def infer_flips(records: Sequence[ClientRecord], window_s: float) -> list[Flip]:
     """Changes of the dominant answering variant between windows, placed at the changeover."""
     ok = sorted((r for r in records if r.is_ok), key=lambda r: r.send_s)
     if not ok:
         return []
     n = window_index(ok[-1].send_s, window_s) + 1
-    buckets: list[list[RequestRecord]] = [[] for _ in range(n)]
+    buckets: list[list[ClientRecord]] = [[] for _ in range(n)]
     for r in ok:
         buckets[window_index(r.send_s, window_s)].append(r)
     flips: list[Flip] = []
@@ -97,12 +97,12 @@ def infer_flips(records: Sequence[RequestRecord], window_s: float) -> list[Flip]
     return flips
 
 
-def _during(records: Sequence[RequestRecord], start: float, end: float) -> tuple[int, int]:
+def _during(records: Sequence[ClientRecord], start: float, end: float) -> tuple[int, int]:
     inside = [r for r in records if start <= r.send_s <= end]
     return len(inside), sum(not r.is_ok for r in inside)
 
 
-def inferred_events(records: Sequence[RequestRecord], window_s: float) -> list[SwitchEvent]:
+def inferred_events(records: Sequence[ClientRecord], window_s: float) -> list[SwitchEvent]:
     events = []
     for f in infer_flips(records, window_s):
         sent, failed = _during(records, f.time_s - window_s, f.time_s + window_s)
@@ -110,7 +110,7 @@ def inferred_events(records: Sequence[RequestRecord], window_s: float) -> list[S
     return events
 
 
-def decision_events(records: Sequence[RequestRecord], decisions: Sequence[ControllerDecision],
+def decision_events(records: Sequence[ClientRecord], decisions: Sequence[ControllerDecision],
                     window_s: float, duration_s: float) -> list[SwitchEvent]:
     """One event per change of weights during the run, matched to the flips of the answers."""
     flips = infer_flips(records, window_s)
@@ -138,7 +138,7 @@ def decision_events(records: Sequence[RequestRecord], decisions: Sequence[Contro
     return events
 
 
-def switch_events(records: Sequence[RequestRecord], decisions: Sequence[ControllerDecision] | None,
+def switch_events(records: Sequence[ClientRecord], decisions: Sequence[ControllerDecision] | None,
                   window_s: float, duration_s: float) -> list[SwitchEvent]:
     """Decision events when the controller listed any decisions, else inferred flips."""
     if decisions:

@@ -15,9 +15,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from deployments.slo.windows import percentile
-from load_tests.config import SloTargets
-from load_tests.results.records import RequestRecord
+from deployments.slo.percentiles import percentile_of
+from load_tests.config import GoodputTargets
+from load_tests.results.records import ClientRecord
 from load_tests.results.slo import meets_all
 
 ALL = "all"
@@ -54,11 +54,7 @@ def choose_window_s(duration_s: float, target_windows: int = 40) -> float:
     return next((w for w in _NICE_WINDOWS_S if w >= wanted), _NICE_WINDOWS_S[-1])
 
 
-def _pct(values: list[float], p: float) -> float | None:
-    return percentile(sorted(values), p) if values else None
-
-
-def dominant(records: Sequence[RequestRecord]) -> str | None:
+def dominant(records: Sequence[ClientRecord]) -> str | None:
     """The variant that answered more than half of the successful requests, if any."""
     counts = Counter(r.variant for r in records if r.is_ok)
     if not counts:
@@ -71,8 +67,8 @@ def window_index(t: float, window_s: float) -> int:
     return max(0, math.floor(t / window_s))
 
 
-def _row(start: float, window_s: float, variant: str, sent: list[RequestRecord], planned: int,
-         ended: list[RequestRecord], ok_in_window: int, slo: SloTargets) -> WindowRow:
+def _row(start: float, window_s: float, variant: str, sent: list[ClientRecord], planned: int,
+         ended: list[ClientRecord], ok_in_window: int, slo: GoodputTargets) -> WindowRow:
     ok = [r for r in sent if r.is_ok]
     ttft = [r.ttft_ms for r in ok if r.ttft_ms is not None]
     tpot = [r.tpot_ms for r in ok if r.tpot_ms is not None]
@@ -89,24 +85,24 @@ def _row(start: float, window_s: float, variant: str, sent: list[RequestRecord],
         request_throughput=len(ended) / window_s,
         output_throughput=sum(r.output_tokens for r in ended) / window_s,
         share=len(ok) / ok_in_window if ok_in_window else None,
-        p50_ttft_ms=_pct(ttft, 50),
-        p99_ttft_ms=_pct(ttft, 99),
-        p50_tpot_ms=_pct(tpot, 50),
-        p99_tpot_ms=_pct(tpot, 99),
-        p50_e2el_ms=_pct(e2el, 50),
+        p50_ttft_ms=percentile_of(ttft, 50),
+        p99_ttft_ms=percentile_of(ttft, 99),
+        p50_tpot_ms=percentile_of(tpot, 50),
+        p99_tpot_ms=percentile_of(tpot, 99),
+        p50_e2el_ms=percentile_of(e2el, 50),
         slo_attainment=good / len(sent) if sent else None,
         goodput=good / window_s,
         dominant_variant=dominant(sent),
     )
 
 
-def windows(records: Sequence[RequestRecord], duration_s: float, window_s: float,
-            slo: SloTargets) -> list[WindowRow]:
+def windows(records: Sequence[ClientRecord], duration_s: float, window_s: float,
+            slo: GoodputTargets) -> list[WindowRow]:
     """Rows for every window of the run: first the `all` row, then one per variant."""
     n = max(1, math.ceil(duration_s / window_s))
     variants = sorted({r.variant for r in records})
-    by_sent: list[list[RequestRecord]] = [[] for _ in range(n)]
-    by_end: list[list[RequestRecord]] = [[] for _ in range(n)]
+    by_sent: list[list[ClientRecord]] = [[] for _ in range(n)]
+    by_end: list[list[ClientRecord]] = [[] for _ in range(n)]
     planned = [0] * n
     for r in records:
         by_sent[min(window_index(r.send_s, window_s), n - 1)].append(r)

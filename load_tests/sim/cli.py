@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from deployments.slo.capacity import capacities
-from deployments.slo.settings import PolicyInputs, SLOTargets, VariantBounds
+from deployments.slo.settings import PolicyInputs, VariantBounds
 from inference.schema.config import AppConfig, ConfigError, ControllerConfig, VariantConfig, load_config
 from inference.schema.manifest import ManifestError, VariantManifest
+from load_tests.rate_trace import TRACES_DIR, RateTrace, TraceError, load_rate_trace
 from load_tests.sim.engine import SimRun, simulate
 from load_tests.sim.policies import RayDefaultPolicy, SimPolicy, SloservePolicy, StaticPolicy, ThresholdPolicy
 from load_tests.sim.report import (
@@ -38,9 +39,9 @@ from load_tests.sim.report import (
     plot,
     score,
 )
-from load_tests.sim.traces import RateTrace, SimRequest, TraceError, load_trace, make_requests
+from load_tests.sim.requests import SimRequest, make_requests
 
-EXAMPLE_MANIFEST = Path(__file__).parents[1] / "traces" / "example_manifest.json"
+EXAMPLE_MANIFEST = TRACES_DIR / "example_manifest.json"
 POLICIES = ("sloserve", "ray-default", "static-full", "static-compressed", "threshold")
 PROVISION_ATTAINMENT = 0.99
 
@@ -50,7 +51,7 @@ def default_config(manifest: VariantManifest) -> AppConfig:
     the variants with more capacity per replica than the best, the best quality one) bridges cold
     starts; the rest scale 0..4; a budget of 6 replicas."""
     entries = sorted(manifest.variants, key=lambda e: (-e.quality.agreement, e.name))
-    caps = capacities(manifest, [VariantBounds(name=e.name) for e in entries], SLOTargets.of(AppConfig().slo))
+    caps = capacities(manifest, [VariantBounds(name=e.name) for e in entries], AppConfig().slo)
     best = entries[0].name
     faster = [e for e in entries[1:] if caps[e.name].rps > caps[best].rps]
     bridge = faster[0].name if faster else None  # entries are best quality first
@@ -98,7 +99,7 @@ class Bench:
         """Static replicas of `variant`: the fewest that reach the attainment bar on this trace."""
         def attempt(n: int) -> tuple[SimRun, float]:
             run = self.run(StaticPolicy(name, {variant: 1.0}, {variant: n}))
-            return run, score(run, self.trace, SLOTargets.of(self.config.slo), self.quality).attainment
+            return run, score(run, self.trace, self.config.slo, self.quality).attainment
 
         n = max(1, math.ceil(self.trace.peak / self.caps_rps[variant]))
         run, attained = attempt(n)
@@ -146,12 +147,12 @@ class Bench:
 
 def run_trace(spec: str, config: AppConfig, manifest: VariantManifest, policies: list[str],
               args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, SimRun], Bench]:
-    bench = Bench(load_trace(spec), config, manifest, args)
+    bench = Bench(load_rate_trace(spec), config, manifest, args)
     runs: dict[str, SimRun] = {}
     results: dict[str, PolicyResult] = {}
     for name in policies:
         runs[name], provisioned = bench.policy_run(name)
-        results[name] = score(runs[name], bench.trace, SLOTargets.of(config.slo), bench.quality, provisioned)
+        results[name] = score(runs[name], bench.trace, config.slo, bench.quality, provisioned)
     checks = check_targets(bench.trace.name, results)
     return {
         "trace": bench.trace.name,
@@ -239,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
             summary, runs, bench = run_trace(spec, config, manifest, policies, args)
             summaries.append(summary)
             if out_dir:
-                plot(out_dir / f"{summary['trace']}.png", bench.trace, runs, SLOTargets.of(config.slo))
+                plot(out_dir / f"{summary['trace']}.png", bench.trace, runs, config.slo)
                 with (out_dir / f"{summary['trace']}-decisions.jsonl").open("w") as f:
                     for name, run in runs.items():
                         for t_s, code, reason in run.decisions:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from deployments.router.replica_choice import spill_over
 from deployments.slo.capacity import SpeedCurve
 from deployments.slo.observation import VariantLoad
-from load_tests.sim.traces import SimRequest
+from load_tests.sim.requests import SimRequest
 
 
 @dataclass(slots=True)

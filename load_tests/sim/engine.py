@@ -21,7 +21,7 @@ from inference.schema.config import AppConfig
 from inference.schema.manifest import VariantManifest
 from load_tests.sim.cluster import Outcome, SimReplica, SimRouter, variant_load
 from load_tests.sim.policies import Control, SimPolicy, SloservePolicy, ThresholdPolicy
-from load_tests.sim.traces import SimRequest
+from load_tests.sim.requests import SimRequest
 
 SAMPLE_EVERY_S = 10.0
 MIX_CHANGE = 0.01  # a weights change above this share of traffic counts as a variant-mix change

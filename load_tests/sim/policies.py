@@ -24,7 +24,7 @@ from typing import Protocol
 from deployments.slo.decision import PolicyState
 from deployments.slo.observation import Observation
 from deployments.slo.policy import decide
-from deployments.slo.settings import PolicyInputs, SLOTargets
+from deployments.slo.settings import PolicyInputs
 from deployments.slo.signals import observed_risk
 from inference.schema.config import AppConfig
 from inference.schema.manifest import VariantManifest
@@ -163,7 +163,7 @@ class ThresholdPolicy:
         if obs.now_s - self._last_switch_s < self.config.controller.window_s:
             return self._control()
         variant = obs.variant(self.ladder[self._rung])
-        ratio = observed_risk(variant, SLOTargets.of(self.config.slo), self.config.controller.min_samples)
+        ratio = observed_risk(variant, self.config.slo, self.config.controller.min_samples)
         if ratio >= self.high_ratio and self._rung + 1 < len(self.ladder):
             self._rung, self._last_switch_s = self._rung + 1, obs.now_s
             return self._control("degrade", f"p95 at {ratio:.2f} of target")

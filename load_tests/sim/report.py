@@ -12,10 +12,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from deployments.slo.settings import SLOTargets
+from inference.schema.config.slo import SLOConfig
+from load_tests.rate_trace import RateTrace
 from load_tests.sim.cluster import Outcome
 from load_tests.sim.engine import SimRun
-from load_tests.sim.traces import RateTrace
 
 TARGET_TRACES = ("step3x", "burst")
 STEADY_TRACES = ("steady", "steady-noisy")
@@ -45,7 +45,7 @@ class PolicyResult:
     mix_changes_per_step: list[tuple[int, int]] | None = None  # (during the step, after it until the next)
 
 
-def attains(out: Outcome, slo: SLOTargets) -> bool:
+def attains(out: Outcome, slo: SLOConfig) -> bool:
     if not out.ok:
         return False
     target = slo.target(out.request.slo_class)
@@ -56,7 +56,7 @@ def attains(out: Outcome, slo: SLOTargets) -> bool:
     return target.e2e_p95_ms is None or e2e_s * 1000.0 <= target.e2e_p95_ms
 
 
-def score(run: SimRun, trace: RateTrace, slo: SLOTargets, quality: dict[str, float],
+def score(run: SimRun, trace: RateTrace, slo: SLOConfig, quality: dict[str, float],
           provisioned: dict[str, int] | None = None) -> PolicyResult:
     good = [attains(o, slo) for o in run.outcomes]
     served = [o for o in run.outcomes if o.ok]
@@ -161,7 +161,7 @@ def as_json(results: dict[str, PolicyResult]) -> dict[str, Any]:
     return {name: asdict(r) for name, r in results.items()}
 
 
-def plot(path: Path, trace: RateTrace, runs: dict[str, SimRun], slo: SLOTargets) -> None:
+def plot(path: Path, trace: RateTrace, runs: dict[str, SimRun], slo: SLOConfig) -> None:
     """Offered load and replicas, rolling SLO attainment per policy, and sloserve's traffic split."""
     import matplotlib
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from deployments.replica.placement import llm_deployment_name
 from inference.schema.config import AppConfig
 
 SERVE_NAMESPACE = "serve"
@@ -106,7 +107,7 @@ class SoakCluster:
 
     def serving_deployments(self) -> set[str]:
         """The LLM deployments that get traffic (weight > 0): the ones worth killing."""
-        return {f"llm-{v.name}" for v in self.config.variants if v.weight > 0}
+        return {llm_deployment_name(v.name) for v in self.config.variants if v.weight > 0}
 
     def kill(self, name: str) -> None:
         import ray

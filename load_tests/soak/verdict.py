@@ -17,7 +17,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from deployments.slo.windows import percentile
+from deployments.slo.percentiles import percentile_of
 
 OutcomeStatus = Literal["ok", "error", "hung", "lost"]
 
@@ -83,10 +83,6 @@ def attribute(outcomes: list[Outcome], faults: list[Fault]) -> None:
             if in_flight or routed_to_dead:
                 o.attributed_to = f"kill@{kill.start_s:.1f}s"
                 break
-
-
-def _percentile(values: list[float], q: float) -> float | None:
-    return percentile(sorted(values), q) if values else None
 
 
 def rss_growth(samples: list[RssSample], warmup_s: float) -> list[dict[str, Any]]:
@@ -158,8 +154,8 @@ def build_report(outcomes: list[Outcome], faults: list[Fault], rss: list[RssSamp
             "error_kinds": dict(Counter((o.error or "")[:120] for o in errors).most_common(10)),
             "output_tokens": sum(o.output_tokens for o in ok),
         },
-        "latency_ms": {"e2e_p50": _percentile(e2e, 50), "e2e_p99": _percentile(e2e, 99), "e2e_max": max(e2e, default=None),
-                       "ttft_p50": _percentile(ttft, 50), "ttft_p99": _percentile(ttft, 99)},
+        "latency_ms": {"e2e_p50": percentile_of(e2e, 50), "e2e_p99": percentile_of(e2e, 99), "e2e_max": max(e2e, default=None),
+                       "ttft_p50": percentile_of(ttft, 50), "ttft_p99": percentile_of(ttft, 99)},
         "kills": [per_fault(f) for f in kills],
         "redeploys": [per_fault(f) for f in redeploys],
         "kv_pool": {"whole": kv_whole, "reads": kv_reads},

@@ -26,7 +26,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.e2e.sloserve_process import sloserve_up
+from load_tests.sloserve_process import sloserve_up
 from tests.serve.conftest import free_port, wait_until
 from tests.tiny_models import make_tiny_model_dir
 
@@ -132,7 +132,7 @@ def _sloserve_up(config: Path, port: int, log: Path) -> Iterator[str]:
 
 
 def _run_trace(base_url: str, model: str, rates: tuple[float, float], result_dir: Path | None) -> dict[str, Any]:
-    from load_tests.config import RunConfig, SloTargets
+    from load_tests.config import GoodputTargets, RunConfig
     from load_tests.gen.arrivals import TracePhase, TraceSpec
     from load_tests.run_command import execute
 
@@ -141,7 +141,7 @@ def _run_trace(base_url: str, model: str, rates: tuple[float, float], result_dir
     config = RunConfig(
         base_url=base_url, model=model, trace=TraceSpec(name="step", phases=phases), input_len=24,
         output_len=OUTPUT_TOKENS, ignore_eos=True, seed=7, drain_timeout_s=10.0, request_timeout_s=60.0,
-        slo=SloTargets(ttft_ms=SLO_MS["ttft_p95_ms"], tpot_ms=SLO_MS["tpot_p95_ms"]),
+        slo=GoodputTargets(ttft_ms=SLO_MS["ttft_p95_ms"], tpot_ms=SLO_MS["tpot_p95_ms"]),
         result_dir=result_dir, plots=result_dir is not None, quiet=True,
     )
     _, analysis = execute(config)

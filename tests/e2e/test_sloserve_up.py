@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 from openai import OpenAI
 
-from tests.e2e.sloserve_process import sloserve_up
+from load_tests.sloserve_process import sloserve_up, start, wait_for_output
 from tests.e2e.test_packaged_model import ONE_WORD_QUESTION  # a margin every dtype auto may pick resolves
 from tests.serve.conftest import free_port
 
@@ -72,19 +72,10 @@ def _bounded_load_test(port: int, result_dir: Path) -> None:
 def test_ctrl_c_while_deploying_stops_sloserve_up(tmp_path: Path) -> None:
     """A SIGINT while the app deploys stops it too (it was lost inside serve.run's wait, and the
     server came up anyway)."""
-    port = free_port()
     log = tmp_path / "up.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "cluster.cli", "up", "--config", "cluster/configs/local.yaml", "--port", str(port)],
-            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )
+    proc = start("cluster/configs/local.yaml", free_port(), log)
     try:
-        deadline = time.monotonic() + 120
-        while "deploying" not in log.read_text():
-            assert proc.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.5)
+        wait_for_output(proc, log, "deploying", timeout_s=120, poll_s=0.5)
         time.sleep(2.0)  # inside serve.run, before the replicas are ready
         os.kill(proc.pid, signal.SIGINT)
         code = proc.wait(timeout=90)

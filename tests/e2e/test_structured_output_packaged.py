@@ -63,3 +63,30 @@ def test_prompt_logprobs_rank_the_right_continuation_higher(smollm2: LLMEngine) 
         assert out.prompt_logprobs is not None and out.prompt_logprobs[0] is None
         scores[answer] = sum(lp.logprob for lp in out.prompt_logprobs[-n:] if lp is not None)
     assert scores[" Paris"] > scores[" Berlin"]
+
+
+def test_a_required_tool_call_names_the_tool_and_fills_its_schema(smollm2: LLMEngine) -> None:
+    """The generic tools prompt (SmolLM2's template renders no tools) and the call grammar, end to end."""
+    from inference.schema.requests import ChatMessage, template_messages
+    from inference.schema.tools import Tool, parse_tool_calls, tool_grammar
+
+    weather = {"type": "object", "properties": {"city": {"type": "string"}, "unit": {"enum": ["celsius", "fahrenheit"]}},
+               "required": ["city", "unit"]}
+    tools = [Tool.model_validate({"type": "function", "function": {
+        "name": "get_weather", "description": "Current weather in a city", "parameters": weather}})]
+    asked = [ChatMessage(role="user", content="What's the weather like in Paris today?")]
+    ids = smollm2.tokenizer.apply_chat_template(  # type: ignore[attr-defined]
+        template_messages(asked, tools, native_tools=False), add_generation_prompt=True, tokenize=True, return_dict=False)
+    outs = smollm2.generate([list(ids)] * 2, [
+        SamplingParams(max_tokens=100, temperature=0.0, guided=tool_grammar(tools, choice, parallel))
+        for choice, parallel in (("required", False), ("auto", True))
+    ])
+    content, calls = parse_tool_calls(outs[0].outputs[0].text)
+    assert outs[0].outputs[0].finish_reason == "stop" and content == "" and len(calls) == 1
+    assert calls[0].function.name == "get_weather"
+    arguments = json.loads(calls[0].function.arguments)
+    jsonschema.validate(arguments, weather)
+    assert arguments["city"] == "Paris"
+    _, auto_calls = parse_tool_calls(outs[1].outputs[0].text)  # text or calls: whichever, they validate
+    for call in auto_calls:
+        jsonschema.validate(json.loads(call.function.arguments), weather)

@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.sloserve_process import sloserve_up
+from load_tests.sloserve_process import sloserve_up
 from tests.serve.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]

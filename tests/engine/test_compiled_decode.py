@@ -17,6 +17,7 @@ from inference.engine.llm_engine import LLMEngine
 from inference.model.compiled_decode import why_not_compiled
 from inference.schema.config.engine import EngineConfig
 from inference.schema.sampling import SamplingParams
+from tests.kv_pool import assert_pool_whole
 
 PROMPTS = ["The quick brown fox", "What is the capital of France? The capital", "Serving", "0123456789 + - * /"]
 
@@ -33,7 +34,7 @@ def _generate(model_dir: Path, compile: bool, quantization: str = "none") -> lis
         # different lengths: requests finish at different steps, so decode batches shrink to 1
         params = [SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True) for n in (24, 9, 17, 30)]
         outs = engine.generate(PROMPTS, params)
-        engine.block_manager.check_whole()
+        assert_pool_whole(engine.block_manager)
         return [o.outputs[0].token_ids for o in outs]
     finally:
         engine.shutdown()

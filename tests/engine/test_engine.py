@@ -17,6 +17,7 @@ from inference.engine.llm_engine import LLMEngine
 from inference.schema.config.engine import EngineConfig
 from inference.schema.errors import InvalidSamplingParamsError, RequestTooLongError
 from inference.schema.sampling import SamplingParams
+from tests.kv_pool import assert_pool_whole
 
 PROMPTS = [
     "The quick brown fox",
@@ -55,7 +56,7 @@ def test_greedy_single_request_equals_hf_generate(engine: LLMEngine, hf_model) -
     ids = engine.encode(PROMPTS[3])
     [out] = engine.generate([ids], SamplingParams(max_tokens=24, temperature=0.0))
     assert out.outputs[0].token_ids == hf_greedy(hf_model, ids, 24)
-    engine.block_manager.check_whole()
+    assert_pool_whole(engine.block_manager)
 
 
 def test_greedy_mixed_requests_submitted_at_different_times_equal_hf(engine: LLMEngine, hf_model) -> None:
@@ -74,7 +75,7 @@ def test_greedy_mixed_requests_submitted_at_different_times_equal_hf(engine: LLM
                 got[out.request_id] = out.outputs[0].token_ids
         step += 1
     assert got == expected
-    engine.block_manager.check_whole()
+    assert_pool_whole(engine.block_manager)
 
 
 def test_max_tokens_respected_and_finish_reason_length(engine: LLMEngine) -> None:
@@ -140,7 +141,7 @@ def test_n_samples_share_the_prompt_and_differ(engine: LLMEngine) -> None:
     assert [c.index for c in out.outputs] == [0, 1, 2, 3]
     assert all(len(c.token_ids) == 12 for c in out.outputs)
     assert len({tuple(c.token_ids) for c in out.outputs}) > 1
-    engine.block_manager.check_whole()
+    assert_pool_whole(engine.block_manager)
 
 
 def test_beam_search_returns_n_beams_ordered_by_score(engine: LLMEngine, hf_model) -> None:
@@ -157,7 +158,7 @@ def test_beam_search_returns_n_beams_ordered_by_score(engine: LLMEngine, hf_mode
         logits = hf_model(torch.tensor([ids + greedy])).logits[0, len(ids) - 1 : -1]
     greedy_logprob = torch.log_softmax(logits, -1).gather(1, torch.tensor(greedy)[:, None]).sum().item()
     assert beams[0].cumulative_logprob >= greedy_logprob - 1e-4
-    engine.block_manager.check_whole()
+    assert_pool_whole(engine.block_manager)
 
 
 def test_logprobs_match_the_model_distribution(engine: LLMEngine, hf_model) -> None:
@@ -195,7 +196,7 @@ def test_random_submit_and_abort_never_leaks_kv(engine: LLMEngine) -> None:
         engine.abort(rid)
     while engine.has_unfinished():
         engine.step()
-    engine.block_manager.check_whole()
+    assert_pool_whole(engine.block_manager)
     assert not engine.scheduler.running and not engine.scheduler.waiting
 
 
@@ -209,7 +210,7 @@ def test_preemption_under_a_tiny_pool_still_gives_hf_tokens(tiny_model_dir: Path
         for ids, out in zip(prompts, outs, strict=True):
             assert out.outputs[0].token_ids == hf_greedy(hf_model, ids, 40)[: len(out.outputs[0].token_ids)]
             assert len(out.outputs[0].token_ids) == 40
-        eng.block_manager.check_whole()
+        assert_pool_whole(eng.block_manager)
     finally:
         eng.shutdown()
 

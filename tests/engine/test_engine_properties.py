@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from inference.engine.llm_engine import LLMEngine
 from inference.schema.config.engine import EngineConfig
 from inference.schema.sampling import SamplingParams
+from tests.kv_pool import assert_pool_whole
 
 SHARED = "The quick brown fox jumps over the lazy dog. What is the capital of France? "  # prefix cache hits
 PROMPTS = ["The quick brown fox", "Serving", "0123456789 + - *", "Héllo wörld 🙂", "What is the capital of France?",
@@ -117,7 +118,7 @@ def test_any_mix_of_requests_ends_and_leaves_the_pool_whole(engine: LLMEngine) -
                 break
         assert not engine.has_unfinished(), "requests still running after the step budget"
         assert set(ended) == set(ids.values())  # every request ended, once
-        engine.block_manager.check_whole()
+        assert_pool_whole(engine.block_manager)
         assert not engine.scheduler.running and not engine.scheduler.waiting
 
     check()

@@ -15,6 +15,7 @@ from inference.schema.config.engine import EngineConfig
 from inference.schema.errors import InvalidRequestError, RequestFailedError
 from inference.schema.outputs import RequestOutput
 from inference.schema.sampling import SamplingParams
+from tests.kv_pool import assert_pool_whole
 
 BAD_ID = 1_000_000_000
 
@@ -77,7 +78,7 @@ def test_ids_outside_the_vocabulary_are_refused_naming_the_field(engine: LLMEngi
         engine.add_request(prompt, SamplingParams(max_tokens=4, **kwargs))
     assert info.value.param == field and field in str(info.value)
     assert not engine.has_unfinished()
-    engine.block_manager.check_whole()
+    assert_pool_whole(engine.block_manager)
 
 
 @pytest.mark.parametrize("how", ["stop_token_ids", "logit_bias"])
@@ -86,7 +87,7 @@ def test_a_request_failing_inside_the_engine_ends_alone_and_the_others_finish_id
         return [(p, SamplingParams(**{f: getattr(sp, f) for f in sp.__slots__ if f != "logit_bias"})) for p, sp in GOOD]  # type: ignore[attr-defined]
 
     reference = _run(engine, fresh(), {})
-    engine.block_manager.check_whole()
+    assert_pool_whole(engine.block_manager)
 
     bad = ("Tensor parallel inference", SamplingParams(max_tokens=8, min_tokens=2, temperature=0.0))
     bad_beam = ("Hello there", SamplingParams(max_tokens=6, temperature=0.0, n=2, use_beam_search=True))
@@ -108,7 +109,7 @@ def test_a_request_failing_inside_the_engine_ends_alone_and_the_others_finish_id
     for want, got in zip([reference[i] for i in range(len(GOOD))], good, strict=True):
         assert got.error is None
         assert _same(want, got)
-    engine.block_manager.check_whole()
+    assert_pool_whole(engine.block_manager)
     assert not engine.scheduler.running and not engine.scheduler.waiting
 
 
@@ -118,7 +119,7 @@ def test_async_engine_fails_only_the_bad_request_and_stays_healthy(tiny_model_di
     async def run_one(prompt: str, params: SamplingParams, poison: bool) -> RequestOutput | BaseException:
         last: RequestOutput | None = None
         try:
-            async for out in engine.generate(prompt, params):
+            async for out in engine.generate(engine.encode(prompt), params):
                 if poison and last is None:
                     params.stop_token_ids.append(BAD_ID)  # after the checks, while it runs
                 last = out
@@ -142,11 +143,11 @@ def test_async_engine_fails_only_the_bad_request_and_stays_healthy(tiny_model_di
         engine.check_health()
     finally:
         engine.shutdown()
-    engine.engine.block_manager.check_whole()
+    assert_pool_whole(engine.engine.block_manager)
 
 
 async def main_bad(engine: AsyncLLMEngine) -> None:
-    async for _ in engine.generate("hi", SamplingParams(max_tokens=4, min_tokens=2, stop_token_ids=[BAD_ID])):
+    async for _ in engine.generate(engine.encode("hi"), SamplingParams(max_tokens=4, min_tokens=2, stop_token_ids=[BAD_ID])):
         pass
 
 
@@ -155,4 +156,46 @@ def test_extreme_but_valid_sampling_values_sample_without_error(engine: LLMEngin
     """Found by schemathesis: a top_p or temperature that rounds to 0 in float32 left no token to sample."""
     [out] = engine.generate(["The quick brown fox"], SamplingParams(max_tokens=4, seed=1, ignore_eos=True, **kwargs))
     assert out.error is None and len(out.outputs[0].token_ids) == 4
-    engine.block_manager.check_whole()
+    assert_pool_whole(engine.block_manager)
+
+
+class _BrokenMatcher:
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+
+    def accept_token(self, token: int) -> bool:
+        raise RuntimeError("matcher failed")
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+
+def test_a_tool_call_grammar_failing_mid_stream_ends_that_request_alone(engine: LLMEngine) -> None:
+    """A call's matcher that raises after a few tokens (as an xgrammar bug would): that request ends
+    with an error, the others finish as they would have without it."""
+    from inference.schema.tools import Tool, tool_grammar
+
+    tool = Tool.model_validate({"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}}})
+    reference = _run(engine, [(p, SamplingParams(**{f: getattr(sp, f) for f in sp.__slots__}))  # type: ignore[attr-defined]
+                              for p, sp in GOOD], {})
+    calls = SamplingParams(max_tokens=40, temperature=0.0, guided=tool_grammar([tool], "required", False))
+    ids = [engine.add_request(p, SamplingParams(**{f: getattr(sp, f) for f in sp.__slots__}))  # type: ignore[attr-defined]
+           for p, sp in GOOD]
+    bad = engine.add_request("Call f", calls)
+    final: dict[str, RequestOutput] = {}
+    for step in range(500):
+        if not engine.has_unfinished():
+            break
+        if step == 3:  # mid-stream: the call's grammar breaks
+            grammar = engine.groups[bad].seqs[0].grammar
+            assert grammar is not None
+
+            grammar.matcher = _BrokenMatcher(grammar.matcher)
+        for out in engine.step():
+            if out.finished:
+                final[out.request_id] = out
+    assert final[bad].error is not None and all(c.finish_reason == "error" for c in final[bad].outputs)
+    for index, request_id in enumerate(ids):
+        assert final[request_id].error is None and _same(reference[index], final[request_id])
+    assert_pool_whole(engine.block_manager)

@@ -135,12 +135,13 @@ from inference.schema.sampling import SamplingParams
 
 async def run():
     engine = AsyncLLMEngine(EngineConfig(model=sys.argv[1], dtype="float32", tp_size=2, num_threads=1,
-                                         kv_cache_tokens=1024, max_num_batched_tokens=16, collective_timeout_s=4))
+                                         kv_cache_tokens=1024, max_num_batched_tokens=16, max_num_seqs=8,
+                                         collective_timeout_s=4))
     try:
         await asyncio.sleep(10)  # 2.5 collective timeouts with nothing to do
         engine.check_health()  # a peer that timed out would be dead by now
         tokens = []
-        async for out in engine.generate("The quick brown fox", SamplingParams(max_tokens=8, temperature=0.0,
+        async for out in engine.generate(engine.encode("The quick brown fox"), SamplingParams(max_tokens=8, temperature=0.0,
                                                                                 ignore_eos=True)):
             tokens = out.outputs[0].token_ids
         engine.check_health()

@@ -21,6 +21,7 @@ from inference.schema.config.engine import EngineConfig
 from inference.schema.errors import InvalidRequestError, InvalidSamplingParamsError
 from inference.schema.guided import GuidedDecoding
 from inference.schema.sampling import SamplingParams
+from tests.kv_pool import assert_pool_whole
 
 LONG_PROMPT = "The capital of France is Paris. The quick brown fox jumps over the lazy dog. 0123456789 " * 2
 SCHEMAS = [
@@ -98,7 +99,7 @@ def test_prompt_logprobs_arrive_per_chunk_and_equal_a_transformers_forward(engin
     greedy = hf_model.generate(torch.tensor([mate]), max_new_tokens=10, do_sample=False)[0, len(mate):].tolist()
     assert outs[0].outputs[0].token_ids == greedy
     assert outs[0].prompt_logprobs is None
-    engine.block_manager.check_whole()
+    assert_pool_whole(engine.block_manager)
 
 
 def test_a_huge_logit_bias_forces_a_token_and_ids_are_checked(engine: LLMEngine) -> None:

@@ -13,6 +13,7 @@ from inference.engine.llm_engine import LLMEngine
 from inference.model.kernels import small_linear_op
 from inference.schema.config.engine import EngineConfig
 from inference.schema.sampling import SamplingParams
+from load_tests.benchmarks.engine import decode_weight_bytes
 from tests.tiny_models import make_tiny_model_dir
 
 
@@ -70,14 +71,14 @@ def test_packed_decode_equals_fp32_decode(q4_model_dir: Path, monkeypatch: pytes
                layer.o_proj.packed is not None and layer.down.packed is not None for layer in runner.layers)
     head = runner.lm_head
     assert head.packed is not None and head.packed.dtype == torch.int8 and head.pack_mins is None  # type: ignore[union-attr]
-    packed_bytes = runner.decode_weight_bytes()
+    packed_bytes = decode_weight_bytes(runner)
     packed.shutdown()
 
     monkeypatch.setenv("SLOSERVE_PACK_4BIT", "0")
     plain, plain_tokens, plain_logprobs = run(q4_model_dir)
     assert plain.worker.runner is not None and plain.worker.runner.layers[0].qkv.packed is None
     assert plain.worker.runner.lm_head.packed is None  # type: ignore[union-attr]
-    plain_bytes = plain.worker.runner.decode_weight_bytes()
+    plain_bytes = decode_weight_bytes(plain.worker.runner)
     plain.shutdown()
 
     assert tokens == plain_tokens
@@ -118,13 +119,13 @@ def test_bf16_model_decodes_from_the_exact_4bit_values(q4_model_dir: Path, monke
     outs = packed.generate(["The quick brown fox", "Serving"], SamplingParams(max_tokens=8, temperature=0.0,
                                                                            ignore_eos=True))
     assert [len(o.outputs[0].token_ids) for o in outs] == [8, 8]
-    packed_bytes = runner.decode_weight_bytes()
+    packed_bytes = decode_weight_bytes(runner)
     packed.shutdown()
 
     monkeypatch.setenv("SLOSERVE_PACK_4BIT", "0")
     plain = engine()
     assert plain.worker.runner is not None and plain.worker.runner.layers[0].qkv.packed is None
-    plain_bytes = plain.worker.runner.decode_weight_bytes()
+    plain_bytes = decode_weight_bytes(plain.worker.runner)
     plain.shutdown()
     assert packed_bytes < plain_bytes
 

@@ -9,6 +9,7 @@ import pytest
 from inference.engine.llm_engine import LLMEngine
 from inference.schema.config.engine import EngineConfig
 from inference.schema.sampling import SamplingParams
+from tests.kv_pool import assert_pool_whole
 
 PROMPTS = ["The quick brown fox", "What is the capital of France?", "Serving large language models", "0123456789"]
 
@@ -21,7 +22,7 @@ def _run(model_dir: Path, tp_size: int) -> tuple[list[list[int]], list[int]]:
     before = _shm_buffers()
     engine = LLMEngine(
         EngineConfig(model=str(model_dir), dtype="float32", tp_size=tp_size, num_threads=1,
-                     kv_cache_tokens=1024, max_num_batched_tokens=16)
+                     kv_cache_tokens=1024, max_num_batched_tokens=16, max_num_seqs=8)
     )
     try:
         # DeepSpeed's CPU all-reduce buffers (64 MiB of RAM per rank) are unlinked once every rank
@@ -29,7 +30,7 @@ def _run(model_dir: Path, tp_size: int) -> tuple[list[list[int]], list[int]]:
         assert _shm_buffers() - before == set()
         heads = [engine.worker.runner.num_heads, engine.worker.runner.num_kv_heads]
         outs = engine.generate(PROMPTS, SamplingParams(max_tokens=16, temperature=0.0, ignore_eos=True))
-        engine.block_manager.check_whole()
+        assert_pool_whole(engine.block_manager)
         return [o.outputs[0].token_ids for o in outs], heads
     finally:
         engine.shutdown()

@@ -9,25 +9,25 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from load_tests.config import RunConfig, SloTargets
+from load_tests.config import GoodputTargets, RunConfig
 from load_tests.gen.arrivals import TracePhase, TraceSpec, load_trace, planned_offsets
-from load_tests.results.records import ControllerDecision, RequestRecord
+from load_tests.results.records import ClientRecord, ControllerDecision
 from load_tests.results.slo import attainment
 from load_tests.results.switches import decision_events, infer_flips
 
 
-def _ok(i: int, send_s: float, variant: str = "full", ttft: float = 100.0, tpot: float = 10.0) -> RequestRecord:
-    return RequestRecord(i, send_s, send_s, variant=variant, ttft_ms=ttft, tpot_ms=tpot, e2el_ms=ttft + 10 * tpot,
+def _ok(i: int, send_s: float, variant: str = "full", ttft: float = 100.0, tpot: float = 10.0) -> ClientRecord:
+    return ClientRecord(i, send_s, send_s, variant=variant, ttft_ms=ttft, tpot_ms=tpot, e2el_ms=ttft + 10 * tpot,
                          output_tokens=11, itl_ms=[tpot] * 10)
 
 
-def _failed(i: int, send_s: float, variant: str = "full") -> RequestRecord:
-    return RequestRecord(i, send_s, send_s, status="error", http_status=500, error="HTTP 500", variant=variant)
+def _failed(i: int, send_s: float, variant: str = "full") -> ClientRecord:
+    return ClientRecord(i, send_s, send_s, status="error", http_status=500, error="HTTP 500", variant=variant)
 
 
 def test_goodput_counts_failed_requests_as_misses() -> None:
     records = [_ok(0, 0.0), _ok(1, 0.1), _ok(2, 0.2), _ok(3, 0.3, ttft=900.0), _failed(4, 0.4), _failed(5, 0.5)]
-    result = attainment(records, SloTargets(ttft_ms=500.0, tpot_ms=50.0), duration_s=2.0)
+    result = attainment(records, GoodputTargets(ttft_ms=500.0, tpot_ms=50.0), duration_s=2.0)
     assert result.num_good == 3
     assert result.overall == pytest.approx(3 / 6)  # the two failures are in the denominator
     assert result.per_metric == {"ttft": pytest.approx(3 / 6), "tpot": pytest.approx(4 / 6)}

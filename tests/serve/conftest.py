@@ -49,7 +49,8 @@ def ray_env(config: Any) -> Iterator[None]:
 
 @pytest.fixture(scope="package")
 def serve_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_model_dir(tmp_path_factory.mktemp("serve-tiny"), max_position_embeddings=256)
+    # 2048: room for a tools prompt (the tiny tokenizer is nearly byte-level)
+    return make_tiny_model_dir(tmp_path_factory.mktemp("serve-tiny"), max_position_embeddings=2048)
 
 
 @pytest.fixture(scope="package")
@@ -60,10 +61,10 @@ def serve_app(serve_model_dir: Path) -> Iterator[ServeApp]:
     from deployments.app import build_app
     from inference.schema.config import parse_config
 
-    engine = {"kv_cache_tokens": 2048, "block_size": 16, "max_num_seqs": 16, "max_num_batched_tokens": 128}
+    engine = {"kv_cache_tokens": 8192, "block_size": 16, "max_num_seqs": 16, "max_num_batched_tokens": 128}
     config = parse_config(
         {
-            "model": {"source": str(serve_model_dir), "name": "tiny", "max_model_len": 256},
+            "model": {"source": str(serve_model_dir), "name": "tiny", "max_model_len": 2048},
             "variants": [
                 {"name": "full", "dtype": "float32", "engine": engine},
                 {"name": "tp2", "dtype": "float32", "tp_size": 2, "weight": 0.0, "min_replicas": 0, "engine": engine},

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from ray import serve
 
-from inference.schema.requests import ChatMessage, GenerateRequest, GenerateResponse, SamplingOptions
+from inference.schema.requests import ChatMessage, GenerateRequest, GenerateResponse
+from inference.schema.sampling import SamplingParams
 from tests.serve.conftest import ServeApp
 
 
@@ -18,14 +19,14 @@ class Caller:
 
     async def unary(self, prompt: str) -> dict:  # type: ignore[type-arg]
         response: GenerateResponse = await self.router.generate.remote(
-            GenerateRequest(prompt=prompt, sampling=SamplingOptions(max_tokens=8, temperature=0.0, ignore_eos=True))
+            GenerateRequest(prompt=prompt, sampling=SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True))
         )
         return response.model_dump()
 
     async def streamed(self, prompt: str) -> dict:  # type: ignore[type-arg]
         request = GenerateRequest(
             messages=[ChatMessage(role="user", content=prompt)],
-            sampling=SamplingOptions(max_tokens=8, temperature=0.0, ignore_eos=True),
+            sampling=SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True),
         )
         chunks = [c async for c in self.router.options(stream=True).stream.remote(request)]
         return {"text": "".join(c.delta_text for c in chunks), "finished": chunks[-1].finished,
@@ -61,7 +62,7 @@ def test_tp2_replica_in_serve_answers_like_tp1() -> None:
         tokens = {}
         for variant in ("full", "tp2"):
             request = GenerateRequest(prompt=prompt, variant=variant,
-                                      sampling=SamplingOptions(max_tokens=16, temperature=0.0, ignore_eos=True))
+                                      sampling=SamplingParams(max_tokens=16, temperature=0.0, ignore_eos=True))
             response = router.generate.remote(request).result(timeout_s=120)
             assert response.variant == variant
             tokens[variant] = response.choices[0].token_ids

@@ -205,9 +205,10 @@ def test_api_keys_guard_every_path_but_health(guarded: str) -> None:
 
 
 def test_handles_inside_the_cluster_need_no_key(guarded: str) -> None:
-    from inference.schema.requests import GenerateRequest, SamplingOptions
+    from inference.schema.requests import GenerateRequest
+    from inference.schema.sampling import SamplingParams
 
     handle = serve.get_app_handle("guarded")
-    request = GenerateRequest(prompt="hi", sampling=SamplingOptions(max_tokens=2, ignore_eos=True))  # a random model may stop
+    request = GenerateRequest(prompt="hi", sampling=SamplingParams(max_tokens=2, ignore_eos=True))  # a random model may stop
     response = handle.generate.remote(request).result(timeout_s=30)
     assert response.usage.completion_tokens == 2

@@ -93,7 +93,7 @@ BAD_INPUTS = [
     ("chat", {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": -3}, "max_tokens"),
     ("chat", {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 100000}, "max_tokens"),
     ("chat", {"model": "tiny", "messages": [{"role": "wizard", "content": "hi"}]}, "messages.0.role"),
-    ("completion", {"model": "tiny", "prompt": "word " * 400, "max_tokens": 4}, "prompt"),
+    ("completion", {"model": "tiny", "prompt": "word " * 3000, "max_tokens": 4}, "prompt"),  # past 2048 tokens
     ("completion", {"model": "tiny", "prompt": ""}, "prompt"),
     ("completion", {"model": "tiny", "prompt": "hi", "n": 0}, "n"),
     ("completion", {"model": "tiny", "prompt": "hi", "tools": [{"type": "function"}]}, None),

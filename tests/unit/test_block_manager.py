@@ -7,6 +7,7 @@ import random
 import pytest
 
 from inference.engine.block_manager import BlockManager
+from tests.kv_pool import assert_pool_whole
 
 
 def test_grow_allocates_whole_blocks_and_free_returns_them() -> None:
@@ -20,7 +21,7 @@ def test_grow_allocates_whole_blocks_and_free_returns_them() -> None:
     assert len(table) == 3
     bm.free(table)
     assert table == [] and bm.num_free_blocks == 8
-    bm.check_whole()
+    assert_pool_whole(bm)
 
 
 def test_fork_shares_full_blocks_and_copies_the_partial_one() -> None:
@@ -33,7 +34,7 @@ def test_fork_shares_full_blocks_and_copies_the_partial_one() -> None:
     bm.free(parent)
     assert bm.num_free_blocks == 8 - 2  # the shared block stays with the child
     bm.free(child)
-    bm.check_whole()
+    assert_pool_whole(bm)
 
 
 def test_fork_of_a_block_aligned_sequence_copies_nothing() -> None:
@@ -44,14 +45,15 @@ def test_fork_of_a_block_aligned_sequence_copies_nothing() -> None:
     assert copy is None and child == parent
     bm.free(parent)
     bm.free(child)
-    bm.check_whole()
+    assert_pool_whole(bm)
 
 
-def test_exhaustion_raises_and_can_grow_says_so_first() -> None:
+def test_exhaustion_raises_and_num_blocks_to_grow_says_so_first() -> None:
     bm = BlockManager(num_blocks=2, block_size=4)
     table: list[int] = []
-    assert bm.can_grow(table, 8) and not bm.can_grow(table, 9)
-    assert not bm.can_grow(table, 8, reserve=1)
+    assert bm.num_blocks_to_grow(table, 8) == 2 == bm.num_free_blocks and bm.num_blocks_to_grow(table, 9) == 3
+    bm.grow(table, 5)
+    assert bm.num_blocks_to_grow(table, 8) == 0 and bm.num_blocks_to_grow(table, 9) == 1
     with pytest.raises(RuntimeError, match="exhausted"):
         bm.grow(table, 9)
 
@@ -84,7 +86,7 @@ def test_random_grow_fork_free_keeps_the_pool_whole() -> None:
         elif action < 0.8 and live:
             i = rng.randrange(len(live))
             table, n = live[i]
-            if bm.can_grow(table, n + 3):
+            if bm.num_blocks_to_grow(table, n + 3) <= bm.num_free_blocks:
                 bm.grow(table, n + 3)
                 live[i] = (table, n + 3)
         elif live:
@@ -92,4 +94,4 @@ def test_random_grow_fork_free_keeps_the_pool_whole() -> None:
             bm.free(table)
     for table, _ in live:
         bm.free(table)
-    bm.check_whole()
+    assert_pool_whole(bm)

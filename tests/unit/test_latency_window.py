@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from deployments.slo.observation import RequestRecord, VariantLoad
-from deployments.slo.windows import LatencyWindows, percentile, summarize
+from deployments.slo.percentiles import percentile
+from deployments.slo.windows import LatencyWindows, summarize
 
 
 def rec(arrival_s: float, e2e_s: float = 1.0, *, variant: str = "full", cls: str = "interactive",

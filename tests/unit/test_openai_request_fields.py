@@ -13,8 +13,21 @@ from deployments.http.openai_api import (
     CompletionRequest,
     completion_response,
 )
-from inference.schema.errors import InvalidRequestError
-from inference.schema.requests import Choice, GenerateResponse, RequestTiming, TokenLogprobOut, Usage
+from inference.schema.errors import InvalidRequestError, InvalidSamplingParamsError
+from inference.schema.requests import (
+    Choice,
+    GenerateRequest,
+    GenerateResponse,
+    RequestTiming,
+    TokenLogprobOut,
+    Usage,
+)
+from inference.schema.sampling import (
+    CHAT_MAX_TOKENS_DEFAULT,
+    COMPLETIONS_MAX_TOKENS_DEFAULT,
+    HANDLE_MAX_TOKENS_DEFAULT,
+    SamplingParams,
+)
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -35,12 +48,30 @@ def test_ignored_by_design_fields_and_null_unknowns_are_accepted() -> None:
 
 
 def test_best_of_only_when_equal_to_n_and_logit_bias_keys_are_token_ids() -> None:
-    CompletionRequest.model_validate({"model": "m", "prompt": "hi", "n": 2, "best_of": 2})
-    for bad in ({"best_of": 3}, {"logit_bias": {"fox": 1.0}}, {"logit_bias": {"5": 101.0}}):
-        with pytest.raises(ValidationError):
-            CompletionRequest.model_validate({"model": "m", "prompt": "hi", **bad})
+    CompletionRequest.model_validate({"model": "m", "prompt": "hi", "n": 2, "best_of": 2}).to_sampling()
+    with pytest.raises(ValidationError):
+        CompletionRequest.model_validate({"model": "m", "prompt": "hi", "logit_bias": {"fox": 1.0}})
+    for bad, param in (({"best_of": 3}, "best_of"), ({"logit_bias": {"5": 101.0}}, "logit_bias")):
+        with pytest.raises((InvalidRequestError, InvalidSamplingParamsError)) as info:  # both name the field
+            CompletionRequest.model_validate({"model": "m", "prompt": "hi", **bad}).to_sampling()
+        assert getattr(info.value, "param", None) == param and param in str(info.value)
     options = CompletionRequest.model_validate({"model": "m", "prompt": "hi", "logit_bias": {"17": -100}}).to_sampling()
     assert options.logit_bias == {17: -100.0}
+
+
+def test_each_api_has_its_max_tokens_default_and_the_bounds_are_the_engines() -> None:
+    completion = CompletionRequest.model_validate({"model": "m", "prompt": "hi"}).to_sampling()
+    assert completion.max_tokens == COMPLETIONS_MAX_TOKENS_DEFAULT
+    assert ChatCompletionRequest.model_validate(CHAT).to_sampling().max_tokens == CHAT_MAX_TOKENS_DEFAULT
+    chat = ChatCompletionRequest.model_validate(dict(CHAT, max_completion_tokens=7)).to_sampling()
+    assert chat.max_tokens == 7 and chat == SamplingParams(max_tokens=7)  # unset fields take the engine's defaults
+    assert GenerateRequest(prompt="hi").sampling.max_tokens == HANDLE_MAX_TOKENS_DEFAULT
+    for field, value in (("top_p", 0.0), ("temperature", 2.5), ("n", 0), ("top_k", -2), ("stop", [""])):
+        with pytest.raises(InvalidSamplingParamsError) as info:
+            CompletionRequest.model_validate({"model": "m", "prompt": "hi", field: value}).to_sampling()
+        assert info.value.param == field
+        with pytest.raises(ValidationError, match=field):
+            GenerateRequest.model_validate({"prompt": "hi", "sampling": {field: value}})
 
 
 def test_batched_prompts_fan_out_one_request_each_and_echo_asks_for_prompt_logprobs() -> None:
@@ -96,7 +127,7 @@ def test_echo_puts_the_prompt_and_its_logprobs_first_with_text_offsets() -> None
 
 
 def test_the_message_count_is_bounded_on_both_apis_before_any_message_is_validated() -> None:
-    from inference.schema.requests import MAX_MESSAGES, GenerateRequest
+    from inference.schema.requests import MAX_MESSAGES
 
     ChatCompletionRequest.model_validate(dict(CHAT, messages=CHAT["messages"] * MAX_MESSAGES))
     # one over the bound, and each message malformed: the count is the error, not 2049 role errors

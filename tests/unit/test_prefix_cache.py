@@ -12,6 +12,7 @@ from inference.engine.scheduler import Scheduler
 from inference.engine.sequence import Sequence, SequenceGroup
 from inference.schema.outputs import RequestMetrics
 from inference.schema.sampling import SamplingParams
+from tests.kv_pool import assert_pool_whole
 
 BS = 4
 
@@ -43,7 +44,6 @@ def test_a_shared_prefix_is_reused_and_refcounted() -> None:
     bm = BlockManager(16, BS, enable_prefix_caching=True)
     first = seq(list(range(20)))
     compute(bm, first)
-    assert bm.num_cached_blocks == 5
     second = seq([*range(12), 50, 51, 52])
     assert bm.reuse_cached_prefix(second) == 12
     assert second.block_table == first.block_table[:3]
@@ -51,11 +51,11 @@ def test_a_shared_prefix_is_reused_and_refcounted() -> None:
     assert bm.num_free_blocks == 16 - 3  # the shared blocks stay referenced by `second`
     bm.check_consistent()
     bm.free(second.block_table)
-    bm.check_whole()
+    assert_pool_whole(bm)
     again = seq([*range(20), 7])
     assert bm.reuse_cached_prefix(again) == 20  # from evictable blocks nobody references
     bm.free(again.block_table)
-    bm.check_whole()
+    assert_pool_whole(bm)
 
 
 def test_the_last_token_is_always_computed() -> None:
@@ -73,10 +73,9 @@ def test_lru_eviction_takes_the_least_recent_and_tails_first() -> None:
     for s in (old, new):
         compute(bm, s)
         bm.free(s.block_table)
-    assert bm.num_free_blocks == 6 and bm.num_cached_blocks == 6
+    assert bm.num_free_blocks == 6  # all six cached, evictable
     fresh: list[int] = []
     bm.grow(fresh, 4)  # no free block left: evicts one cached block, the tail of the least recent prompt
-    assert bm.num_cached_blocks == 5
     probe = seq([*range(12), 1])
     assert bm.reuse_cached_prefix(probe) == 8  # `old` lost its last block only
     bm.free(probe.block_table)
@@ -84,7 +83,7 @@ def test_lru_eviction_takes_the_least_recent_and_tails_first() -> None:
     assert bm.reuse_cached_prefix(probe) == 12
     bm.free(probe.block_table)
     bm.free(fresh)
-    bm.check_whole()
+    assert_pool_whole(bm)
 
 
 def test_a_duplicate_computation_is_not_registered_twice() -> None:
@@ -92,17 +91,19 @@ def test_a_duplicate_computation_is_not_registered_twice() -> None:
     a, b = seq(list(range(8))), seq(list(range(8)))
     compute(bm, a)
     compute(bm, b)  # computed concurrently, before `a` was registered... or after: same content
-    assert bm.num_cached_blocks == 2
+    probe = seq([*range(8), 1])
+    assert bm.reuse_cached_prefix(probe) == 8 and probe.block_table == a.block_table  # `a`'s blocks, registered once
+    bm.free(probe.block_table)
     bm.free(b.block_table)
     assert bm.num_free_blocks == 16 - 2  # `b`'s unregistered blocks went back to the free list
     bm.free(a.block_table)
-    bm.check_whole()
+    assert_pool_whole(bm)
 
 
 def test_disabled_cache_reuses_and_registers_nothing() -> None:
     bm = BlockManager(16, BS)
     compute(bm, seq(list(range(20))))
-    assert bm.num_cached_blocks == 0 and bm.reuse_cached_prefix(seq(list(range(20)))) == 0
+    assert bm.reuse_cached_prefix(seq(list(range(20)))) == 0
 
 
 def test_random_reuse_fork_free_keeps_the_pool_consistent() -> None:
@@ -110,12 +111,13 @@ def test_random_reuse_fork_free_keeps_the_pool_consistent() -> None:
     bm = BlockManager(40, BS, enable_prefix_caching=True)
     heads = [[rng.randrange(50) for _ in range(rng.randint(0, 14))] for _ in range(4)]
     live: list[Sequence] = []
+    reused = 0
     for _ in range(3000):
         action = rng.random()
         if action < 0.35:
             s = seq(rng.choice(heads) + [rng.randrange(50) for _ in range(rng.randint(1, 6))])
-            bm.reuse_cached_prefix(s)
-            if bm.can_grow(s.block_table, s.num_tokens):
+            reused += bm.reuse_cached_prefix(s)
+            if bm.num_blocks_to_grow(s.block_table, s.num_tokens) <= bm.num_free_blocks:
                 compute(bm, s)
                 live.append(s)
             else:
@@ -130,7 +132,7 @@ def test_random_reuse_fork_free_keeps_the_pool_consistent() -> None:
         elif action < 0.75 and live:
             s = rng.choice(live)
             s.token_ids += [rng.randrange(50) for _ in range(rng.randint(1, 5))]
-            if bm.can_grow(s.block_table, s.num_tokens):
+            if bm.num_blocks_to_grow(s.block_table, s.num_tokens) <= bm.num_free_blocks:
                 compute(bm, s)
             else:
                 s.token_ids = s.token_ids[: s.num_computed_tokens]
@@ -139,8 +141,8 @@ def test_random_reuse_fork_free_keeps_the_pool_consistent() -> None:
         bm.check_consistent()
     for s in live:
         bm.free(s.block_table)
-    bm.check_whole()
-    assert bm.num_cached_blocks > 0
+    assert_pool_whole(bm)
+    assert reused > 0
 
 
 def _group(rid: str, ids: list[int], prompt_logprobs: int | None = None) -> SequenceGroup:
@@ -180,7 +182,7 @@ def test_scheduler_gives_cached_blocks_back_when_it_cannot_admit() -> None:
     assert sched.num_prefix_hit_tokens == 0
     for g in list(sched.running) + list(sched.waiting):
         sched.remove(g)
-    bm.check_whole()
+    assert_pool_whole(bm)
 
 
 def test_prompt_logprobs_requests_compute_their_whole_prompt() -> None:

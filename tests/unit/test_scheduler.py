@@ -7,6 +7,7 @@ from inference.engine.scheduler import Scheduler
 from inference.engine.sequence import Sequence, SequenceGroup
 from inference.schema.outputs import RequestMetrics
 from inference.schema.sampling import SamplingParams
+from tests.kv_pool import assert_pool_whole
 
 
 class _NoDetok:
@@ -89,5 +90,5 @@ def test_remove_returns_every_block() -> None:
     advance(sched, sched.schedule())
     for g in groups:
         sched.remove(g)
-    bm.check_whole()
+    assert_pool_whole(bm)
     assert not sched.running and not sched.waiting

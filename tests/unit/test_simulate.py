@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from load_tests.rate_trace import TraceError, load_rate_trace
 from load_tests.sim.cli import main
-from load_tests.sim.traces import TraceError, load_trace, make_requests
+from load_tests.sim.requests import make_requests
 
 ROOT = Path(__file__).parents[2]
 TRACES = ROOT / "load_tests" / "traces"
@@ -84,7 +85,7 @@ def test_ray_default_sweep_table(tmp_path: Path, capsys: pytest.CaptureFixture[s
 def test_csv_trace_and_requests_are_reproducible(tmp_path: Path) -> None:
     path = tmp_path / "rates.csv"
     path.write_text("t_s,rps\n0,2\n30,4\n60,0\n")
-    trace = load_trace(str(path))
+    trace = load_rate_trace(str(path))
     assert trace.unit == "rps" and trace.duration_s == 60 and trace.segments == ((0.0, 2.0), (30.0, 4.0))
     assert trace.steps() == [(30.0, 60.0)]
     first, again = make_requests(trace, {"interactive": 1.0}, 7), make_requests(trace, {"interactive": 1.0}, 7)
@@ -93,7 +94,7 @@ def test_csv_trace_and_requests_are_reproducible(tmp_path: Path) -> None:
 
 def test_bad_traces_fail_with_a_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(TraceError, match="unknown trace"):
-        load_trace("no-such-trace")
+        load_rate_trace("no-such-trace")
     bad = tmp_path / "bad.yaml"
     bad.write_text("unit: rps\nduration_s: 10\nsegments: [{t_s: 5, rate: 1}]\n")
     assert main(["--trace", str(bad), "--policies", "sloserve"]) == 2
@@ -111,7 +112,7 @@ def test_main_targets_on_the_example_manifest(trace: str, capsys: pytest.Capture
 
 
 def test_steady_trace_is_constant_for_an_hour() -> None:
-    trace = load_trace("steady")
+    trace = load_rate_trace("steady")
     assert trace.duration_s == 3600 and len(trace.segments) == 1 and trace.steps() == []
 
 

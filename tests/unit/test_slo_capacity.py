@@ -9,7 +9,6 @@ import pytest
 from deployments.slo.capacity import (
     TAIL_P95_OVER_P50,
     Correction,
-    SLOLimits,
     SpeedCurve,
     capacities,
     replica_capacity,
@@ -22,7 +21,7 @@ from deployments.slo.plan import (
     total_variation,
     traffic_quality,
 )
-from deployments.slo.settings import SLOTargets, VariantBounds
+from deployments.slo.settings import VariantBounds
 from inference.schema.config import SLOConfig, SLOTarget
 from inference.schema.manifest import SpeedProfile, VariantManifest
 
@@ -57,7 +56,7 @@ def test_speed_curve_from_throughput_only() -> None:
 
 def test_capacity_stops_at_the_first_concurrency_missing_the_slo() -> None:
     curve = SpeedCurve.from_profile(SpeedProfile(tok_s_bs1=40.0, tpot_ms_at={"1": 25.0, "32": 100.0}))
-    limits = SLOLimits(tpot_s=0.060)  # p95 = 1.25 x median <= 60 ms -> median <= 48 ms
+    limits = SLOTarget(tpot_p95_ms=60.0)  # p95 = 1.25 x median <= 60 ms -> median <= 48 ms
     cap = replica_capacity("v", 1.0, curve, limits, max_num_seqs=64, mean_output_tokens=100)
     assert curve.tpot_s(cap.concurrency) * TAIL_P95_OVER_P50 <= 0.060 < curve.tpot_s(cap.concurrency + 1) * 1.25
     assert cap.rps == pytest.approx(cap.concurrency / (curve.ttft_s(cap.concurrency) + 99 * curve.tpot_s(cap.concurrency)))
@@ -68,12 +67,12 @@ def test_capacity_stops_at_the_first_concurrency_missing_the_slo() -> None:
 def test_strictest_limits_over_classes() -> None:
     slo = SLOConfig(classes={"a": SLOTarget(ttft_p95_ms=500.0), "b": SLOTarget(ttft_p95_ms=800.0, e2e_p95_ms=9000.0)},
                     default_class="a")
-    assert SLOLimits.strictest(SLOTargets.of(slo)) == SLOLimits(ttft_s=0.5, tpot_s=None, e2e_s=9.0)
+    assert SLOTarget.strictest(slo.classes.values()) == SLOTarget(ttft_p95_ms=500.0, e2e_p95_ms=9000.0)
 
 
 def test_example_manifest_orders_variants_by_speed() -> None:
     manifest = VariantManifest.load(EXAMPLE)
-    caps = capacities(manifest, [VariantBounds(name=v.name) for v in manifest.variants], SLOTargets.of(SLOConfig()))
+    caps = capacities(manifest, [VariantBounds(name=v.name) for v in manifest.variants], SLOConfig())
     assert caps["full"].rps < caps["int8"].rps < caps["distilled"].rps
     assert caps["distilled"].quality == pytest.approx(0.7)
 
@@ -104,7 +103,7 @@ def test_blend_to_floor_and_step_toward() -> None:
 
 def test_plan_for_reports_quality_and_overflow() -> None:
     manifest = VariantManifest.load(EXAMPLE)
-    caps = capacities(manifest, [VariantBounds(name=v.name) for v in manifest.variants], SLOTargets.of(SLOConfig()))
+    caps = capacities(manifest, [VariantBounds(name=v.name) for v in manifest.variants], SLOConfig())
     quality, over = plan_for(1.0, {"full": 1, "int8": 0, "distilled": 0}, caps, 0.8)
     assert quality == 1.0 and over == 0.0
     quality, over = plan_for(10.0, {"full": 1, "int8": 1, "distilled": 0}, caps, 0.8)

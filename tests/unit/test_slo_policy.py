@@ -15,7 +15,7 @@ from deployments.slo.capacity import Correction, SpeedCurve
 from deployments.slo.decision import Decision, PolicyState
 from deployments.slo.observation import LatencyStats, Observation, VariantLoad, VariantObservation
 from deployments.slo.policy import PolicyError, decide
-from deployments.slo.settings import ControllerSettings, SLOTargets, VariantBounds
+from deployments.slo.settings import VariantBounds
 from inference.schema.config import ControllerConfig, SLOConfig, VariantConfig
 from inference.schema.manifest import VariantManifest
 
@@ -60,7 +60,7 @@ def step(obs: Observation, state: PolicyState, controller: ControllerConfig = CT
          variants: list[VariantConfig] = VARIANTS) -> tuple[Decision, PolicyState]:
     """One decision, with the configuration converted as the controller converts it."""
     bounds = [VariantBounds.of(v) for v in variants]
-    return decide(obs, state, SLOTargets.of(SLO), MANIFEST, ControllerSettings.of(controller), bounds)
+    return decide(obs, state, SLO, MANIFEST, controller, bounds)
 
 
 def test_degrades_within_one_interval_of_an_observed_violation() -> None:

@@ -16,15 +16,8 @@ from typing import Any
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from inference.schema.config.base import (
-    API_KEYS_ENV,
-    DEFAULT_MODEL,
-    ConfigError,
-    Device,
-    DType,
-    LoadTimeQuantization,
-    StrictModel,
-)
+from inference.schema.config.base import API_KEYS_ENV, DEFAULT_MODEL, ConfigError, StrictModel
+from inference.schema.config.engine import EngineConfig, EngineSettings, ExecutionSettings
 from inference.schema.config.kubernetes import (
     KubernetesConfig,
     PodSecurityConfig,
@@ -35,7 +28,6 @@ from inference.schema.config.kubernetes import (
 from inference.schema.config.serving import (
     SERVE_FAST_PATH_ENV,
     ClusterConfig,
-    EngineSettings,
     ModelConfig,
     RouterConfig,
     VariantConfig,
@@ -44,8 +36,8 @@ from inference.schema.config.slo import ControllerConfig, SLOConfig, SLOTarget
 from inference.schema.validation import describe_validation_error
 
 __all__ = [
-    "API_KEYS_ENV", "DEFAULT_MODEL", "SERVE_FAST_PATH_ENV", "AppConfig", "ClusterConfig", "ConfigError", "ControllerConfig", "DType",
-    "Device", "EngineSettings", "KubernetesConfig", "LoadTimeQuantization", "ModelConfig", "PodSecurityConfig",
+    "API_KEYS_ENV", "DEFAULT_MODEL", "SERVE_FAST_PATH_ENV", "AppConfig", "ClusterConfig", "ConfigError", "ControllerConfig",
+    "EngineConfig", "EngineSettings", "ExecutionSettings", "KubernetesConfig", "ModelConfig", "PodSecurityConfig",
     "RouterConfig", "SLOConfig", "SLOTarget", "SecretEnvConfig", "StrictModel", "TolerationConfig", "VariantConfig",
     "WorkerGroupConfig", "describe_validation_error", "load_config", "parse_config",
 ]
@@ -72,12 +64,6 @@ class AppConfig(StrictModel):
             raise ValueError(f"variants: names must be unique, repeated: {repeated}")
         if sum(v.weight for v in self.variants) <= 0.0:
             raise ValueError("variants: at least one variant needs weight > 0")
-        for v in self.variants:
-            if v.engine.max_num_batched_tokens < v.engine.max_num_seqs:
-                raise ValueError(
-                    f"variant {v.name!r}: engine.max_num_batched_tokens ({v.engine.max_num_batched_tokens}) "
-                    f"must be >= engine.max_num_seqs ({v.engine.max_num_seqs})"
-                )
         total_min = sum(v.min_replicas for v in self.variants)
         if self.controller.enabled and total_min > self.controller.max_total_replicas:
             raise ValueError(

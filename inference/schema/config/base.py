@@ -2,17 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import BaseModel, ConfigDict
-
-from inference.schema.config.engine import (
-    QuantizationName,  # the engine's names and rules are the app config's
-)
-
-DType = Literal["auto", "bfloat16", "float16", "float32"]
-Device = Literal["cpu", "cuda"]
-LoadTimeQuantization = QuantizationName
 
 DEFAULT_MODEL = "packaged:smollm2-135m-instruct"
 API_KEYS_ENV = "SLOSERVE_API_KEYS"  # the variable the default Kubernetes Secret fills (kubernetes.secrets)

@@ -9,55 +9,26 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from inference.schema.config.base import (
-    API_KEYS_ENV,
-    DEFAULT_MODEL,
-    Device,
-    DType,
-    LoadTimeQuantization,
-    StrictModel,
-)
-from inference.schema.config.engine import check_kv_pool
+from inference.schema.config.base import API_KEYS_ENV, DEFAULT_MODEL, StrictModel
+from inference.schema.config.engine import EngineSettings, ExecutionSettings, MaxModelLen, ModelSource
 
 
 class ModelConfig(StrictModel):
     """The base model every variant derives from."""
 
-    source: str = Field(
-        default=DEFAULT_MODEL,
-        min_length=1,
-        description="'packaged:<name>', a local Hugging Face directory, a .gguf file, or a hub id.",
-    )
+    source: ModelSource = DEFAULT_MODEL
     name: str = Field(
         default="smollm2-135m-instruct",
         pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
         description="Public model name in the OpenAI API (`model` field); variants answer as '<name>:<variant>'.",
     )
-    max_model_len: int = Field(
-        default=2048, ge=16, le=131072, description="Longest prompt + output, in tokens, a request may use."
-    )
+    max_model_len: MaxModelLen = Field(default=2048, description="Longest prompt + output, in tokens, a request may use.")
 
 
-class EngineSettings(StrictModel):
-    """Engine knobs of one variant's replicas."""
-
-    kv_cache_tokens: int = Field(
-        default=16384, ge=64, le=4_194_304, description="KV pool capacity in tokens, preallocated per replica."
-    )
-    block_size: int = Field(default=16, ge=1, le=256, description="Tokens per KV block.")
-    max_num_seqs: int = Field(default=32, ge=1, le=1024, description="Most sequences decoded together.")
-    max_num_batched_tokens: int = Field(
-        default=512, ge=16, le=65536, description="Most tokens in one step (bounds prefill chunks)."
-    )
-
-    @model_validator(mode="after")
-    def _pool_holds_a_block_per_seq(self) -> EngineSettings:
-        check_kv_pool(self.kv_cache_tokens, self.block_size)
-        return self
-
-
-class VariantConfig(StrictModel):
-    """One served variant: a Serve deployment of replicas of one (possibly compressed) model."""
+class VariantConfig(ExecutionSettings):
+    """One served variant: a Serve deployment of replicas of one (possibly compressed) model. Its engine
+    keys are the engine's own: `dtype`, `device`, `quantization`, `tp_size` (`ExecutionSettings`) and the
+    `engine:` section (`EngineSettings`)."""
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,39}$", description="Variant name, e.g. 'full', 'int8'.")
     source: str | None = Field(
@@ -65,12 +36,6 @@ class VariantConfig(StrictModel):
         description="Model of this variant (a variant directory, e.g. one `sloserve compress` wrote); a path "
         "starting with './' or '../' is read beside the config file; default: model.source.",
     )
-    quantization: LoadTimeQuantization = Field(
-        default="none", description="Compression applied at load time (for variants without a directory)."
-    )
-    dtype: DType = Field(default="auto", description="Compute dtype; 'auto' = bf16 where measured faster than fp32, else fp32 (logits fp32).")
-    device: Device = Field(default="cpu", description="Where the replica's ranks run.")
-    tp_size: int = Field(default=1, ge=1, le=16, description="Tensor-parallel ranks per replica.")
     num_cpus_per_rank: float = Field(
         default=1.0, ge=0.0, le=256.0,
         description="CPUs reserved per rank (its placement group bundle); >= 1 with tp_size > 1, > 0 on CPU.",

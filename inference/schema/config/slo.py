@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from pydantic import Field, model_validator
 
 from inference.schema.config.base import StrictModel
@@ -19,6 +21,21 @@ class SLOTarget(StrictModel):
         if self.ttft_p95_ms is None and self.tpot_p95_ms is None and self.e2e_p95_ms is None:
             raise ValueError("an SLO class needs at least one of ttft_p95_ms, tpot_p95_ms, e2e_p95_ms")
         return self
+
+    @classmethod
+    def strictest(cls, targets: Iterable[SLOTarget]) -> SLOTarget:
+        """The least of each target over some (at least one) classes; unset where none sets it."""
+        targets = list(targets)
+
+        def least(values: list[float | None]) -> float | None:
+            given = [v for v in values if v is not None]
+            return min(given) if given else None
+
+        return cls(
+            ttft_p95_ms=least([t.ttft_p95_ms for t in targets]),
+            tpot_p95_ms=least([t.tpot_p95_ms for t in targets]),
+            e2e_p95_ms=least([t.e2e_p95_ms for t in targets]),
+        )
 
 
 class SLOConfig(StrictModel):
@@ -40,6 +57,10 @@ class SLOConfig(StrictModel):
                 f"default_class {self.default_class!r} is not one of the classes {sorted(self.classes)}"
             )
         return self
+
+    def target(self, slo_class: str) -> SLOTarget:
+        """The targets of `slo_class`; requests of an unknown class are held to `default_class`'s."""
+        return self.classes.get(slo_class) or self.classes[self.default_class]
 
 
 class ControllerConfig(StrictModel):

@@ -1,29 +1,25 @@
-"""Rate traces for the controller simulator, and the requests they make.
+"""Rate-trace files: piecewise-constant request rates over time, read once for every user.
 
-A `RateTrace` is piecewise constant: (start_s, rate) segments up to `duration_s`. Rates are in
-requests/s (`rps`) or in `full_replica` units — multiples of what one replica of the best variant
-sustains under the SLO — which keeps the built-in traces (`step3x`, `burst`, `diurnal`,
-`steady-noisy`, files in `load_tests/traces/` that the load generator reads too) meaningful on
-any manifest. Files: YAML `{unit, duration_s, segments: [{t_s,
-rate}]}` or CSV with a `t_s` column and an `rps` or `full_replica` column (last row's `t_s` ends
-it). `make_requests` draws Poisson arrivals with lengths and SLO classes from a seeded RNG, so
-every policy replays the same requests.
+A `RateTrace` is (start_s, rate) segments up to `duration_s`, in requests/s (`rps`) or in
+`full_replica` units (multiples of what one replica of the best variant sustains under the SLO).
+Files: YAML `{name, unit, duration_s, segments: [{t_s, rate}]}` (the built-in ones live in
+`load_tests/traces/`) or CSV with a `t_s` column and an `rps` or `full_replica` column (the last
+row's `t_s` ends it). The simulator replays them; the load generator turns them into phases.
 """
 
 from __future__ import annotations
 
 import csv
 import itertools
-import math
-import random
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 
 RateUnit = Literal["rps", "full_replica"]
-MEDIAN_PROMPT_TOKENS, MEDIAN_OUTPUT_TOKENS = 200.0, 110.0
+TRACES_DIR = Path(__file__).parent / "traces"
+BUILTIN_TRACES = ("step3x", "burst", "diurnal", "steady", "steady-noisy")  # load_tests/traces/<name>.yaml
 
 
 class TraceError(ValueError):
@@ -37,13 +33,10 @@ class RateTrace:
     segments: tuple[tuple[float, float], ...]  # (start_s, rate), ascending, first at 0
     duration_s: float
 
-    def rate_at(self, t_s: float) -> float:
-        rate = self.segments[0][1]
-        for start_s, r in self.segments:
-            if start_s > t_s:
-                break
-            rate = r
-        return rate
+    def spans(self) -> list[tuple[float, float, float]]:
+        """(start_s, end_s, rate) of each segment: it ends where the next starts, the last at duration_s."""
+        ends = [*(t for t, _ in self.segments[1:]), self.duration_s]
+        return [(start_s, end_s, rate) for (start_s, rate), end_s in zip(self.segments, ends, strict=True)]
 
     def in_rps(self, full_replica_rps: float) -> RateTrace:
         if self.unit == "rps":
@@ -62,16 +55,12 @@ class RateTrace:
 
     def steps(self, min_ratio: float = 1.5) -> list[tuple[float, float]]:
         """(start_s, end_s) of segments whose rate rose by at least `min_ratio` over the one before."""
-        ends = [*(t for t, _ in self.segments[1:]), self.duration_s]
+        spans = self.spans()
         return [
-            (start_s, ends[i])
-            for i, (start_s, rate) in enumerate(self.segments)
-            if i > 0 and self.segments[i - 1][1] > 0 and rate >= min_ratio * self.segments[i - 1][1]
+            (start_s, end_s)
+            for i, (start_s, end_s, rate) in enumerate(spans)
+            if i > 0 and spans[i - 1][2] > 0 and rate >= min_ratio * spans[i - 1][2]
         ]
-
-
-TRACES_DIR = Path(__file__).parents[1] / "traces"
-BUILTIN_TRACES = ("step3x", "burst", "diurnal", "steady", "steady-noisy")  # load_tests/traces/<name>.yaml
 
 
 def _checked(name: str, unit: str, segments: list[tuple[float, float]], duration_s: float) -> RateTrace:
@@ -86,7 +75,18 @@ def _checked(name: str, unit: str, segments: list[tuple[float, float]], duration
     return RateTrace(name, unit, tuple(segments), float(duration_s))  # type: ignore[arg-type]
 
 
-def load_trace(spec: str) -> RateTrace:
+def rate_trace_of(raw: dict[str, Any], path: Path) -> RateTrace:
+    """The segments YAML already read from `path` (a mapping with `segments`) as a checked trace."""
+    try:
+        segments = [(float(s["t_s"]), float(s["rate"])) for s in raw["segments"]]
+        return _checked(raw.get("name", path.stem), raw.get("unit", "rps"), segments, float(raw["duration_s"]))
+    except (KeyError, TypeError, ValueError) as e:
+        if isinstance(e, TraceError):
+            raise
+        raise TraceError(f"trace file {path} is malformed: {e!r}") from e
+
+
+def load_rate_trace(spec: str) -> RateTrace:
     """A built-in trace by name, or a YAML/CSV trace file."""
     path = TRACES_DIR / f"{spec}.yaml" if spec in BUILTIN_TRACES else Path(spec)
     if not path.is_file():
@@ -98,38 +98,8 @@ def load_trace(spec: str) -> RateTrace:
             points = [(float(r["t_s"]), float(r[unit])) for r in rows]
             return _checked(path.stem, unit, points[:-1], points[-1][0])
         raw = yaml.safe_load(path.read_text())
-        segments = [(float(s["t_s"]), float(s["rate"])) for s in raw["segments"]]
-        return _checked(raw.get("name", path.stem), raw.get("unit", "rps"), segments, float(raw["duration_s"]))
     except (KeyError, TypeError, ValueError, yaml.YAMLError) as e:
         if isinstance(e, TraceError):
             raise
         raise TraceError(f"trace file {path} is malformed: {e!r}") from e
-
-
-@dataclass(frozen=True, slots=True)
-class SimRequest:
-    id: int
-    arrival_s: float
-    slo_class: str
-    prompt_tokens: int
-    output_tokens: int
-
-
-def make_requests(trace: RateTrace, class_mix: dict[str, float], seed: int) -> list[SimRequest]:
-    """Poisson arrivals of an `rps` trace; log-normal lengths; classes drawn from `class_mix`."""
-    assert trace.unit == "rps", "convert the trace with in_rps() first"
-    rng = random.Random(seed)
-    classes, shares = list(class_mix), list(class_mix.values())
-    bounds = [*(t for t, _ in trace.segments[1:]), trace.duration_s]
-    out: list[SimRequest] = []
-    for (start_s, rate), end_s in zip(trace.segments, bounds, strict=True):
-        t = start_s
-        while rate > 0:
-            t += rng.expovariate(rate)
-            if t >= end_s:
-                break
-            prompt = min(1500, max(8, round(rng.lognormvariate(math.log(MEDIAN_PROMPT_TOKENS), 0.6))))
-            output = min(400, max(4, round(rng.lognormvariate(math.log(MEDIAN_OUTPUT_TOKENS), 0.5))))
-            cls = rng.choices(classes, shares)[0]
-            out.append(SimRequest(len(out), t, cls, prompt, output))
-    return out
+    return rate_trace_of(raw, path)
