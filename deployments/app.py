@@ -40,6 +40,7 @@ def engine_config_for(config: AppConfig, variant: VariantConfig) -> EngineConfig
         **variant.engine.model_dump(),
         model=variant.source or config.model.source,
         max_model_len=config.model.max_model_len,
+        chat_template=config.model.chat_template,
         num_threads=max(1, int(variant.num_cpus_per_rank)),
     )
 

@@ -163,6 +163,8 @@ class RankWorker:
         self.runner = ModelRunner(model, cfg.num_kv_blocks, cfg.block_size, max_model_len, compile=cfg.compile,
                                   max_num_seqs=cfg.max_num_seqs, tp_size=cfg.tp_size)
         self.tokenizer = loaded.tokenizer
+        if cfg.chat_template is not None:  # the config's template replaces the model's own
+            self.tokenizer.chat_template = cfg.chat_template
         eos = _eos_token_ids(model, loaded.tokenizer)
         return ModelInfo(
             max_model_len=max_model_len,

@@ -23,6 +23,9 @@ ModelSource = Annotated[
     Field(min_length=1, description="'packaged:<name>', a local Hugging Face directory, a .gguf file, or a hub id."),
 ]
 MaxModelLen = Annotated[int, Field(ge=2, le=1_048_576, description="Longest prompt + output, in tokens.")]
+ChatTemplate = Annotated[str, Field(
+    min_length=1, max_length=262_144,
+    description="A Jinja chat template replacing the model's own (e.g. one that renders `tools`).")]
 
 
 class ExecutionSettings(StrictModel):
@@ -85,6 +88,7 @@ class EngineConfig(ExecutionSettings, EngineSettings):
     max_model_len: MaxModelLen | None = Field(
         default=None, description="Longest prompt + output, in tokens; default: the model's limit."
     )
+    chat_template: ChatTemplate | None = None
     num_threads: int | None = Field(
         default=None, ge=1, le=1024, description="torch threads per rank (CPU); default: cores / tp_size."
     )

@@ -10,7 +10,13 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from inference.schema.config.base import API_KEYS_ENV, DEFAULT_MODEL, StrictModel
-from inference.schema.config.engine import EngineSettings, ExecutionSettings, MaxModelLen, ModelSource
+from inference.schema.config.engine import (
+    ChatTemplate,
+    EngineSettings,
+    ExecutionSettings,
+    MaxModelLen,
+    ModelSource,
+)
 
 
 class ModelConfig(StrictModel):
@@ -23,6 +29,10 @@ class ModelConfig(StrictModel):
         description="Public model name in the OpenAI API (`model` field); variants answer as '<name>:<variant>'.",
     )
     max_model_len: MaxModelLen = Field(default=2048, description="Longest prompt + output, in tokens, a request may use.")
+    chat_template: ChatTemplate | None = Field(
+        default=None,
+        description="A Jinja chat template (inline, e.g. a YAML block) replacing the model's own for every "
+        "variant; one that mentions `tools` renders them itself (README, tool calling).")
 
 
 class VariantConfig(ExecutionSettings):
