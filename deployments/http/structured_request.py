@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from inference.schema.errors import InvalidRequestError
-from inference.schema.guided import GuidedDecoding
+from inference.schema.guided import GuidedDecoding, check_json_schema
 
 ANY_JSON_OBJECT = {"type": "object"}
 MAX_CHOICES = 256
@@ -39,15 +39,7 @@ class ResponseFormat(BaseModel):
 
 
 def _check_schema(schema: Any, param: str) -> str:
-    from jsonschema import Draft202012Validator
-    from jsonschema.exceptions import SchemaError
-
-    if not isinstance(schema, dict):
-        raise InvalidRequestError(f"{param}: a JSON schema must be an object", param)
-    try:
-        Draft202012Validator.check_schema(schema)
-    except SchemaError as e:
-        raise InvalidRequestError(f"{param}: not a valid JSON schema: {e.message}", param) from e
+    check_json_schema(schema, param)
     return json.dumps(schema)
 
 

@@ -22,6 +22,9 @@ from inference.schema.guided import GuidedDecoding
 from inference.schema.tools import CALL_CLOSE, CALL_OPEN
 
 MAX_CACHED_GRAMMARS = 256
+# JSON as every grammar here writes it (guided JSON, tool-call arguments): compact separators, no
+# runs of whitespace (small models fall into them), no properties beyond the schema
+COMPACT_JSON: dict[str, Any] = {"any_whitespace": False, "strict_mode": True}
 
 
 class GrammarState:
@@ -79,8 +82,7 @@ def tool_call_tag(spec: str) -> Any:
         TagFormat(
             begin=f'{CALL_OPEN}\n{{"name": {json.dumps(t["function"]["name"])}, "arguments": ',
             content=GrammarFormat(grammar=str(xgr.Grammar.from_json_schema(
-                json.dumps(t["function"].get("parameters", {"type": "object"})), any_whitespace=False,
-                strict_mode=True))),
+                json.dumps(t["function"].get("parameters", {"type": "object"})), **COMPACT_JSON))),
             end=f"}}\n{CALL_CLOSE}",
         )
         for t in tools
@@ -145,8 +147,7 @@ class StructuredOutputs:
         import xgrammar as xgr
 
         if guided.kind == "json":
-            # compact separators: no unbounded runs of whitespace (small models fall into them)
-            return compiler.compile_json_schema(guided.spec, any_whitespace=False, strict_mode=True)
+            return compiler.compile_json_schema(guided.spec, **COMPACT_JSON)
         if guided.kind == "regex":
             return compiler.compile_regex(guided.spec)
         if guided.kind == "tool_calls":

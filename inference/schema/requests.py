@@ -125,8 +125,7 @@ def template_messages(messages: list[ChatMessage], tools: list[Tool] | None,
         if m.role == "tool":
             rendered.append({"role": "user", "content": f"{RESPONSE_OPEN}\n{m.content}\n{RESPONSE_CLOSE}"})
         elif m.tool_calls:
-            text = "\n".join([m.content, *(render_call(c) for c in m.tool_calls)] if m.content else
-                             [render_call(c) for c in m.tool_calls])
+            text = "\n".join([*([m.content] if m.content else []), *(render_call(c) for c in m.tool_calls)])
             rendered.append({"role": m.role, "content": text})
         else:
             rendered.append({"role": m.role, "content": m.content})

@@ -25,12 +25,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError
 from pydantic import BaseModel, ConfigDict, Field
 
 from inference.schema.errors import InvalidRequestError
-from inference.schema.guided import GuidedDecoding
+from inference.schema.guided import GuidedDecoding, check_json_schema
 
 MAX_TOOLS = 128
 MAX_SCHEMA_DEPTH = 32  # nesting of a tool's parameters schema: deeper ones only stress the parsers
@@ -121,10 +119,7 @@ def check_tools(tools: Sequence[Tool] | None, tool_choice: ToolChoice | None) ->
         if kind != "object":
             raise InvalidRequestError(f"{param}: the arguments must be an object (type 'object'), got type {kind!r}",
                                       param)
-        try:
-            Draft202012Validator.check_schema(tool.function.parameters)
-        except SchemaError as e:
-            raise InvalidRequestError(f"{param}: not a valid JSON schema: {e.message}", param) from e
+        check_json_schema(tool.function.parameters, param)
     if isinstance(tool_choice, NamedToolChoice) and tool_choice.function.name not in names:
         raise InvalidRequestError(
             f"tool_choice: no tool named {tool_choice.function.name!r}; tools: {names}", "tool_choice")
@@ -199,10 +194,6 @@ class ToolCallParser:
         self._escaped = False
         self._args_done = False
         self._after_call = False
-
-    @property
-    def in_call(self) -> bool:
-        return self._state != "text"
 
     def feed(self, text: str) -> ParsedDelta:
         self._buf += text
