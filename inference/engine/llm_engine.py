@@ -75,7 +75,7 @@ class LLMEngine:
             raise
         self.tokenizer = self.worker.tokenizer
         self.max_model_len = self.info.max_model_len
-        self.block_manager = BlockManager(config.num_kv_blocks, config.block_size, config.enable_prefix_caching)
+        self.block_manager = BlockManager(self.info.num_kv_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens)
         self.groups: dict[str, SequenceGroup] = {}
         self._seq_ids = [0]  # shared counter (beam search forks take ids from it too)

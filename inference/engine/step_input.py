@@ -3,7 +3,8 @@
 Tokens of all scheduled sequences are flattened into one batch of T tokens (decodes first,
 then prompt chunks), so every linear layer runs once per step. Attention needs, per decode, its
 block table and context length (the compact form: the model derives pool slots from them where
-its path gathers), and per prompt chunk, its context slots if it continues an earlier chunk.
+its path gathers), and per prompt chunk, its context slots if it continues an earlier chunk (the
+gathering paths) and its block table (FlexAttention, which reads the pool in place).
 Rank 0 broadcasts this object to the other ranks of its tensor-parallel group.
 """
 
@@ -28,6 +29,7 @@ class PrefillSegment:
     num_context: int  # tokens of the same sequence already in the pool before this chunk
     context_slots: torch.Tensor | None  # [num_context + num_tokens] pool slots, None if num_context == 0
     mask: torch.Tensor | None = None  # [num_tokens, num_context + num_tokens] causal, offset by the context
+    blocks: torch.Tensor | None = None  # int64 block table up to this chunk's last token (FlexAttention reads it)
 
 
 @dataclass(slots=True)
@@ -91,7 +93,8 @@ def build_step_input(
         if start_pos > 0:
             context = torch.tensor(_slots(seq.block_table, 0, start_pos + n, block_size), dtype=torch.int64)
             mask = torch.arange(start_pos + n)[None, :] <= (torch.arange(n)[:, None] + start_pos)
-        prefills.append(PrefillSegment(start, n, start_pos, context, mask))
+        blocks = torch.tensor(seq.block_table[: -(-(start_pos + n) // block_size)], dtype=torch.int64)
+        prefills.append(PrefillSegment(start, n, start_pos, context, mask, blocks))
         if item.completes_prefill:
             logits_indices.append(len(input_ids) - 1)
     for span in prompt_spans:  # after every sampling row, so those keep their order

@@ -19,22 +19,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from inference.engine.step_input import StepInput
+from inference.engine.step_input import PrefillSegment, StepInput
 from inference.model.attention import decode_gather, paged_attention, uses_decode_kernel
+from inference.model.bucketed_decode import BucketedDecode, batch_buckets, why_not_bucketed
 from inference.model.compiled_decode import CompiledDecode, why_not_compiled
 from inference.model.decoder_layer import PACK_ATTR, DecoderLayer, single
-from inference.model.kv_cache import KVCache
+from inference.model.flex_paged import build_block_mask, flex_paged_attention, step_rows, to_device
+from inference.model.kv_cache import KVCache, kv_block_bytes, kv_blocks_for_memory
 
 log = logging.getLogger(__name__)
 Linear = Callable[[torch.Tensor], torch.Tensor]
 
 
 class ModelRunner:
-    def __init__(self, model: Any, kv_cache_blocks: int, block_size: int, max_model_len: int,
-                 compile: bool = False, max_num_seqs: int = 1, tp_size: int = 1) -> None:
+    def __init__(self, model: Any, block_size: int, max_model_len: int, attention: str = "auto") -> None:
         """`model`: a Hugging Face causal LM (Llama-like decoder), already wrapped by DeepSpeed.
-        `compile`: run decode-only steps through `CompiledDecode`, warmed up here for batch sizes up
-        to `max_num_seqs` (where it cannot run, the reason is logged and steps stay eager)."""
+        `attention`: 'flex', 'sdpa' or 'auto' (flex on CUDA). The KV pool comes next
+        (`allocate_kv_cache`), once its size is known (`kv_blocks_that_fit` on CUDA)."""
         config = model.config
         self.config = config
         self.device = next(model.parameters()).device
@@ -51,27 +52,81 @@ class ModelRunner:
         self.num_heads = self.layers[0].num_heads  # this rank's share under tensor parallelism
         self.num_kv_heads = self.layers[0].num_kv_heads
         self.block_size = block_size
+        self.max_model_len = max_model_len
         self.cos, self.sin = self._rope_tables(model, max_model_len)
+        self.flex = attention == "flex" or (attention == "auto" and self.device.type == "cuda")
+        self.decode_kernel = not self.flex and uses_decode_kernel(self.device, self.dtype)
+        self.kv_cache: KVCache | None = None
+        self.compiled: CompiledDecode | None = None
+        self.bucketed: BucketedDecode | None = None
+        self.compile_s = 0.0
+
+    @property
+    def block_bytes(self) -> int:
+        return kv_block_bytes(len(self.layers), self.block_size, self.num_kv_heads, self.head_dim, self.dtype)
+
+    def kv_blocks_that_fit(self, utilization: float, max_num_batched_tokens: int, max_num_seqs: int) -> int:
+        """CUDA: the KV blocks `utilization` of the GPU holds beside the weights and the peak of a full
+        step (measured: a prompt of `max_num_batched_tokens` tokens with `max_num_seqs` logit rows, run
+        over a small temporary pool), as vLLM sizes its pool."""
+        assert self.device.type == "cuda" and self.kv_cache is None
+        tokens = min(max_num_batched_tokens, self.max_model_len)
+        self.allocate_kv_cache(-(-tokens // self.block_size))
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        before = torch.cuda.memory_allocated(self.device)
+        ids = torch.zeros(tokens, dtype=torch.int64)
+        self.execute(StepInput(
+            input_ids=ids, positions=torch.arange(tokens), slot_mapping=torch.arange(tokens), num_decodes=0,
+            decode_tables=None, decode_lens=None,
+            prefills=[PrefillSegment(0, tokens, 0, None, None, torch.arange(-(-tokens // self.block_size)))],
+            logits_indices=torch.arange(min(max_num_seqs, tokens)), block_size=self.block_size,
+        ))
+        torch.cuda.synchronize(self.device)
+        peak = torch.cuda.max_memory_allocated(self.device) - before
+        self.kv_cache = None
+        torch.cuda.empty_cache()
+        free, total = torch.cuda.mem_get_info(self.device)
+        blocks = kv_blocks_for_memory(total, total - free, peak, utilization, self.block_bytes)
+        log.info("KV pool from gpu_memory_utilization %.2f: %d blocks (%d tokens, %.2f GiB); a full step's "
+                 "activations peaked at %.2f GiB", utilization, blocks, blocks * self.block_size,
+                 blocks * self.block_bytes / 2**30, peak / 2**30)
+        return blocks
+
+    def allocate_kv_cache(self, num_blocks: int, compile: bool = False, cuda_graphs: bool = False,
+                          max_num_seqs: int = 1, tp_size: int = 1) -> None:
+        """Allocate the pool of `num_blocks` blocks (+ the scratch block), then, if asked, compile the
+        decode step: with sdpa attention on CPU `CompiledDecode` (`compile`); with flex attention
+        `BucketedDecode` at batch buckets up to `max_num_seqs` (`compile`, or `cuda_graphs` on CUDA,
+        which also replays each bucket from a CUDA graph). Where one cannot run, the reason is
+        logged and steps stay eager."""
         self.kv_cache = KVCache(
             num_layers=len(self.layers),
-            num_blocks=kv_cache_blocks,
-            block_size=block_size,
+            num_blocks=num_blocks,
+            block_size=self.block_size,
             num_kv_heads=self.num_kv_heads,
             head_dim=self.head_dim,
             dtype=self.dtype,
             device=self.device,
         )
-        self.decode_kernel = uses_decode_kernel(self.device, self.dtype)
-        self.compiled: CompiledDecode | None = None
-        self.compile_s = 0.0
-        if compile:
+        max_blocks = -(-self.max_model_len // self.block_size)
+        if compile and not self.flex:
             reason = why_not_compiled(self.layers, self.device, self.dtype, tp_size)
             if reason is not None:
                 log.warning("compile: the decode step runs eagerly (%s)", reason)
             else:
-                self.compiled = CompiledDecode(self.layers, self.kv_cache, -(-max_model_len // block_size))
+                self.compiled = CompiledDecode(self.layers, self.kv_cache, max_blocks)
                 self.compile_s = self.compiled.warm_up(self._warm_up_step,
                                                        self.compiled.warm_up_batch_sizes(max_num_seqs))
+        graphs = cuda_graphs and self.device.type == "cuda"
+        if self.flex and (compile or graphs):
+            reason = why_not_bucketed(self.layers, self.dtype, tp_size)
+            if reason is not None:
+                log.warning("%s: decode steps run eagerly (%s)", "cuda_graphs" if graphs else "compile", reason)
+            else:
+                self.bucketed = BucketedDecode(self.layers, self.kv_cache, batch_buckets(max_num_seqs),
+                                               cuda_graphs=graphs)
+                self.compile_s = self.bucketed.warm_up(self._warm_up_step)
 
     def _warm_up_step(self, batch: int) -> None:
         """A decode step of `batch` one-token sequences over slot 0 (the pool is cleared afterwards)."""
@@ -81,6 +136,7 @@ class ModelRunner:
             decode_tables=zeros[:, None], decode_lens=torch.ones(batch, dtype=torch.int64), prefills=[],
             logits_indices=torch.arange(batch), block_size=self.block_size,
         ))
+        assert self.kv_cache is not None
         self.kv_cache.k.zero_()
         self.kv_cache.v.zero_()
 
@@ -95,30 +151,42 @@ class ModelRunner:
     def execute(self, step: StepInput) -> torch.Tensor:
         """Run one step; returns fp32 logits [len(step.logits_indices), vocab] whatever the model's
         dtype (fp64 in an fp64 model)."""
+        kv = self.kv_cache
+        assert kv is not None, "allocate_kv_cache() first"
         if step.block_copies:
-            self.kv_cache.copy_blocks(step.block_copies)
+            kv.copy_blocks(step.block_copies)
         dev = self.device
-        input_ids = step.input_ids.to(dev, non_blocking=True)
-        positions = step.positions.to(dev, non_blocking=True)
-        slots = step.slot_mapping.to(dev, non_blocking=True)
-        gather = None  # the block tables as gather slots, where decodes do not go through the kernel
-        if step.num_decodes and not self.decode_kernel:
-            assert step.decode_tables is not None and step.decode_lens is not None
-            gather = decode_gather(step.decode_tables, step.decode_lens, step.block_size, dev)
-        if dev.type != "cpu":
-            step = _to_device(step, dev)
+        input_ids, positions, slots, logits_indices = (
+            to_device(t, dev) for t in (step.input_ids, step.positions, step.slot_mapping, step.logits_indices))
         cos, sin = self.cos[positions], self.sin[positions]
         h = self.embed_tokens(input_ids)
-        if self.compiled is not None and not step.prefills and step.decode_tables is not None:
-            assert step.decode_lens is not None
+        decode_only = not step.prefills and step.decode_tables is not None
+        if self.bucketed is not None and decode_only and self.bucketed.covers(step.num_decodes):
+            h = self.bucketed(h, cos, sin, slots, step)
+        elif self.compiled is not None and decode_only:
+            assert step.decode_tables is not None and step.decode_lens is not None
             h = self.compiled(h, cos, sin, slots, step.decode_tables, step.decode_lens, step.block_size)
+        elif self.flex:
+            block_mask = build_block_mask(step_rows(step), step.block_size, kv.num_blocks, dev)
+            compiled = self.dtype != torch.float64  # inductor's flex template: fp32/bf16/fp16
+            for layer, k_pool, v_pool in zip(self.layers, kv.k, kv.v, strict=True):
+                q, k, v = layer.pre_attention(h, cos, sin)
+                k_pool.index_copy_(0, slots, k)
+                v_pool.index_copy_(0, slots, v)
+                h = layer.post_attention(h, flex_paged_attention(q, k_pool, v_pool, block_mask, compiled))
         else:
-            for layer, k_pool, v_pool in zip(self.layers, self.kv_cache.k, self.kv_cache.v, strict=True):
+            gather = None  # the block tables as gather slots, where decodes do not go through the kernel
+            if step.num_decodes and not self.decode_kernel:
+                assert step.decode_tables is not None and step.decode_lens is not None
+                gather = decode_gather(step.decode_tables, step.decode_lens, step.block_size, dev)
+            if dev.type != "cpu":
+                step = _to_device(step, dev)
+            for layer, k_pool, v_pool in zip(self.layers, kv.k, kv.v, strict=True):
                 q, k, v = layer.pre_attention(h, cos, sin)
                 k_pool.index_copy_(0, slots, k)
                 v_pool.index_copy_(0, slots, v)
                 h = layer.post_attention(h, paged_attention(q, k, v, k_pool, v_pool, step, gather))
-        h = h[step.logits_indices.to(dev)]
+        h = h[logits_indices]
         return self.lm_head(F.rms_norm(h.to(self.logits_dtype), (h.shape[-1],), self.final_norm, self.eps))
 
 
@@ -153,8 +221,6 @@ def fp32_lm_head(lm_head: Any) -> Linear:
 def _to_device(step: StepInput, device: torch.device) -> StepInput:
     from dataclasses import replace
 
-    from inference.engine.step_input import PrefillSegment
-
     return replace(
         step,
         prefills=[
@@ -162,6 +228,7 @@ def _to_device(step: StepInput, device: torch.device) -> StepInput:
                 p.start, p.num_tokens, p.num_context,
                 None if p.context_slots is None else p.context_slots.to(device),
                 None if p.mask is None else p.mask.to(device),
+                p.blocks,
             )
             for p in step.prefills
         ],

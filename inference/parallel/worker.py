@@ -28,7 +28,7 @@ import torch
 
 from inference.engine.step_input import StepInput
 from inference.model.dtypes import DtypeChoice, dtype_choice, torch_dtype
-from inference.schema.config.engine import EngineConfig
+from inference.schema.config.engine import DEFAULT_CPU_KV_TOKENS, EngineConfig
 
 if TYPE_CHECKING:
     from inference.model.model_runner import ModelRunner
@@ -77,6 +77,7 @@ class ModelInfo:
     dtype: str
     dtype_choice: DtypeChoice  # why this dtype (`dtype: auto` measures on CPU)
     num_params: int
+    num_kv_blocks: int  # the KV pool's blocks (every rank's pool holds this many)
 
 
 class RankWorker:
@@ -160,8 +161,11 @@ class RankWorker:
             model = apply_load_time_quantization(model, method, loaded.tokenizer, Path(location))
         model_limit = int(getattr(model.config, "max_position_embeddings", 2048))
         max_model_len = min(cfg.max_model_len or model_limit, model_limit)
-        self.runner = ModelRunner(model, cfg.num_kv_blocks, cfg.block_size, max_model_len, compile=cfg.compile,
-                                  max_num_seqs=cfg.max_num_seqs, tp_size=cfg.tp_size)
+        runner = ModelRunner(model, cfg.block_size, max_model_len, attention=cfg.attention)
+        num_blocks = self._kv_blocks(runner)
+        runner.allocate_kv_cache(num_blocks, compile=cfg.compile, cuda_graphs=cfg.cuda_graphs,
+                                 max_num_seqs=cfg.max_num_seqs, tp_size=cfg.tp_size)
+        self.runner = runner
         self.tokenizer = loaded.tokenizer
         if cfg.chat_template is not None:  # the config's template replaces the model's own
             self.tokenizer.chat_template = cfg.chat_template
@@ -173,7 +177,25 @@ class RankWorker:
             dtype=choice.dtype,
             dtype_choice=choice,
             num_params=sum(p.numel() for p in model.parameters()),
+            num_kv_blocks=num_blocks,
         )
+
+    def _kv_blocks(self, runner: ModelRunner) -> int:
+        """The pool's blocks: from kv_cache_tokens, else on CUDA what gpu_memory_utilization leaves
+        (the smallest of the group's ranks, so every rank's pool holds the same blocks), else the CPU default."""
+        cfg = self.config
+        if cfg.kv_cache_tokens is not None:
+            return cfg.kv_cache_tokens // cfg.block_size
+        if self.device.type != "cuda":
+            return DEFAULT_CPU_KV_TOKENS // cfg.block_size
+        blocks = runner.kv_blocks_that_fit(cfg.gpu_memory_utilization, cfg.max_num_batched_tokens, cfg.max_num_seqs)
+        if cfg.tp_size > 1:
+            import torch.distributed as dist
+
+            smallest = torch.tensor([blocks], dtype=torch.int64, device=self.device)
+            dist.all_reduce(smallest, op=dist.ReduceOp.MIN)
+            blocks = int(smallest.item())
+        return blocks
 
     def execute(self, step: StepInput) -> torch.Tensor:
         """Rank 0: hand the step to the other ranks, then run it here too."""

@@ -16,6 +16,8 @@ from inference.schema.config.base import DEFAULT_MODEL, StrictModel
 
 DType = Literal["auto", "bfloat16", "float16", "float32", "float64"]
 Device = Literal["cpu", "cuda"]
+Attention = Literal["auto", "flex", "sdpa"]
+DEFAULT_CPU_KV_TOKENS = 16384
 Quantization = Literal["none", "torch-int8", "int8-compute", "bnb-int8", "bnb-nf4"]
 
 ModelSource = Annotated[
@@ -53,8 +55,16 @@ class ExecutionSettings(StrictModel):
 class EngineSettings(StrictModel):
     """The KV pool and batching bounds of one engine (a variant's `engine:` section)."""
 
-    kv_cache_tokens: int = Field(
-        default=16384, ge=16, le=16_777_216, description="KV pool capacity in tokens, preallocated per engine."
+    kv_cache_tokens: int | None = Field(
+        default=None, ge=16, le=16_777_216,
+        description=f"KV pool capacity in tokens, preallocated per engine. Default: on CPU {DEFAULT_CPU_KV_TOKENS}; "
+        "on CUDA what fits in `gpu_memory_utilization` of the GPU after the weights and a measured "
+        "step's activations.",
+    )
+    gpu_memory_utilization: float = Field(
+        default=0.9, gt=0.0, le=0.99,
+        description="CUDA: the share of the GPU's memory this engine may use in all (weights, activations, "
+        "KV pool); sizes the pool when kv_cache_tokens is not given (vLLM's meaning).",
     )
     block_size: int = Field(default=16, ge=1, le=256, description="Tokens per KV block.")
     max_num_seqs: int = Field(default=32, ge=1, le=4096, description="Most sequences in one step.")
@@ -62,10 +72,22 @@ class EngineSettings(StrictModel):
         default=512, ge=1, le=262_144,
         description="Most tokens in one step (>= max_num_seqs); longer prompts are chunked.",
     )
+    attention: Attention = Field(
+        default="auto",
+        description="'flex': torch FlexAttention reads the KV pool in place for decodes and prompt chunks "
+        "(one compiled kernel per layer); 'sdpa': decodes through the CPU paged kernel (on CPU) or a "
+        "gather + SDPA, prompt chunks through SDPA; 'auto': flex on CUDA, sdpa on CPU (measured faster "
+        "there, docs/engine-step.md).",
+    )
+    cuda_graphs: bool = Field(
+        default=True,
+        description="CUDA with attention flex: decode-only steps are padded to batch-size buckets and replayed "
+        "from CUDA graphs (captured at start-up); off: every step is launched eagerly.",
+    )
 
     @model_validator(mode="after")
     def _pool_and_step_fit(self) -> Self:
-        if self.kv_cache_tokens < self.block_size:
+        if self.kv_cache_tokens is not None and self.kv_cache_tokens < self.block_size:
             raise ValueError(f"kv_cache_tokens ({self.kv_cache_tokens}) must be >= block_size ({self.block_size})")
         if self.max_num_batched_tokens < self.max_num_seqs:
             raise ValueError(
@@ -73,10 +95,6 @@ class EngineSettings(StrictModel):
                 f"({self.max_num_seqs}): a step holds one token of every running sequence"
             )
         return self
-
-    @property
-    def num_kv_blocks(self) -> int:
-        return self.kv_cache_tokens // self.block_size
 
 
 class EngineConfig(ExecutionSettings, EngineSettings):
