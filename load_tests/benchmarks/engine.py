@@ -134,7 +134,7 @@ def hf_run(model, work: Workload, batch_size: int, pad_id: int) -> tuple[float, 
 
 
 def run(model_source: str, dtype_name: DType, quick: bool, threads: int | None = None, log=print,  # type: ignore[no-untyped-def]
-        device: str = "cpu", compile: bool = True) -> dict:  # type: ignore[type-arg]
+        device: str = "cpu", compile: bool = True, attention: str = "auto") -> dict:  # type: ignore[type-arg]
     from transformers import AutoModelForCausalLM
 
     from inference.model.model_loader import resolve_model_dir
@@ -146,7 +146,8 @@ def run(model_source: str, dtype_name: DType, quick: bool, threads: int | None =
     log(f"loading {model_source} in the engine ...")
     engine = LLMEngine(
         EngineConfig(model=model_source, dtype=dtype_name, device=device, kv_cache_tokens=40960, max_num_seqs=64,  # type: ignore[arg-type]
-                     max_num_batched_tokens=1024, num_threads=threads, compile=compile)
+                     max_num_batched_tokens=1024, num_threads=threads, compile=compile,
+                     attention=attention)  # type: ignore[arg-type]
     )
     runner = engine.worker.runner
     assert runner is not None
@@ -156,7 +157,8 @@ def run(model_source: str, dtype_name: DType, quick: bool, threads: int | None =
     vocab = engine.info.vocab_size
     pad_id = engine.info.eos_token_ids[0] if engine.info.eos_token_ids else 0
     results: dict = {"model": model_source, "dtype": str(dtype).removeprefix("torch."), "threads": torch.get_num_threads(),
-                     "device": str(engine.worker.device), "compiled": runner.compiled is not None,
+                     "device": str(engine.worker.device), "compiled": runner.compiled is not None or runner.bucketed is not None,
+                     "attention": "flex" if runner.flex else "sdpa",
                      "compile_s": round(runner.compile_s, 1)}
 
     warm = make_workload(vocab, 2, (16, 16), (8, 8), seed=1)
@@ -214,7 +216,7 @@ def run(model_source: str, dtype_name: DType, quick: bool, threads: int | None =
 
 def print_table(r: dict) -> None:  # type: ignore[type-arg]
     compiled = f"compiled decode step ({r['compile_s']} s to compile)" if r["compiled"] else "eager decode step"
-    print(f"model {r['model']}  dtype {r['dtype']}  device {r['device']}  threads {r['threads']}  {compiled}")
+    print(f"model {r['model']}  dtype {r['dtype']}  device {r['device']}  threads {r['threads']}  attention {r['attention']}  {compiled}")
     print(f"{'scenario':<14}{'engine tok/s':>14}{'HF generate':>14}{'speedup':>10}")
     for key in ("single", "single_eager", "uniform32", "mixed64"):
         if key not in r:
@@ -239,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a quarter of the work (a smoke run)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where both models run")
     parser.add_argument("--threads", type=int, default=None, help="torch threads for both (default: all cores)")
+    parser.add_argument("--attention", default="auto", choices=["auto", "flex", "sdpa"],
+                        help="the engine's attention path (auto: flex on CUDA, sdpa on CPU)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
                         help="the engine's compiled decode step (EngineConfig.compile); --no-compile: eager only")
     args = parser.parse_args(argv)
@@ -246,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: torch sees no CUDA device")
     results = run(args.model, args.dtype, args.quick, args.threads,
-                  log=lambda m: print(m, file=sys.stderr, flush=True), device=args.device, compile=args.compile)
+                  log=lambda m: print(m, file=sys.stderr, flush=True), device=args.device, compile=args.compile,
+                  attention=args.attention)
     if args.json:
         print(json.dumps(results))
     else:
