@@ -77,7 +77,9 @@ def build_block_mask(rows: StepRows, block_size: int, num_pool_blocks: int, devi
     from torch.nn.attention.flex_attention import BlockMask
 
     num_tokens = int(rows.token_rows.numel())
-    num_groups = -(-num_tokens // Q_BLOCK)
+    # at least 2 query groups and 2 rows: inductor specialises a dimension of size 1, and each
+    # specialisation is one more graph; with these floors every step meets one of two
+    num_groups = max(2, -(-num_tokens // Q_BLOCK))
     num_rows, width = rows.tables.shape
     # the furthest position each row reaches inside each query group (-1: not in the group)
     group = torch.arange(num_tokens) // Q_BLOCK
@@ -106,7 +108,7 @@ def build_block_mask(rows: StepRows, block_size: int, num_pool_blocks: int, devi
     kv_indices = torch.zeros(num_groups, num_pool_blocks, dtype=torch.int32, device=device)
     kv_indices[entries[0], entries[1]] = entries[2].to(torch.int32)
     # p2l[row, pool block] = the block's place in that row's sequence, -1 where it is not the row's
-    p2l = torch.full((num_rows, num_pool_blocks), -1, dtype=torch.int32, device=device)
+    p2l = torch.full((max(2, num_rows), num_pool_blocks), -1, dtype=torch.int32, device=device)
     valid = tables >= 0
     logical = torch.arange(width, dtype=torch.int32, device=device).expand(num_rows, width)
     row_of = torch.arange(num_rows, device=device)[:, None].expand(num_rows, width)
@@ -117,7 +119,7 @@ def build_block_mask(rows: StepRows, block_size: int, num_pool_blocks: int, devi
     no_full = torch.zeros_like(kv_num_blocks)
     return BlockMask.from_kv_blocks(
         kv_num_blocks[None, None], kv_indices[None, None], no_full[None, None], torch.zeros_like(kv_indices)[None, None],
-        BLOCK_SIZE=(Q_BLOCK, block_size), mask_mod=mask_mod, seq_lengths=(num_tokens, num_pool_blocks * block_size),
+        BLOCK_SIZE=(Q_BLOCK, block_size), mask_mod=mask_mod, seq_lengths=(padded_tokens, num_pool_blocks * block_size),
     )
 
 
@@ -141,8 +143,10 @@ def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
 def _compiled_flex() -> Callable[..., torch.Tensor]:
     from torch.nn.attention.flex_attention import flex_attention
 
-    # dynamic: the token count and the index table's width change every step (two graphs in all:
-    # inductor specialises a dimension of size 1, one query group)
+    # automatic dynamic shapes: the first step's shapes compile as they are, the second's make the
+    # dimensions that changed (query groups, rows) dynamic, and every later step reuses that graph
+    # (`build_block_mask` keeps them >= 2). The key length (the pool) stays static: a dynamic one
+    # fails inductor's CPU template (torch 2.13).
     return torch.compile(flex_attention)  # type: ignore[return-value]
 
 
@@ -159,11 +163,13 @@ def flex_paged_attention(
 
     num_tokens, num_heads, head_dim = q.shape
     attend: Callable[..., torch.Tensor] = _compiled_flex() if compiled else flex_attention  # type: ignore[assignment]
-    # the query as its own [1, heads, T, head_dim] buffer: inductor's CPU template reads the shape of
-    # the buffer under a view, which for a transposed view is 3-d (a lowering error, compiled whole)
-    query = q.new_empty(1, num_heads, num_tokens, head_dim).copy_(q.transpose(0, 1)[None])
+    # the query as its own [1, heads, padded T, head_dim] buffer, padded to the mask's whole query groups
+    # (pad rows attend to nothing): inductor's CPU template reads the shape of the buffer under a view,
+    # which for a transposed view is 3-d (a lowering error, compiled whole)
+    query = q.new_zeros(1, num_heads, block_mask.seq_lengths[0], head_dim)
+    query[0, :, :num_tokens] = q.transpose(0, 1)
     out = attend(
         query, k_pool.transpose(0, 1)[None], v_pool.transpose(0, 1)[None],
         block_mask=block_mask, scale=head_dim**-0.5, enable_gqa=num_heads != k_pool.shape[1],
     )
-    return out[0].transpose(0, 1).reshape(num_tokens, num_heads * head_dim)
+    return out[0, :, :num_tokens].transpose(0, 1).reshape(num_tokens, num_heads * head_dim)
