@@ -120,6 +120,7 @@ def build_block_mask(rows: StepRows, block_size: int, num_pool_blocks: int, devi
     return BlockMask.from_kv_blocks(
         kv_num_blocks[None, None], kv_indices[None, None], no_full[None, None], torch.zeros_like(kv_indices)[None, None],
         BLOCK_SIZE=(Q_BLOCK, block_size), mask_mod=mask_mod, seq_lengths=(padded_tokens, num_pool_blocks * block_size),
+        compute_q_blocks=False,  # the transposed index is for the backward pass only
     )
 
 

@@ -1,6 +1,6 @@
 """On a CUDA machine: FlexAttention over the paged pool with CUDA-graph decode steps against the
-SDPA path, the KV pool sized from gpu_memory_utilization, int8-compute, and a TP=2 replica served
-through Ray Serve (rank 1 a Ray actor holding its own GPU). Skipped elsewhere, naming why."""
+SDPA path, the KV pool sized from gpu_memory_utilization, int8-compute, guided decoding, and a TP=2
+replica served through Ray Serve (rank 1 a Ray actor holding its own GPU). Skipped elsewhere, naming why."""
 
 from __future__ import annotations
 
@@ -99,3 +99,24 @@ def test_tp2_replica_served_through_ray_serve(tiny_model_dir: Path) -> None:
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+def test_guided_decoding_on_cuda(tiny_model_dir: Path) -> None:
+    """The grammar's token bitmask is applied to logits on the GPU (xgrammar's CUDA/torch path)."""
+    import json
+    import re
+
+    from inference.schema.guided import GuidedDecoding
+
+    engine = LLMEngine(EngineConfig(model=str(tiny_model_dir), device="cuda", dtype="float32", kv_cache_tokens=2048))
+    try:
+        schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
+        outs = engine.generate(["Give me JSON:", "Pick:"], [
+            SamplingParams(max_tokens=40, temperature=0.0, guided=GuidedDecoding("json", json.dumps(schema))),
+            SamplingParams(max_tokens=20, temperature=1.0, seed=2,
+                           guided=GuidedDecoding("regex", r"[0-9]{3}-[a-c]{2}", "guided_regex")),
+        ])
+        assert isinstance(json.loads(outs[0].outputs[0].text)["ok"], bool)
+        assert re.fullmatch(r"[0-9]{3}-[a-c]{2}", outs[1].outputs[0].text)
+    finally:
+        engine.shutdown()
