@@ -37,7 +37,7 @@ def _replicas_per_pod(variant: VariantConfig, group: str, num_cpus: int, num_gpu
     """Whole replicas of the variant one pod holds; ConfigError naming the field when none fits."""
     fits = [UNBOUNDED]
     if replica_gpus(variant):
-        fits.append(num_gpus // variant.tp_size)
+        fits.append(math.floor(num_gpus / replica_gpus(variant)))
         if num_gpus < variant.tp_size:
             raise ConfigError(
                 f"kubernetes.{group}.num_gpus ({num_gpus}) is below variant {variant.name!r} tp_size "

@@ -3,7 +3,8 @@
 The one definition the app builder (`deployments/app.py`), the k8s renderer (serveConfigV2 and
 worker pod sizing) and the `ray up` checks use. A replica is one tensor-parallel group: tp_size
 bundles packed on one node (STRICT_PACK, so the ranks share a node's NVLink / shared memory),
-bundle r = rank r's {"CPU": num_cpus_per_rank} plus {"GPU": 1} on CUDA. Rank 0 is the Serve
+bundle r = rank r's {"CPU": num_cpus_per_rank} plus {"GPU": num_gpus_per_rank} on CUDA (1, or a share
+of one GPU for replicas of tp_size 1 that share it). Rank 0 is the Serve
 replica actor and fills bundle 0 exactly (its `ray_actor_options`); ranks 1..N-1 are actors that
 fill bundles 1..N-1 exactly (deployments/replica/tp_group.py reads the bundles back). So every rank,
 rank 0 included, holds one GPU and Ray sets its `CUDA_VISIBLE_DEVICES` to that GPU alone.
@@ -26,10 +27,10 @@ def llm_deployment_name(variant: str) -> str:
 
 
 def rank_bundle(variant: VariantConfig) -> dict[str, float]:
-    """What one rank reserves: its CPUs, and one GPU on CUDA."""
+    """What one rank reserves: its CPUs, and its GPU (or GPU share) on CUDA."""
     bundle: dict[str, float] = {"CPU": variant.num_cpus_per_rank}
     if variant.device == "cuda":
-        bundle["GPU"] = 1
+        bundle["GPU"] = variant.num_gpus_per_rank
     return bundle
 
 
@@ -48,5 +49,5 @@ def replica_cpus(variant: VariantConfig) -> float:
     return sum(b["CPU"] for b in placement_bundles(variant))
 
 
-def replica_gpus(variant: VariantConfig) -> int:
-    return int(sum(b.get("GPU", 0) for b in placement_bundles(variant)))
+def replica_gpus(variant: VariantConfig) -> float:
+    return sum(b.get("GPU", 0) for b in placement_bundles(variant))

@@ -28,18 +28,19 @@ def kv_block_bytes(num_layers: int, block_size: int, num_kv_heads: int, head_dim
     return 2 * num_layers * block_size * num_kv_heads * head_dim * torch.empty((), dtype=dtype).element_size()
 
 
-def kv_blocks_for_memory(total_bytes: int, in_use_bytes: int, step_peak_bytes: int, utilization: float,
-                         block_bytes: int) -> int:
-    """Blocks that fit in `utilization` of a device of `total_bytes` once `in_use_bytes` are taken (weights,
-    CUDA context, other processes) and a step's activations (`step_peak_bytes`, measured) are kept free."""
-    budget = utilization * total_bytes - in_use_bytes - step_peak_bytes
+def kv_blocks_for_memory(total_bytes: int, free_bytes: int, own_bytes: int, step_peak_bytes: int,
+                         utilization: float, block_bytes: int) -> int:
+    """Blocks that fit in `utilization` of a device of `total_bytes` beside what this process holds
+    (`own_bytes`: weights, caches) and a step's activations (`step_peak_bytes`, measured), and never
+    more than is free (another process, e.g. a replica sharing the GPU, keeps what it holds)."""
+    budget = min(utilization * total_bytes - own_bytes, free_bytes) - step_peak_bytes
     if budget < block_bytes:
         gib = 2**30
         raise KVCacheTooSmallError(
-            f"no room for a KV pool: gpu_memory_utilization {utilization} of {total_bytes / gib:.2f} GiB leaves "
-            f"{budget / gib:.2f} GiB after {in_use_bytes / gib:.2f} GiB in use and a step's "
-            f"{step_peak_bytes / gib:.2f} GiB of activations; raise gpu_memory_utilization, lower "
-            f"max_num_batched_tokens, or free the GPU")
+            f"no room for a KV pool: gpu_memory_utilization {utilization} of {total_bytes / gib:.2f} GiB "
+            f"({free_bytes / gib:.2f} GiB free) leaves {budget / gib:.2f} GiB after this engine's "
+            f"{own_bytes / gib:.2f} GiB and a step's {step_peak_bytes / gib:.2f} GiB of activations; raise "
+            "gpu_memory_utilization, lower max_num_batched_tokens, or free the GPU")
     return int(budget // block_bytes)
 
 

@@ -87,7 +87,8 @@ class ModelRunner:
         self.kv_cache = None
         torch.cuda.empty_cache()
         free, total = torch.cuda.mem_get_info(self.device)
-        blocks = kv_blocks_for_memory(total, total - free, peak, utilization, self.block_bytes)
+        own = torch.cuda.memory_reserved(self.device)
+        blocks = kv_blocks_for_memory(total, free, own, peak, utilization, self.block_bytes)
         log.info("KV pool from gpu_memory_utilization %.2f: %d blocks (%d tokens, %.2f GiB); a full step's "
                  "activations peaked at %.2f GiB", utilization, blocks, blocks * self.block_size,
                  blocks * self.block_bytes / 2**30, peak / 2**30)

@@ -44,6 +44,8 @@ def _served_config(device: str) -> dict[str, Any]:
     engine = {"kv_cache_tokens": 16384, "max_num_seqs": 32, "max_num_batched_tokens": 512}
     common = {"dtype": "auto", "tp_size": 1, "num_replicas": 1, "min_replicas": 1, "max_replicas": 1,
               "device": device, "engine": engine}
+    if device == "cuda":  # both variants' replicas on one GPU (a one-GPU machine is the common first box)
+        common["num_gpus_per_rank"] = 0.5
     return {
         "model": {"source": MODEL, "name": NAME, "max_model_len": 2048},
         "variants": [{"name": "full", "weight": 1.0, **common},

@@ -98,10 +98,12 @@ def test_batch_buckets_and_why_a_decode_step_is_not_bucketed() -> None:
 
 def test_kv_pool_from_gpu_memory_utilization() -> None:
     gib = 2**30
-    # 80 GiB card, 0.9 of it: 72 GiB, less 10 GiB in use and a 2 GiB step peak = 60 GiB of 1 MiB blocks
-    assert kv_blocks_for_memory(80 * gib, 10 * gib, 2 * gib, 0.9, 2**20) == 60 * 1024
+    # 80 GiB card, 0.9 of it: 72 GiB, less this engine's 10 GiB and a 2 GiB step peak = 60 GiB of 1 MiB blocks
+    assert kv_blocks_for_memory(80 * gib, 70 * gib, 10 * gib, 2 * gib, 0.9, 2**20) == 60 * 1024
+    # a replica sharing the GPU holds 40 GiB: only what is free (30 GiB) less the step peak
+    assert kv_blocks_for_memory(80 * gib, 30 * gib, 10 * gib, 2 * gib, 0.9, 2**20) == 28 * 1024
     with pytest.raises(KVCacheTooSmallError, match=r"gpu_memory_utilization 0.5 .* raise gpu_memory_utilization"):
-        kv_blocks_for_memory(16 * gib, 7 * gib, 2 * gib, 0.5, 2**20)
+        kv_blocks_for_memory(16 * gib, 9 * gib, 7 * gib, 2 * gib, 0.5, 2**20)
 
 
 def test_kv_cache_tokens_default_on_cpu(tiny_model_dir: Path) -> None:

@@ -15,6 +15,13 @@ def test_cuda_replica_reserves_one_gpu_per_rank_and_rank_0_takes_its_own() -> No
     assert (replica_cpus(variant), replica_gpus(variant)) == (4.0, 2)
 
 
+def test_replicas_of_tp_size_1_may_share_a_gpu() -> None:
+    variant = VariantConfig(name="half", device="cuda", num_gpus_per_rank=0.5, engine={"kv_cache_tokens": 4096})
+    assert placement_bundles(variant) == [{"CPU": 1.0, "GPU": 0.5}]
+    assert replica_actor_options(variant) == {"num_cpus": 1.0, "num_gpus": 0.5}
+    assert replica_gpus(variant) == 0.5
+
+
 def test_cpu_replica_reserves_no_gpu() -> None:
     variant = VariantConfig(name="full", tp_size=3, num_cpus_per_rank=1.5)
     assert placement_bundles(variant) == [{"CPU": 1.5}] * 3

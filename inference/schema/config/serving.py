@@ -50,6 +50,11 @@ class VariantConfig(ExecutionSettings):
         default=1.0, ge=0.0, le=256.0,
         description="CPUs reserved per rank (its placement group bundle); >= 1 with tp_size > 1, > 0 on CPU.",
     )
+    num_gpus_per_rank: float = Field(
+        default=1.0, gt=0.0, le=1.0,
+        description="CUDA: the GPU share each rank reserves; below 1, replicas of tp_size 1 share a GPU (Ray's "
+        "fractional GPUs): give each a gpu_memory_utilization within its share, or kv_cache_tokens.",
+    )
     num_replicas: int = Field(
         default=1, ge=0, le=1024,
         description="Replicas at start; deploying needs >= 1 (the controller may scale to min_replicas).",
@@ -79,6 +84,16 @@ class VariantConfig(ExecutionSettings):
                 f"variant {self.name!r}: num_cpus_per_rank must be > 0 on device 'cpu' (got "
                 f"{self.num_cpus_per_rank:g}): a rank's placement group bundle must reserve something"
             )
+        if self.num_gpus_per_rank < 1 and self.tp_size > 1:
+            raise ValueError(
+                f"variant {self.name!r}: num_gpus_per_rank ({self.num_gpus_per_rank:g}) below 1 needs tp_size 1 "
+                f"(got {self.tp_size}): the ranks of a tensor-parallel group each hold a GPU of their own")
+        if (self.device == "cuda" and self.num_gpus_per_rank < 1 and self.engine.kv_cache_tokens is None
+                and self.engine.gpu_memory_utilization > self.num_gpus_per_rank):
+            raise ValueError(
+                f"variant {self.name!r}: engine.gpu_memory_utilization ({self.engine.gpu_memory_utilization:g}) "
+                f"exceeds its GPU share num_gpus_per_rank ({self.num_gpus_per_rank:g}): replicas sharing a GPU "
+                "would each size their KV pool for most of it; set gpu_memory_utilization within the share")
         if self.quantization.startswith("bnb") and self.source is not None:
             raise ValueError(
                 f"variant {self.name!r}: quantization={self.quantization!r} applies at load time to "
