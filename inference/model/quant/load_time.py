@@ -10,6 +10,8 @@
               per token after SmoothQuant smoothing, int32 products through `torch._int_mm`),
               calibrated on the shipped prompts and checked against the float model at load
               (`smoothquant.py`); the LM head stays float;
+  fp8-compute the same in float8 e4m3 through `torch._scaled_mm` (FP8 tensor cores, CUDA 8.9+; on
+              CPU torch's reference loop), with the same calibration and quality check;
   bnb-int8    every decoder nn.Linear -> bitsandbytes `Linear8bitLt` (LLM.int8, threshold 6.0);
   bnb-nf4     every decoder nn.Linear -> bitsandbytes `Linear4bit` (nf4, blocks of 64, compute in
               the model's float dtype).
@@ -18,15 +20,20 @@ The LM head stays in float for the bitsandbytes methods, as transformers does.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from inference.model.quant.int8_linear import quantize_linears_int8
+from inference.schema.errors import UnsupportedModelError
 from inference.schema.variant_recipe import VariantRecipe
 
-LOAD_TIME_METHODS = ("torch-int8", "int8-compute", "bnb-int8", "bnb-nf4")
+log = logging.getLogger(__name__)
+
+LOAD_TIME_METHODS = ("torch-int8", "int8-compute", "fp8-compute", "bnb-int8", "bnb-nf4")
 
 
 def apply_load_time_quantization(model: nn.Module, method: str, tokenizer: Any = None,
@@ -41,11 +48,32 @@ def apply_load_time_quantization(model: nn.Module, method: str, tokenizer: Any =
 
         quantize_int8_compute(model, tokenizer, model_dir)
         return model
+    if method == "fp8-compute":
+        from inference.model.quant.smoothquant import quantize_int8_compute
+
+        _check_fp8_device(next(model.parameters()).device)
+        quantize_int8_compute(model, tokenizer, model_dir, fmt="fp8")
+        return model
     if method == "torch-int8":
         return quantize_linears_int8(model, include_lm_head=False)
     if method in ("bnb-int8", "bnb-nf4"):
         return _bnb_replace(model, four_bit=method == "bnb-nf4")
     raise ValueError(f"unknown load-time quantization {method!r}; known: {list(LOAD_TIME_METHODS)}")
+
+
+def _check_fp8_device(device: torch.device) -> None:
+    """FP8 GEMMs need FP8 tensor cores (compute capability 8.9+); on CPU torch runs a reference loop
+    (slow: for measuring quality), and says so in the log."""
+    if device.type == "cuda":
+        capability = torch.cuda.get_device_capability(device)
+        if capability < (8, 9):
+            name = torch.cuda.get_device_name(device)
+            raise UnsupportedModelError(
+                f"quantization 'fp8-compute' needs FP8 tensor cores (CUDA compute capability 8.9+: Ada, Hopper); "
+                f"{name} is {capability[0]}.{capability[1]}: use 'int8-compute'")
+    else:
+        log.warning("fp8-compute on %s: torch's FP8 GEMM here is a reference loop (slow; right for quality checks)",
+                    device)
 
 
 def recipe_quantization(model_dir: Path | str) -> str:

@@ -99,17 +99,17 @@ def collect_act_absmax(model: Any, prompts: list[list[int]], include_lm_head: bo
 
 
 def apply_w8a8(model: Any, act_absmax: dict[str, torch.Tensor], alpha: float = ALPHA,
-               include_lm_head: bool = False) -> Any:
-    """Replace the decoder linears (and the LM head, if asked) with `W8A8Linear`s, in place."""
+               include_lm_head: bool = False, fmt: str = "int8") -> Any:
+    """Replace the decoder linears (and the LM head, if asked) with `W8A8Linear`s of `fmt`, in place."""
     for i, layer in enumerate(model.model.layers):
         for name, members in _groups(layer).items():
             modules = [getattr(parent, attr) for parent, attr in members]
             s = smoothing(act_absmax[f"{i}.{name}"], [m.weight for m in modules], alpha)
             for (parent, attr), module in zip(members, modules, strict=True):
-                setattr(parent, attr, W8A8Linear.from_linear(module, s))
+                setattr(parent, attr, W8A8Linear.from_linear(module, s, fmt))
     if include_lm_head:
         head = model.lm_head
-        model.lm_head = W8A8Linear.from_linear(head, smoothing(act_absmax["lm_head"], [head.weight], alpha))
+        model.lm_head = W8A8Linear.from_linear(head, smoothing(act_absmax["lm_head"], [head.weight], alpha), fmt)
     return model
 
 
@@ -139,35 +139,37 @@ def _calibration_data(tokenizer: Any) -> tuple[list[list[int]], list[list[int]]]
     return prompts, windows
 
 
-def _cache_path(model_dir: Path, dtype: torch.dtype, include_lm_head: bool) -> Path:
+def _cache_path(model_dir: Path, dtype: torch.dtype, include_lm_head: bool, fmt: str) -> Path:
     from inference.model.model_loader import cache_root
 
     files = sorted(p for p in model_dir.iterdir() if p.suffix in (".safetensors", ".json", ".bin"))
     stamp = "|".join(f"{p.name}:{p.stat().st_size}:{int(p.stat().st_mtime)}" for p in files)
     qmax = weight_qmax(torch.device("cpu"))  # the check's numerics depend on it
-    key = f"{model_dir.resolve()}|{stamp}|{dtype}|{include_lm_head}|{ALPHA}|{NUM_CALIB_PROMPTS}|{qmax}|{FORMAT}"
+    key = f"{model_dir.resolve()}|{stamp}|{dtype}|{include_lm_head}|{ALPHA}|{NUM_CALIB_PROMPTS}|{qmax}|{FORMAT}|{fmt}"
     return cache_root() / "w8a8" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
 
 
 def quantize_int8_compute(model: Any, tokenizer: Any, model_dir: Path | None,
-                          include_lm_head: bool | None = None) -> Int8ComputeReport:
+                          include_lm_head: bool | None = None, fmt: str = "int8") -> Int8ComputeReport:
     """Calibrate (or read the cached calibration), quantize in place, and check quality. The LM head
-    is quantized too where `include_lm_head` (default `INCLUDE_LM_HEAD`) says so."""
+    is quantized too where `include_lm_head` (default `INCLUDE_LM_HEAD`) says so. `fmt` 'fp8' makes
+    the fp8-compute variant (the same calibration and check, float8 e4m3 codes)."""
+    method = f"{fmt}-compute"
     include_lm_head = INCLUDE_LM_HEAD if include_lm_head is None else include_lm_head
     _check_plain(model)
     dtype = next(model.parameters()).dtype
-    path = _cache_path(model_dir, dtype, include_lm_head) if model_dir is not None and model_dir.is_dir() else None
+    path = _cache_path(model_dir, dtype, include_lm_head, fmt) if model_dir is not None and model_dir.is_dir() else None
     if path is not None and path.is_file():
         record = torch.load(path, weights_only=True)
-        apply_w8a8(model, record["act_absmax"], ALPHA, include_lm_head)
+        apply_w8a8(model, record["act_absmax"], ALPHA, include_lm_head, fmt)
         report = Int8ComputeReport(float(record["agreement"]), int(record["num_prompts"]), 0.0, cached=True)
     else:
         started = time.monotonic()
         prompts, windows = _calibration_data(tokenizer)
-        log.info("int8-compute: calibrating SmoothQuant on %d shipped prompts (once per model; cached)", len(prompts))
+        log.info("%s: calibrating SmoothQuant on %d shipped prompts (once per model; cached)", method, len(prompts))
         act_absmax = collect_act_absmax(model, prompts, include_lm_head)
         _, reference = next_token_agreement(model, windows, None)
-        apply_w8a8(model, act_absmax, ALPHA, include_lm_head)
+        apply_w8a8(model, act_absmax, ALPHA, include_lm_head, fmt)
         agreement, _ = next_token_agreement(model, windows, reference)
         report = Int8ComputeReport(agreement, len(prompts), time.monotonic() - started, cached=False)
         if path is not None:
@@ -175,10 +177,10 @@ def quantize_int8_compute(model: Any, tokenizer: Any, model_dir: Path | None,
             partial = path.with_name(f".{path.name}.{os.getpid()}")
             torch.save({"act_absmax": act_absmax, "agreement": agreement, "num_prompts": len(prompts)}, partial)
             os.replace(partial, path)
-    log.info("int8-compute: next-token agreement with the float model %.3f on held-out text (%s)",
+    log.info("%s: next-token agreement with the float model %.3f on held-out text (%s)", method,
              report.agreement, "cached" if report.cached else f"calibrated in {report.calibrate_s:.1f} s")
     if report.agreement < MIN_AGREEMENT:
         raise QualityCheckError(
-            f"int8-compute failed its quality check: next-token agreement with the float model "
+            f"{method} failed its quality check: next-token agreement with the float model "
             f"{report.agreement:.3f} < {MIN_AGREEMENT} on the shipped held-out text")
     return report

@@ -15,7 +15,11 @@ The int8 GEMM, by device (`int8_gemm_backend`):
         activations 0.872 / 25.52, 7-bit weights 0.896 / 24.85, both 8-bit 0.924 / 24.76; so the
         weights take 7 bits (|q| <= 63, pairs <= 32130). `torch._int_mm` is not used on CPU: on
         the AVX2 kind it ran a reference loop, 20 ms for 32 x 576 -> 1536 against fp32's 0.64;
-  cuda  `torch._int_mm` (cuBLASLt).
+  cuda  `torch._int_mm` (cuBLASLt; it refuses 16 rows or fewer, so those are padded).
+FP8 (`fp8-compute`): the same scheme in float8 e4m3 (weights per channel, activations per token,
+scales to 448, the format's largest value) through `torch._scaled_mm` with row-wise scales (FP8
+tensor cores: CUDA compute capability 8.9+, Ada and Hopper). On CPU `_scaled_mm` is torch's
+reference loop: right for measuring quality, not fast.
 Decode steps of a few rows (`SMALL_ROWS`) skip the activation quantization where the compiled CPU
 kernels build: a few rows are bound by reading the weights, not by multiplying, and a GEMM call
 with its quantization costs more than the product at one row. Where the float weights were
@@ -45,7 +49,10 @@ from inference.model.dtypes import cpu_model
 from inference.model.kernels import pack_exact, q8_linear_op, quantize_rows_op
 
 QMAX = 127.0
+FP8 = torch.float8_e4m3fn
+FP8_MAX = float(torch.finfo(FP8).max)  # 448
 SMALL_ROWS = 4  # rows up to which a CPU step reads the int8 weights with fp32 activations
+INT_MM_MIN_ROWS = 16  # `torch._int_mm` on CUDA needs more rows than this (a decode step of a few sequences has fewer)
 
 
 @functools.cache
@@ -81,17 +88,25 @@ class W8A8Linear(nn.Module):
     inv_smooth: torch.Tensor | None  # fp32 [K]: 1 / s
     bias: torch.Tensor | None
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, smooth: torch.Tensor | None) -> None:
-        """`weight` [N, K] float, `smooth` [K] (s, > 0) or None for no smoothing."""
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, smooth: torch.Tensor | None,
+                 fmt: str = "int8") -> None:
+        """`weight` [N, K] float, `smooth` [K] (s, > 0) or None for no smoothing; `fmt` 'int8' or 'fp8'."""
         super().__init__()
         w = weight.detach().float()
-        exact = pack_exact(w) if w.device.type == "cpu" else None  # before smoothing: the model's own values
+        # before smoothing: the model's own values (the int8 CPU path's few-row steps read them)
+        exact = pack_exact(w) if w.device.type == "cpu" and fmt == "int8" else None
         if smooth is not None:
             w = w * smooth.float().to(w.device)[None, :]
-        wmax = weight_qmax(w.device)
-        scales = w.abs().amax(dim=1).clamp(min=1e-8) / wmax
-        self._setup(torch.round(w / scales[:, None]).clamp_(-wmax, wmax).to(torch.int8), scales,
-                    None if smooth is None else 1.0 / smooth.float().to(w.device),
+        if fmt == "fp8":
+            scales = w.abs().amax(dim=1).clamp(min=1e-8) / FP8_MAX
+            qweight = (w / scales[:, None]).clamp_(-FP8_MAX, FP8_MAX).to(FP8)
+        elif fmt == "int8":
+            wmax = weight_qmax(w.device)
+            scales = w.abs().amax(dim=1).clamp(min=1e-8) / wmax
+            qweight = torch.round(w / scales[:, None]).clamp_(-wmax, wmax).to(torch.int8)
+        else:
+            raise ValueError(f"unknown W8A8 format {fmt!r}; known: int8, fp8")
+        self._setup(qweight, scales, None if smooth is None else 1.0 / smooth.float().to(w.device),
                     None if bias is None else bias.detach().float(), exact)
 
     def _setup(self, qweight: torch.Tensor, scales: torch.Tensor, inv_smooth: torch.Tensor | None,
@@ -104,24 +119,26 @@ class W8A8Linear(nn.Module):
         # Shape-only stand-in so code that reads `weight.shape` (output widths) keeps working.
         self.weight = torch.empty((self.out_features, self.in_features), dtype=torch.int8, device="meta")
         device = qweight.device
-        self.backend = int8_gemm_backend(device)
-        self.qmax = QMAX  # activations: 8 bits, per token
-        self.zero_point = 0 if self.backend == "_int_mm" else 128
+        self.fmt = "fp8" if qweight.dtype == FP8 else "int8"
+        self.backend = "_scaled_mm" if self.fmt == "fp8" else int8_gemm_backend(device)
+        self.qmax = FP8_MAX if self.fmt == "fp8" else QMAX  # activations: 8 bits, per token
+        self.zero_point = 128 if self.backend == "onednn" else 0
         self.quantize = quantize_rows_op() if device.type == "cpu" else None
         self.packed: torch.Tensor | None = None
         if self.backend == "onednn":
             self.packed = torch.ops.onednn.qlinear_prepack(self.qweight, None)
             self.w_zero_points = torch.zeros(self.out_features, dtype=torch.int64)
         # few-row steps: the 8-bit small-row kernel over the same int8 weights (one scale per group of 32)
-        self.small = q8_linear_op() if device.type == "cpu" and self.in_features % 32 == 0 else None
+        self.small = (q8_linear_op() if device.type == "cpu" and self.fmt == "int8" and self.in_features % 32 == 0
+                      else None)
         self.group_scales = (None if self.small is None else
                              self.weight_scales[:, None].expand(-1, self.in_features // 32).contiguous())
         # or, where the float weights were exactly 4- or 8-bit (a GGUF's), those exact packed values
         self.exact = exact
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, smooth: torch.Tensor | None) -> W8A8Linear:
-        return cls(linear.weight, linear.bias, smooth)
+    def from_linear(cls, linear: nn.Linear, smooth: torch.Tensor | None, fmt: str = "int8") -> W8A8Linear:
+        return cls(linear.weight, linear.bias, smooth, fmt)
 
     @classmethod
     def concat(cls, parts: list[W8A8Linear]) -> W8A8Linear:
@@ -156,32 +173,42 @@ class W8A8Linear(nn.Module):
             smoothed = rows if self.inv_smooth is None else rows * self.inv_smooth
             y = self.small(smoothed, self.qweight, self.group_scales, self.qweight, self.bias)
         else:
-            y = self._int8_gemm(rows)
+            y = self._gemm(rows)
             if self.bias is not None:
                 y = y + self.bias
         return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
 
     def quantize_activations(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """rows [M, K] fp32 (not smoothed) -> (codes [M, K], scale [M, 1]) with
-        rows / s ~ (codes - zero_point) * scale: u8 for oneDNN, int8 (zero point 0) for `_int_mm`."""
+        rows / s ~ (codes - zero_point) * scale: u8 for oneDNN, int8 (zero point 0) for `_int_mm`,
+        float8 e4m3 for `_scaled_mm`."""
         if self.backend == "onednn" and self.quantize is not None:  # one pass in C++
             return self.quantize(rows, self.inv_smooth, self.qmax, self.zero_point)  # type: ignore[no-any-return]
         if self.inv_smooth is not None:
             rows = rows * self.inv_smooth
+        if self.fmt == "fp8":
+            scale = rows.abs().amax(dim=-1, keepdim=True).clamp(min=1e-8) / FP8_MAX
+            return (rows / scale).clamp_(-FP8_MAX, FP8_MAX).to(FP8), scale
         q, scale = quantize_per_token(rows, self.qmax)
         if self.backend == "onednn":
             return (q.to(torch.int16) + self.zero_point).to(torch.uint8), scale
         return q, scale
 
-    def _int8_gemm(self, rows: torch.Tensor) -> torch.Tensor:
+    def _gemm(self, rows: torch.Tensor) -> torch.Tensor:
         """rows [M, K] fp32 -> fp32 [M, N], activations quantized per token."""
         codes, scale = self.quantize_activations(rows)
+        if self.backend == "_scaled_mm":  # row-wise scales; cuBLASLt's FP8 GEMM writes bf16 with them
+            return torch._scaled_mm(codes, self.qweight.t(), scale_a=scale, scale_b=self.weight_scales[None, :],
+                                    out_dtype=torch.bfloat16).float()
         if self.backend == "onednn":
             y = torch.ops.onednn.qlinear_pointwise(
                 codes, 1.0, self.zero_point, self.packed, self.weight_scales, self.w_zero_points, None,
                 1.0, 0, torch.float32, "none", [], "")
             return y * scale  # type: ignore[no-any-return]
-        return torch._int_mm(codes, self.qweight.t()).float() * (scale * self.weight_scales)
+        rows_in = codes.shape[0]
+        if rows_in <= INT_MM_MIN_ROWS:  # cuBLASLt's int8 GEMM refuses 16 rows or fewer: pad with zero rows
+            codes = F.pad(codes, (0, 0, 0, INT_MM_MIN_ROWS + 1 - rows_in))
+        return torch._int_mm(codes, self.qweight.t())[:rows_in].float() * (scale * self.weight_scales)
 
     def dequantized_weight(self) -> torch.Tensor:
         """The float weight this module computes with, smoothing undone ([N, K]): for tests."""
@@ -190,9 +217,12 @@ class W8A8Linear(nn.Module):
 
     def extra_repr(self) -> str:
         smoothed = "smoothed" if self.inv_smooth is not None else "not smoothed"
-        bits = 8 if int(self.qweight.abs().max()) > 63 else 7
+        if self.fmt == "fp8":
+            weights = "fp8 e4m3 weights"
+        else:
+            weights = f"{8 if int(self.qweight.abs().max()) > 63 else 7}-bit weights"
         return (f"in_features={self.in_features}, out_features={self.out_features}, W8A8 per token "
-                f"({self.backend}, {bits}-bit weights), {smoothed}")
+                f"({self.backend}, {weights}), {smoothed}")
 
 
 def smoothing(act_absmax: torch.Tensor, weights: list[torch.Tensor], alpha: float) -> torch.Tensor:

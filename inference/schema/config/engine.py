@@ -18,7 +18,7 @@ DType = Literal["auto", "bfloat16", "float16", "float32", "float64"]
 Device = Literal["cpu", "cuda"]
 Attention = Literal["auto", "flex", "sdpa"]
 DEFAULT_CPU_KV_TOKENS = 16384
-Quantization = Literal["none", "torch-int8", "int8-compute", "bnb-int8", "bnb-nf4"]
+Quantization = Literal["none", "torch-int8", "int8-compute", "fp8-compute", "bnb-int8", "bnb-nf4"]
 
 ModelSource = Annotated[
     str,
