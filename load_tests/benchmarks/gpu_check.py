@@ -3,10 +3,13 @@
     make gpu-check TORCH_INDEX=<your CUDA wheel index>     # runs this with --device cuda
 
 1. `tests/gpu/` (pytest): the packaged model on CUDA, seeded sampling / beam search / prompt
-   logprobs on CUDA, TP=2 over NCCL against TP=1 where there are two GPUs, the engine benchmark;
+   logprobs / guided decoding on CUDA, FlexAttention with CUDA graphs against SDPA, the KV pool from
+   gpu_memory_utilization, int8-compute and fp8-compute, TP=2 over NCCL against TP=1 and a TP=2
+   replica through Ray Serve where there are two GPUs, the engine benchmark;
 2. the engine benchmark in full (`python -m load_tests.benchmarks.engine --device cuda --json`, not --quick):
    our engine against transformers `generate` per scenario;
-3. a served benchmark: `sloserve up` with `full` and `int8-compute` on the device (written to
+3. a served benchmark: `sloserve up` with `full` and `int8-compute` on the device (half a GPU each, so one
+   GPU holds both; the config is written to
    `--out`), each variant pinned by name at 1, 8 and 32 concurrent requests (closed loops,
    `load_tests.profile`), then stopped.
 
@@ -133,6 +136,8 @@ def table(report: dict[str, Any]) -> str:
     if "error" in bench:
         lines.append(f"| engine benchmark | {bench['error']} |")
     else:
+        compiled = f"compiled in {bench.get('compile_s')} s" if bench.get("compiled") else "eager"
+        lines.append(f"| engine | attention {bench.get('attention')}, decode step {compiled}, {bench.get('dtype')} |")
         for scenario in ("single", "uniform32", "mixed64"):
             row = bench.get(scenario) or {}
             lines.append(f"| engine {scenario}, tok/s (transformers generate) | {row.get('engine')} "

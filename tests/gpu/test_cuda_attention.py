@@ -120,3 +120,23 @@ def test_guided_decoding_on_cuda(tiny_model_dir: Path) -> None:
         assert re.fullmatch(r"[0-9]{3}-[a-c]{2}", outs[1].outputs[0].text)
     finally:
         engine.shutdown()
+
+
+def test_fp8_compute_on_cuda_runs_scaled_mm_or_is_refused_with_the_reason(tiny_model_dir: Path) -> None:
+    from inference.schema.errors import UnsupportedModelError
+
+    config = EngineConfig(model=str(tiny_model_dir), device="cuda", dtype="bfloat16", quantization="fp8-compute",
+                          kv_cache_tokens=1024)
+    if torch.cuda.get_device_capability() < (8, 9):
+        with pytest.raises(UnsupportedModelError, match="needs FP8 tensor cores"):
+            LLMEngine(config)
+        return
+    engine = LLMEngine(config)
+    try:
+        runner = engine.worker.runner
+        assert runner is not None
+        assert {getattr(m, "backend", None) for layer in runner.layers for m in layer.modules()} >= {"_scaled_mm"}
+        [out] = engine.generate(["The quick brown fox"], SamplingParams(max_tokens=8, temperature=0.0))
+        assert len(out.outputs[0].token_ids) == 8
+    finally:
+        engine.shutdown()
