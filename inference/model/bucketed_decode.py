@@ -24,7 +24,7 @@ import torch
 
 from inference.engine.step_input import StepInput
 from inference.model.decoder_layer import DecoderLayer
-from inference.model.flex_paged import StepRows, build_block_mask, flex_paged_attention
+from inference.model.flex_paged import StepRows, build_block_mask, flex_paged_attention, step_rows
 from inference.model.kv_cache import KVCache
 
 log = logging.getLogger(__name__)
@@ -92,25 +92,20 @@ class BucketedDecode:
 
     def __call__(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, slots: torch.Tensor,
                  step: StepInput) -> torch.Tensor:
-        assert step.decode_tables is not None and step.decode_lens is not None
         n, bs = step.num_decodes, step.block_size
         size = self.bucket(n)
         pad = size - n
-        tables = step.decode_tables.clone()
-        used = (step.decode_lens + bs - 1) // bs
-        tables[torch.arange(tables.shape[1])[None, :] >= used[:, None]] = -1
-        lens = step.decode_lens
-        if pad:
+        rows = step_rows(step)
+        if pad:  # padding rows: one token each at position 0 of the scratch block, which only they touch
             scratch = self.kv_cache.scratch_block
             h = torch.cat([h, h.new_zeros(pad, h.shape[1])])
             cos = torch.cat([cos, cos[:1].expand(pad, *cos.shape[1:])])
             sin = torch.cat([sin, sin[:1].expand(pad, *sin.shape[1:])])
             slots = torch.cat([slots, slots.new_full((pad,), scratch * bs)])
-            extra = torch.full((pad, tables.shape[1]), -1, dtype=torch.int64)
+            extra = torch.full((pad, rows.tables.shape[1]), -1, dtype=torch.int64)
             extra[:, 0] = scratch
-            tables = torch.cat([tables, extra])
-            lens = torch.cat([lens, torch.ones(pad, dtype=torch.int64)])
-        rows = StepRows(tables, torch.arange(size), lens - 1)
+            rows = StepRows(torch.cat([rows.tables, extra]), torch.arange(size),
+                            torch.cat([rows.token_pos, torch.zeros(pad, dtype=torch.int64)]))
         block_mask = build_block_mask(rows, bs, self.kv_cache.num_blocks, h.device)
         with torch.compiler.set_stance("default" if self.warming or self.cuda_graphs else "eager_on_recompile"):
             if self.cuda_graphs:
