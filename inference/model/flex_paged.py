@@ -88,14 +88,15 @@ def build_block_mask(rows: StepRows, block_size: int, num_pool_blocks: int, devi
     blocks_needed = torch.where(furthest >= 0, furthest // block_size + 1, 0).view(num_groups, num_rows)
     take = torch.arange(width)[None, None, :] < blocks_needed[:, :, None]  # [G, R, width]
     take &= rows.tables[None] >= 0
-    needed = torch.zeros(num_groups, num_pool_blocks, dtype=torch.bool)
     group_of = torch.arange(num_groups)[:, None, None].expand_as(take)
-    needed[group_of[take], rows.tables[None].expand_as(take)[take]] = True  # a block shared by rows counts once
-    kv_num_blocks = needed.sum(dim=1, dtype=torch.int32)
-    hits = needed.nonzero()  # [(group, block)], sorted by group, then block
+    # (group, block) pairs as one sorted key each; a block shared by rows of a group counts once. Work in
+    # the blocks the step touches, not in the pool's size (a GPU pool has tens of thousands of blocks)
+    keys = torch.unique(group_of[take] * num_pool_blocks + rows.tables[None].expand_as(take)[take])
+    hit_group, hit_block = keys // num_pool_blocks, keys % num_pool_blocks
+    kv_num_blocks = torch.bincount(hit_group, minlength=num_groups).to(torch.int32)
     starts = torch.cumsum(kv_num_blocks, 0) - kv_num_blocks
-    columns = torch.arange(len(hits)) - starts[hits[:, 0]].long()
-    entries = torch.stack([hits[:, 0], columns, hits[:, 1]])
+    columns = torch.arange(len(keys)) - starts[hit_group].long()
+    entries = torch.stack([hit_group, columns, hit_block])
 
     # lookups for mask_mod, padded to whole query groups (pad tokens see nothing)
     padded_tokens = num_groups * Q_BLOCK
