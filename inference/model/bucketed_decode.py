@@ -24,7 +24,7 @@ import torch
 
 from inference.engine.step_input import StepInput
 from inference.model.decoder_layer import DecoderLayer
-from inference.model.flex_paged import StepRows, build_block_mask, flex_paged_attention, step_rows
+from inference.model.flex_paged import StepRows, build_block_mask, flex_layers, step_rows
 from inference.model.kv_cache import KVCache
 
 log = logging.getLogger(__name__)
@@ -56,13 +56,8 @@ def why_not_bucketed(layers: list[DecoderLayer], dtype: torch.dtype, tp_size: in
 def decode_layers_flex(layers: list[DecoderLayer], h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                        k_pools: list[torch.Tensor], v_pools: list[torch.Tensor], slots: torch.Tensor,
                        block_mask: Any) -> torch.Tensor:
-    """Every decoder layer of a decode step: K/V written to the pool at `slots`, FlexAttention over it."""
-    for layer, k_pool, v_pool in zip(layers, k_pools, v_pools, strict=True):
-        q, k, v = layer.pre_attention(h, cos, sin)
-        k_pool.index_copy_(0, slots, k)
-        v_pool.index_copy_(0, slots, v)
-        h = layer.post_attention(h, flex_paged_attention(q, k_pool, v_pool, block_mask, compiled=False))
-    return h
+    """The decoder layers of a decode step, compiled whole: flex inside is traced into the graph."""
+    return flex_layers(layers, h, cos, sin, k_pools, v_pools, slots, block_mask, compiled=False)
 
 
 class BucketedDecode:

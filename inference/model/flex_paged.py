@@ -18,13 +18,16 @@ where the block tables already are, and copies it once per step.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from inference.engine.step_input import StepInput
+
+if TYPE_CHECKING:
+    from inference.model.decoder_layer import DecoderLayer
 
 Q_BLOCK = 16  # query tokens per block-mask row (the kernel's tile is this or a divisor of it)
 
@@ -175,3 +178,16 @@ def flex_paged_attention(
         block_mask=block_mask, scale=head_dim**-0.5, enable_gqa=num_heads != k_pool.shape[1],
     )
     return out[0, :, :num_tokens].transpose(0, 1).reshape(num_tokens, num_heads * head_dim)
+
+
+def flex_layers(layers: Sequence[DecoderLayer], h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                k_pools: Sequence[torch.Tensor], v_pools: Sequence[torch.Tensor], slots: torch.Tensor,
+                block_mask: Any, compiled: bool = True) -> torch.Tensor:
+    """Every decoder layer of a step: its K/V written to the layer's pool at `slots`, then FlexAttention
+    over the pool (`compiled` as in `flex_paged_attention`)."""
+    for layer, k_pool, v_pool in zip(layers, k_pools, v_pools, strict=True):
+        q, k, v = layer.pre_attention(h, cos, sin)
+        k_pool.index_copy_(0, slots, k)
+        v_pool.index_copy_(0, slots, v)
+        h = layer.post_attention(h, flex_paged_attention(q, k_pool, v_pool, block_mask, compiled))
+    return h

@@ -24,7 +24,7 @@ from inference.model.attention import decode_gather, paged_attention, uses_decod
 from inference.model.bucketed_decode import BucketedDecode, batch_buckets, why_not_bucketed
 from inference.model.compiled_decode import CompiledDecode, why_not_compiled
 from inference.model.decoder_layer import PACK_ATTR, DecoderLayer, single
-from inference.model.flex_paged import build_block_mask, flex_paged_attention, step_rows, to_device
+from inference.model.flex_paged import build_block_mask, flex_layers, step_rows, to_device
 from inference.model.kv_cache import KVCache, kv_block_bytes, kv_blocks_for_memory
 
 log = logging.getLogger(__name__)
@@ -170,11 +170,7 @@ class ModelRunner:
         elif self.flex:
             block_mask = build_block_mask(step_rows(step), step.block_size, kv.num_blocks, dev)
             compiled = self.dtype != torch.float64  # inductor's flex template: fp32/bf16/fp16
-            for layer, k_pool, v_pool in zip(self.layers, kv.k, kv.v, strict=True):
-                q, k, v = layer.pre_attention(h, cos, sin)
-                k_pool.index_copy_(0, slots, k)
-                v_pool.index_copy_(0, slots, v)
-                h = layer.post_attention(h, flex_paged_attention(q, k_pool, v_pool, block_mask, compiled))
+            h = flex_layers(self.layers, h, cos, sin, list(kv.k), list(kv.v), slots, block_mask, compiled)
         else:
             gather = None  # the block tables as gather slots, where decodes do not go through the kernel
             if step.num_decodes and not self.decode_kernel:
